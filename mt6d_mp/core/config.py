@@ -1,0 +1,559 @@
+"""Configuration: the main TOML file and its three auxiliary files (thesis table 3.1, 2.7.2).
+
+Loading is pure: it reads files and returns frozen dataclasses, or raises :class:`ConfigError`
+listing *every* problem found, each naming the file and the line or key, what was found and what
+was expected. Nothing on the system is touched, so ``--check-config`` is just ``load()``.
+
+Auxiliary files (``#`` starts a comment, blank lines are ignored):
+
+* users    ``<ipv6 address> <hostname>``           (like /etc/hosts)
+* ethers   ``<mac> <ipv6 address>``                (like /etc/ethers)
+* profiles ``<local host> <remote host> <queue> <key>``
+  where ``<key>`` is the session key in hex (at least 256 bits; 512 recommended) or
+  ``@path`` naming a key file holding the hex key (relative paths are relative to the profiles
+  file). Files holding keys must not be readable or writable by group or others.
+
+Every key of the main file, with its default, is documented in ``conf/mt6d.toml.example``
+and in :data:`SCHEMA` below (the single source of truth; a test keeps both in step).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mt6d_mp.core.addressing import HASH_TYPES, mac_bytes, mac_text
+from mt6d_mp.errors import ConfigError
+
+CRYPT_TYPES = ("aes-256-gcm", "chacha20-poly1305", "none")
+LOG_HANDLERS = ("console", "file", "syslog")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_KEY_BYTES = 32
+RECOMMENDED_KEY_BYTES = 64
+MAX_QUEUE = 65535
+
+
+class SessionKey:
+    """Secret key bytes that never show up in a repr, a log line or a traceback."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = bytes(secret)
+
+    @property
+    def secret(self) -> bytes:
+        return self._secret
+
+    def __repr__(self) -> str:
+        return f"SessionKey(<{len(self._secret) * 8} bits>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SessionKey) and other._secret == self._secret
+
+    def __hash__(self) -> int:
+        return hash(("SessionKey", len(self._secret)))
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: ipaddress.IPv6Address
+    mac: bytes
+
+    def __repr__(self) -> str:
+        return f"Host({self.name} {self.address} {mac_text(self.mac)})"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One profile line: a stream between a local host (behind us) and a remote host."""
+
+    name: str
+    local: Host
+    remote: Host
+    queue: int
+    key: SessionKey
+    source: str  # "profiles:LINE" for messages
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    internal: str
+    external: str
+    bridging: str
+    rotation_time: float
+    route_lifetime: float
+    hash_type: str
+    encrypt: bool
+    crypt_type: str
+    regen_interval: float
+    regen_window: float
+    users_path: Path
+    ethers_path: Path
+    profiles_path: Path
+    icmp_queue: int
+    packets: bool
+    firewall: bool
+    routes: bool
+    flow_label: bool
+    log_handlers: tuple[str, ...]
+    log_file: str
+    log_level: str
+    runtime_dir: Path
+    link_mtu: int
+    streams: tuple[StreamConfig, ...]
+
+    @property
+    def effective_crypt(self) -> str:
+        """The crypt type packets use: ``none`` whenever ``encrypt`` is off."""
+        return self.crypt_type if self.encrypt else "none"
+
+    def stream(self, name: str) -> StreamConfig:
+        for s in self.streams:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --- the main file's schema -------------------------------------------------------------------
+
+Checker = Callable[[Any], str | None]  # returns a problem description, or None when fine
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "a number greater than 0"
+
+
+def _one_of(choices: tuple[str, ...]) -> Checker:
+    def check(v: Any) -> str | None:
+        return None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _queue(v: Any) -> str | None:
+    return None if 0 <= v <= MAX_QUEUE else f"a queue number 0..{MAX_QUEUE}"
+
+
+def _handlers(v: Any) -> str | None:
+    if all(isinstance(h, str) and h in LOG_HANDLERS for h in v):
+        return None
+    return "a list of " + ", ".join(repr(h) for h in LOG_HANDLERS)
+
+
+def _mtu(v: Any) -> str | None:
+    return None if v == 0 or 1280 <= v <= 65535 else "0 (read it from the interface) or 1280..65535"
+
+
+def _ifname(v: Any) -> str | None:
+    return None if 0 < len(v) < 16 and "/" not in v and " " not in v else "an interface name"
+
+
+def _optional_ifname(v: Any) -> str | None:
+    return None if v == "" else _ifname(v)
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Checker | None = None
+
+
+NUMBER = (int, float)
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "interfaces": {
+        "internal": Key(str, "eth1", "interface toward the protected hosts", _ifname),
+        "external": Key(str, "eth0", "interface toward the untrusted network", _ifname),
+        "bridging": Key(
+            str, "", "interface the route addresses are bound to; empty = external",
+            _optional_ifname,
+        ),
+    },
+    "rotation": {
+        "rotation_time": Key(NUMBER, 10.0, "seconds between address rotations", _positive),
+        "route_lifetime": Key(
+            NUMBER, 10.0,
+            "seconds a route is still accepted after it stops being active (rounded up to "
+            "whole rotations, at least one); also the tolerated clock lag",
+            _positive,
+        ),
+        "hash_type": Key(str, "sha256", "hash of equation 2.1", _one_of(HASH_TYPES)),
+    },
+    "crypto": {
+        "encrypt": Key(bool, True, "encrypt and authenticate every tunnel packet"),
+        "crypt_type": Key(str, "aes-256-gcm", "AEAD for tunnel packets", _one_of(CRYPT_TYPES)),
+        "regen_interval": Key(
+            NUMBER, 0.0, "seconds between in-band session key changes; 0 = never",
+            lambda v: None if v >= 0 else "a number >= 0",
+        ),
+        "regen_window": Key(NUMBER, 30.0, "seconds a key exchange may take", _positive),
+    },
+    "files": {
+        "users": Key(str, "users", "hostname to address file (relative to this file)"),
+        "ethers": Key(str, "ethers", "MAC to address file (relative to this file)"),
+        "profiles": Key(str, "profiles", "stream profiles file (relative to this file)"),
+    },
+    "queues": {
+        "icmp": Key(int, 1, "netfilter queue of the ICMP worker", _queue),
+    },
+    "switches": {
+        "packets": Key(bool, True, "process packets (off: only rotate addresses)"),
+        "firewall": Key(bool, True, "manage ip6tables rules"),
+        "routes": Key(bool, True, "bind and release route addresses"),
+        "flow_label": Key(bool, False, "put a per-route hashed flow label on tunnel packets"),
+    },
+    "log": {
+        "handlers": Key(list, ["console"], "any of console, file, syslog", _handlers),
+        "file": Key(str, "/var/log/mt6d.log", "log file for the file handler"),
+        "level": Key(str, "info", "debug, info, warning or error", _one_of(LOG_LEVELS)),
+    },
+    "runtime": {
+        "dir": Key(str, "/run/mt6d", "root-only directory for sockets, pid and state files"),
+    },
+    "tunnel": {
+        "link_mtu": Key(
+            int, 0, "MTU of the external path; 0 = the external interface's MTU", _mtu
+        ),
+    },
+}
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if t == NUMBER:
+        return "a number"
+    return {str: "a string", bool: "true or false", int: "an integer", list: "a list"}.get(
+        t if isinstance(t, type) else t[0], str(t)
+    )
+
+
+def _typed(value: Any, spec: Key) -> bool:
+    if isinstance(value, bool) and spec.type is not bool:
+        return False
+    return isinstance(value, spec.type)
+
+
+def _check_main(path: Path, data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """Validate the parsed main file against SCHEMA; return flat values ``section.key``."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in SCHEMA:
+            problems.append(
+                f"{where}: unknown section [{section}] (expected one of "
+                + ", ".join(SCHEMA)
+                + ")"
+            )
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{where}: [{section}] must be a table")
+            continue
+        for key, value in table.items():
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                problems.append(
+                    f"{where}: unknown key {section}.{key} (expected one of "
+                    + ", ".join(SCHEMA[section])
+                    + ")"
+                )
+                continue
+            problem = _validate(f"{section}.{key}", value, spec)
+            if problem:
+                problems.append(f"{where}: {problem}")
+            else:
+                values[f"{section}.{key}"] = value
+    return values, problems
+
+
+def _validate(name: str, value: Any, spec: Key) -> str | None:
+    if not _typed(value, spec):
+        return f"{name} = {value!r}: expected {_type_name(spec.type)}"
+    if spec.check is not None:
+        expected = spec.check(value)
+        if expected:
+            return f"{name} = {value!r}: expected {expected}"
+    return None
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """Parse a command-line override ``section.key=value`` (value in TOML syntax or bare)."""
+    name, sep, text = assignment.partition("=")
+    name = name.strip()
+    section, dot, key = name.partition(".")
+    if not sep or not dot or section not in SCHEMA or key not in SCHEMA[section]:
+        raise ConfigError(
+            f"command line: {assignment!r}: expected section.key=value with a known key, "
+            "for example rotation.rotation_time=5"
+        )
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare string such as internal=eth1
+    return name, value
+
+
+# --- auxiliary files --------------------------------------------------------------------------
+
+
+def _lines(path: Path) -> list[tuple[int, list[str]]]:
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            out.append((number, fields))
+    return out
+
+
+def _secret_file_problem(path: Path) -> str | None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"{path}: holds key material but its mode is {stat.S_IMODE(mode):04o}; expected no "
+            f"access for group or others (chmod 600 {path})"
+        )
+    return None
+
+
+def _read_users(path: Path, problems: list[str]) -> dict[str, ipaddress.IPv6Address]:
+    users: dict[str, ipaddress.IPv6Address] = {}
+    for number, fields in _lines(path):
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            problems.append(f"{where}: expected '<ipv6 address> <hostname>', found {' '.join(fields)!r}")
+            continue
+        try:
+            address = ipaddress.IPv6Address(fields[0])
+        except ValueError:
+            problems.append(f"{where}: {fields[0]!r} is not an IPv6 address")
+            continue
+        if fields[1] in users:
+            problems.append(f"{where}: hostname {fields[1]!r} is listed twice")
+            continue
+        if address.is_multicast or address.is_unspecified or address.is_loopback:
+            problems.append(f"{where}: {address} is not a unicast host address")
+            continue
+        users[fields[1]] = address
+    return users
+
+
+def _read_ethers(path: Path, problems: list[str]) -> dict[ipaddress.IPv6Address, bytes]:
+    ethers: dict[ipaddress.IPv6Address, bytes] = {}
+    for number, fields in _lines(path):
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            problems.append(f"{where}: expected '<mac> <ipv6 address>', found {' '.join(fields)!r}")
+            continue
+        try:
+            mac = mac_bytes(fields[0])
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        try:
+            address = ipaddress.IPv6Address(fields[1])
+        except ValueError:
+            problems.append(f"{where}: {fields[1]!r} is not an IPv6 address")
+            continue
+        if address in ethers:
+            problems.append(f"{where}: {address} has a MAC already")
+            continue
+        ethers[address] = mac
+    return ethers
+
+
+def _read_key(text: str, profiles: Path, where: str, problems: list[str]) -> SessionKey | None:
+    source = where
+    if text.startswith("@"):
+        key_path = Path(text[1:])
+        if not key_path.is_absolute():
+            key_path = profiles.parent / key_path
+        try:
+            problem = _secret_file_problem(key_path)
+            hex_text = key_path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f"{where}: cannot read key file {key_path}: {e}")
+            return None
+        if problem:
+            problems.append(f"{where}: {problem}")
+            return None
+        source = f"{where}: key file {key_path}"
+    else:
+        hex_text = text
+    try:
+        secret = bytes.fromhex(hex_text)
+    except ValueError:
+        problems.append(f"{source}: the session key is not hex (expected hex digits, two per byte)")
+        return None
+    if len(secret) < MIN_KEY_BYTES:
+        problems.append(
+            f"{source}: the session key has {len(secret) * 8} bits; expected at least "
+            f"{MIN_KEY_BYTES * 8} ({RECOMMENDED_KEY_BYTES * 8} recommended)"
+        )
+        return None
+    return SessionKey(secret)
+
+
+def _read_profiles(
+    path: Path,
+    users: Mapping[str, ipaddress.IPv6Address],
+    ethers: Mapping[ipaddress.IPv6Address, bytes],
+    icmp_queue: int,
+    users_path: Path,
+    problems: list[str],
+) -> tuple[StreamConfig, ...]:
+    streams: list[StreamConfig] = []
+    pairs: dict[frozenset[str], str] = {}
+    queues: dict[int, str] = {icmp_queue: "queues.icmp"}
+    inline_keys = False
+    for number, fields in _lines(path):
+        where = f"{path}:{number}"
+        if len(fields) != 4:
+            problems.append(
+                f"{where}: expected '<local host> <remote host> <queue> <key or @keyfile>', "
+                f"found {len(fields)} fields"
+            )
+            continue
+        local_name, remote_name, queue_text, key_text = fields
+        hosts = []
+        for name in (local_name, remote_name):
+            if name not in users:
+                problems.append(f"{where}: host {name!r} is not in the users file {users_path}")
+            elif users[name] not in ethers:
+                problems.append(f"{where}: host {name!r} ({users[name]}) has no MAC in the ethers file")
+            else:
+                hosts.append(Host(name, users[name], ethers[users[name]]))
+        if local_name == remote_name:
+            problems.append(f"{where}: a stream needs two different hosts, found {local_name!r} twice")
+        try:
+            queue = int(queue_text)
+            if not 0 <= queue <= MAX_QUEUE:
+                raise ValueError
+        except ValueError:
+            problems.append(f"{where}: queue {queue_text!r}: expected a number 0..{MAX_QUEUE}")
+            queue = -1
+        if queue in queues:
+            problems.append(f"{where}: queue {queue} is already used by {queues[queue]}")
+        elif queue >= 0:
+            queues[queue] = where
+        pair = frozenset((local_name, remote_name))
+        if pair in pairs:
+            problems.append(
+                f"{where}: duplicate stream {local_name} <-> {remote_name} (first at {pairs[pair]})"
+            )
+        else:
+            pairs[pair] = where
+        inline_keys = inline_keys or not key_text.startswith("@")
+        key = _read_key(key_text, path, where, problems)
+        if len(hosts) == 2 and key is not None and queue >= 0:
+            streams.append(
+                StreamConfig(f"{local_name}-{remote_name}", hosts[0], hosts[1], queue, key, where)
+            )
+    if inline_keys:
+        problem = _secret_file_problem(path)
+        if problem:
+            problems.append(problem)
+    return tuple(streams)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load and validate the whole configuration, or raise ConfigError naming every problem.
+
+    ``overrides`` maps ``section.key`` to values from the command line; they win over the file.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+    values, problems = _check_main(path, data, str(path))
+    for name, value in (overrides or {}).items():
+        section, _, key = name.partition(".")
+        spec = SCHEMA.get(section, {}).get(key)
+        if spec is None:
+            problems.append(f"command line: unknown setting {name}")
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and spec.type == NUMBER:
+            value = float(value)
+        problem = _validate(name, value, spec)
+        if problem:
+            problems.append(f"command line: {problem}")
+        else:
+            values[name] = value
+
+    def get(name: str) -> Any:
+        section, _, key = name.partition(".")
+        return values.get(name, SCHEMA[section][key].default)
+
+    base = path.parent
+    files = {}
+    for kind in ("users", "ethers", "profiles"):
+        p = Path(get(f"files.{kind}"))
+        files[kind] = p if p.is_absolute() else base / p
+        if not files[kind].is_file():
+            problems.append(f"{path}: files.{kind} = {str(p)!r}: no such file {files[kind]}")
+    if get("rotation.route_lifetime") < get("rotation.rotation_time"):
+        problems.append(
+            f"{path}: rotation.route_lifetime = {get('rotation.route_lifetime')}: expected at "
+            f"least rotation.rotation_time ({get('rotation.rotation_time')})"
+        )
+    if get("interfaces.internal") == get("interfaces.external"):
+        problems.append(f"{path}: interfaces.internal and interfaces.external must differ")
+    if "file" in get("log.handlers") and not get("log.file"):
+        problems.append(f"{path}: log.handlers has 'file' but log.file is empty")
+    if problems:
+        raise ConfigError(problems)
+
+    users = _read_users(files["users"], problems)
+    ethers = _read_ethers(files["ethers"], problems)
+    streams = _read_profiles(
+        files["profiles"], users, ethers, get("queues.icmp"), files["users"], problems
+    )
+    if not streams and not problems:
+        problems.append(f"{files['profiles']}: no streams defined (expected at least one line)")
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=path,
+        internal=get("interfaces.internal"),
+        external=get("interfaces.external"),
+        bridging=get("interfaces.bridging") or get("interfaces.external"),
+        rotation_time=float(get("rotation.rotation_time")),
+        route_lifetime=float(get("rotation.route_lifetime")),
+        hash_type=get("rotation.hash_type"),
+        encrypt=get("crypto.encrypt"),
+        crypt_type=get("crypto.crypt_type"),
+        regen_interval=float(get("crypto.regen_interval")),
+        regen_window=float(get("crypto.regen_window")),
+        users_path=files["users"],
+        ethers_path=files["ethers"],
+        profiles_path=files["profiles"],
+        icmp_queue=get("queues.icmp"),
+        packets=get("switches.packets"),
+        firewall=get("switches.firewall"),
+        routes=get("switches.routes"),
+        flow_label=get("switches.flow_label"),
+        log_handlers=tuple(get("log.handlers")),
+        log_file=get("log.file"),
+        log_level=get("log.level"),
+        runtime_dir=Path(get("runtime.dir")),
+        link_mtu=get("tunnel.link_mtu"),
+        streams=streams,
+    )

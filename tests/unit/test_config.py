@@ -1,0 +1,204 @@
+"""Configuration loading: the examples load; every mistake names its place."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mt6d_mp.core import config as cfg
+from mt6d_mp.errors import ConfigError
+from mt6d_mp.keygen import write_key
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Path:
+    """A copy of the example gateway A with a freshly generated key; returns its main file."""
+    d = tmp_path / "gw"
+    shutil.copytree(CONF / "gateway-a", d)
+    write_key(str(d / "keys" / "host-a-host-b.key"))
+    return d / "mt6d.toml"
+
+
+def problems(path: Path, **kw: object) -> str:
+    with pytest.raises(ConfigError) as e:
+        cfg.load(path, **kw)  # type: ignore[arg-type]
+    return str(e.value)
+
+
+def test_example_gateways_load(tmp_path: Path) -> None:
+    loaded = []
+    for g in ("gateway-a", "gateway-b"):
+        d = tmp_path / g
+        shutil.copytree(CONF / g, d)
+        if not loaded:
+            write_key(str(d / "keys" / "host-a-host-b.key"))
+        else:
+            (d / "keys").mkdir(mode=0o700)
+            shutil.copy2(tmp_path / "gateway-a" / "keys" / "host-a-host-b.key", d / "keys")
+        loaded.append(cfg.load(d / "mt6d.toml"))
+    a, b = loaded
+    (sa,), (sb,) = a.streams, b.streams
+    assert sa.name == "mt6d-host-a-mt6d-host-b" and sa.queue == 2
+    assert str(sa.local.address) == "2001:468:c80:c111::1"
+    assert sa.local.mac == bytes.fromhex("00abcd112201")
+    assert sa.local == sb.remote and sa.remote == sb.local and sa.key == sb.key
+    assert a.internal == "eth1" and a.external == "eth0" and a.bridging == "eth0"
+    assert a.rotation_time == 10.0 and a.effective_crypt == "aes-256-gcm"
+    assert a.icmp_queue == 1
+
+
+def test_keys_never_appear_in_repr(gw: Path) -> None:
+    c = cfg.load(gw)
+    secret = c.streams[0].key.secret
+    assert len(secret) == 64
+    for text in (repr(c), str(c), repr(c.streams[0])):
+        assert secret.hex() not in text and "512 bits" in text
+
+
+def test_example_documents_every_key_with_its_default() -> None:
+    example = tomllib.loads((CONF / "mt6d.toml.example").read_text())
+    assert set(example) == set(cfg.SCHEMA)
+    for section, keys in cfg.SCHEMA.items():
+        assert set(example[section]) == set(keys), section
+        for key, spec in keys.items():
+            assert example[section][key] == spec.default, f"{section}.{key}"
+
+
+def test_command_line_overrides_the_file(gw: Path) -> None:
+    c = cfg.load(gw, {"rotation.rotation_time": 2, "rotation.route_lifetime": 4.0,
+                      "interfaces.internal": "int0"})
+    assert c.rotation_time == 2.0 and c.route_lifetime == 4.0 and c.internal == "int0"
+    assert cfg.parse_override("rotation.rotation_time=5") == ("rotation.rotation_time", 5)
+    assert cfg.parse_override("interfaces.external=ext0") == ("interfaces.external", "ext0")
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        cfg.parse_override("rotation_time=5")
+    msg = problems(gw, overrides={"rotation.rotation_time": -1})
+    assert "command line: rotation.rotation_time = -1" in msg
+
+
+def append(path: Path, text: str) -> None:
+    with path.open("a") as f:
+        f.write(text)
+
+
+def test_unknown_key(gw: Path) -> None:
+    append(gw, "\n[rotation2]\nx = 1\n")
+    text = gw.read_text().replace("rotation_time = 10.0", "rotation_tme = 10.0")
+    gw.write_text(text)
+    msg = problems(gw)
+    assert f"{gw}: unknown key rotation.rotation_tme" in msg and "rotation_time" in msg
+    assert f"{gw}: unknown section [rotation2]" in msg
+
+
+def test_bad_value_type(gw: Path) -> None:
+    gw.write_text(gw.read_text().replace("encrypt = true", 'encrypt = "yes"'))
+    assert f"{gw}: crypto.encrypt = 'yes': expected true or false" in problems(gw)
+
+
+def test_bad_choice(gw: Path) -> None:
+    gw.write_text(gw.read_text().replace('"aes-256-gcm"', '"aes-128-cbc"'))
+    assert "crypto.crypt_type = 'aes-128-cbc': expected one of 'aes-256-gcm'" in problems(gw)
+
+
+def test_invalid_toml_names_the_line(gw: Path) -> None:
+    append(gw, "\n[log\n")
+    msg = problems(gw)
+    assert f"{gw}: not valid TOML" in msg and re.search(r"line \d+", msg)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "cannot read the configuration" in problems(tmp_path / "nope.toml")
+
+
+def test_bad_address_in_users(gw: Path) -> None:
+    append(gw.parent / "users", "2001:db8::zz  host-x\n")
+    assert f"{gw.parent / 'users'}:5: '2001:db8::zz' is not an IPv6 address" in problems(gw)
+
+
+def test_bad_mac_in_ethers(gw: Path) -> None:
+    append(gw.parent / "ethers", "00:ab:cd:11:22  2001:db8::5\n")
+    assert f"{gw.parent / 'ethers'}:4: not a MAC address: '00:ab:cd:11:22'" in problems(gw)
+
+
+def test_profile_naming_unknown_host(gw: Path) -> None:
+    append(gw.parent / "profiles", "mt6d-host-a  host-z  3  @keys/host-a-host-b.key\n")
+    msg = problems(gw)
+    assert f"{gw.parent / 'profiles'}:6: host 'host-z' is not in the users file {gw.parent / 'users'}" in msg
+
+
+def test_host_without_mac(gw: Path) -> None:
+    append(gw.parent / "users", "2001:468:c80:c111::3  host-c\n")
+    append(gw.parent / "profiles", "mt6d-host-a  host-c  3  @keys/host-a-host-b.key\n")
+    assert "host 'host-c' (2001:468:c80:c111::3) has no MAC in the ethers file" in problems(gw)
+
+
+def test_key_too_short(gw: Path) -> None:
+    profiles = gw.parent / "profiles"
+    profiles.write_text("mt6d-host-a mt6d-host-b 2 " + "ab" * 16 + "\n")
+    profiles.chmod(0o600)
+    assert f"{profiles}:1: the session key has 128 bits; expected at least 256" in problems(gw)
+
+
+def test_key_not_hex(gw: Path) -> None:
+    profiles = gw.parent / "profiles"
+    profiles.write_text("mt6d-host-a mt6d-host-b 2 " + "zz" * 64 + "\n")
+    profiles.chmod(0o600)
+    assert f"{profiles}:1: the session key is not hex" in problems(gw)
+
+
+def test_inline_key_in_a_readable_profiles_file(gw: Path) -> None:
+    profiles = gw.parent / "profiles"
+    profiles.write_text("mt6d-host-a mt6d-host-b 2 " + "ab" * 64 + "\n")
+    profiles.chmod(0o644)
+    assert f"{profiles}: holds key material but its mode is 0644" in problems(gw)
+
+
+def test_key_file_readable_by_others(gw: Path) -> None:
+    key = gw.parent / "keys" / "host-a-host-b.key"
+    os.chmod(key, 0o640)
+    msg = problems(gw)
+    assert f"{gw.parent / 'profiles'}:5: {key}: holds key material but its mode is 0640" in msg
+
+
+def test_duplicate_stream(gw: Path) -> None:
+    append(gw.parent / "profiles", "mt6d-host-b  mt6d-host-a  3  @keys/host-a-host-b.key\n")
+    msg = problems(gw)
+    assert f"{gw.parent / 'profiles'}:6: duplicate stream mt6d-host-b <-> mt6d-host-a" in msg
+    assert f"(first at {gw.parent / 'profiles'}:5)" in msg
+
+
+def test_same_queue_twice(gw: Path) -> None:
+    append(gw.parent / "users", "2001:468:c80:c111::3  host-c\n")
+    append(gw.parent / "ethers", "00:ab:cd:11:22:03  2001:468:c80:c111::3\n")
+    append(gw.parent / "profiles", "mt6d-host-a  host-c  2  @keys/host-a-host-b.key\n")
+    profiles = gw.parent / "profiles"
+    assert f"{profiles}:6: queue 2 is already used by {profiles}:5" in problems(gw)
+
+
+def test_stream_queue_equal_to_icmp_queue(gw: Path) -> None:
+    gw.write_text(gw.read_text().replace("icmp = 1", "icmp = 2"))
+    assert "queue 2 is already used by queues.icmp" in problems(gw)
+
+
+def test_every_problem_is_reported_at_once(gw: Path) -> None:
+    append(gw.parent / "users", "bogus host-x\n")
+    append(gw.parent / "ethers", "nope 2001:db8::1\n")
+    msg = problems(gw)
+    assert "users:5" in msg and "ethers:4" in msg
+
+
+def test_route_lifetime_shorter_than_rotation(gw: Path) -> None:
+    gw.write_text(gw.read_text().replace("route_lifetime = 10.0", "route_lifetime = 5.0"))
+    assert "rotation.route_lifetime = 5.0: expected at least rotation.rotation_time" in problems(gw)
+
+
+def test_no_streams(gw: Path) -> None:
+    (gw.parent / "profiles").write_text("# nothing\n")
+    assert "no streams defined" in problems(gw)
