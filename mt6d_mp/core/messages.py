@@ -1,0 +1,221 @@
+"""Messages on the supervisor's route bus, as small frozen dataclasses.
+
+Each message turns into plain msgpack-able data with ``to_wire()`` and back with
+``from_wire()``, which validates every field, so a malformed message is a :class:`BusError`
+and never reaches a worker's state. The bus module does the msgpack encoding; this module only
+knows the shapes. Never pickle across the bus.
+
+Wire shapes (msgpack arrays; the first element is the message version):
+
+* StreamState  ``[1, name, queue, local16, remote16, crypt, tx_key32, rx_key32, key_phase,
+  internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, hop_limit]``
+* RouteUpdate  ``[1, stream, epoch, state, local16, local_port, remote16, remote_port,
+  key_phase]`` where state is ``"accepted"`` or ``"expired"`` or ``"released"``
+* Snapshot     ``[1, seq, [StreamState...], [RouteUpdate...]]``
+* Update       ``[1, seq, kind, payload]`` with kind ``"stream"``, ``"route"`` or
+  ``"stream-removed"`` (payload is the stream name)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = 1
+ROUTE_STATES = ("accepted", "expired", "released")
+
+
+class BusError(ValueError):
+    """A bus message does not have the expected shape."""
+
+
+def _expect(cond: bool, what: str) -> None:
+    if not cond:
+        raise BusError(what)
+
+
+def _bytes(v: Any, n: int, what: str) -> bytes:
+    _expect(isinstance(v, bytes) and len(v) == n, f"{what}: expected {n} bytes")
+    assert isinstance(v, bytes)
+    return v
+
+
+def _int(v: Any, lo: int, hi: int, what: str) -> int:
+    _expect(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+            f"{what}: expected an integer {lo}..{hi}")
+    assert isinstance(v, int)
+    return v
+
+
+def _float(v: Any, what: str) -> float:
+    _expect(isinstance(v, float | int) and not isinstance(v, bool) and 0 < v < 1e6,
+            f"{what}: expected a positive number")
+    return float(v)
+
+
+def _str(v: Any, what: str) -> str:
+    _expect(isinstance(v, str) and 0 < len(v) <= 255, f"{what}: expected a name")
+    assert isinstance(v, str)
+    return v
+
+
+def _array(v: Any, n: int, what: str) -> list[Any]:
+    _expect(isinstance(v, list | tuple) and len(v) == n, f"{what}: expected {n} fields")
+    _expect(v[0] == VERSION, f"{what}: unsupported version {v[0]!r}")
+    return list(v)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What a worker needs to carry one stream; keys are per-direction AEAD keys."""
+
+    name: str
+    queue: int
+    local: bytes  # local host's true address
+    remote: bytes  # remote host's true address
+    crypt: str
+    tx_key: bytes
+    rx_key: bytes
+    key_phase: int
+    internal_ifindex: int
+    external_ifindex: int
+    tunnel_mtu: int
+    rotation_time: float
+    hop_limit: int = 0  # 0: copy the inner packet's hop limit
+
+    def __repr__(self) -> str:  # never show keys
+        return f"StreamState({self.name} queue={self.queue} crypt={self.crypt} phase={self.key_phase})"
+
+    def to_wire(self) -> list[Any]:
+        return [VERSION, self.name, self.queue, self.local, self.remote, self.crypt, self.tx_key,
+                self.rx_key, self.key_phase, self.internal_ifindex, self.external_ifindex,
+                self.tunnel_mtu, self.rotation_time, self.hop_limit]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> StreamState:
+        a = _array(v, 14, "stream")
+        crypt = _str(a[5], "stream crypt")
+        _expect(crypt in ("aes-256-gcm", "chacha20-poly1305", "none"), f"unknown crypt {crypt!r}")
+        return cls(_str(a[1], "stream name"), _int(a[2], 0, 65535, "queue"),
+                   _bytes(a[3], 16, "local"), _bytes(a[4], 16, "remote"), crypt,
+                   _bytes(a[6], 32, "tx key"), _bytes(a[7], 32, "rx key"),
+                   _int(a[8], 0, 255, "key phase"), _int(a[9], 1, 2**31, "internal ifindex"),
+                   _int(a[10], 1, 2**31, "external ifindex"), _int(a[11], 1, 65535, "mtu"),
+                   _float(a[12], "rotation time"), _int(a[13], 0, 255, "hop limit"))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUpdate:
+    stream: str
+    epoch: int
+    state: str
+    local: bytes  # our hashed address (bound here)
+    local_port: int
+    remote: bytes  # the peer's hashed address
+    remote_port: int
+    key_phase: int = 0
+
+    def to_wire(self) -> list[Any]:
+        return [VERSION, self.stream, self.epoch, self.state, self.local, self.local_port,
+                self.remote, self.remote_port, self.key_phase]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> RouteUpdate:
+        a = _array(v, 9, "route")
+        state = _str(a[3], "route state")
+        _expect(state in ROUTE_STATES, f"unknown route state {state!r}")
+        return cls(_str(a[1], "route stream"), _int(a[2], 0, 2**63, "epoch"), state,
+                   _bytes(a[4], 16, "local"), _int(a[5], 1, 65535, "local port"),
+                   _bytes(a[6], 16, "remote"), _int(a[7], 1, 65535, "remote port"),
+                   _int(a[8], 0, 255, "key phase"))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    seq: int
+    streams: tuple[StreamState, ...]
+    routes: tuple[RouteUpdate, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [VERSION, self.seq, [s.to_wire() for s in self.streams],
+                [r.to_wire() for r in self.routes]]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Snapshot:
+        a = _array(v, 4, "snapshot")
+        _expect(isinstance(a[2], list) and isinstance(a[3], list), "snapshot: expected lists")
+        return cls(_int(a[1], 0, 2**63, "seq"),
+                   tuple(StreamState.from_wire(s) for s in a[2]),
+                   tuple(RouteUpdate.from_wire(r) for r in a[3]))
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    seq: int
+    item: StreamState | RouteUpdate | str  # str: name of a removed stream
+
+    def to_wire(self) -> list[Any]:
+        if isinstance(self.item, StreamState):
+            return [VERSION, self.seq, "stream", self.item.to_wire()]
+        if isinstance(self.item, RouteUpdate):
+            return [VERSION, self.seq, "route", self.item.to_wire()]
+        return [VERSION, self.seq, "stream-removed", self.item]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> Update:
+        a = _array(v, 4, "update")
+        seq = _int(a[1], 1, 2**63, "seq")
+        kind = a[2]
+        if kind == "stream":
+            return cls(seq, StreamState.from_wire(a[3]))
+        if kind == "route":
+            return cls(seq, RouteUpdate.from_wire(a[3]))
+        if kind == "stream-removed":
+            return cls(seq, _str(a[3], "removed stream"))
+        raise BusError(f"update: unknown kind {kind!r}")
+
+
+class Replica:
+    """A worker's copy of the supervisor's state, kept by the Clone pattern.
+
+    ``apply_snapshot`` replaces everything; ``apply`` takes an update only if its sequence
+    number is exactly the next one. It returns False on a gap (an update was lost: PUB/SUB
+    drops messages at its high-water mark and before a subscriber has joined), and the worker
+    then asks for a new snapshot. Updates older than the snapshot are ignored.
+    """
+
+    def __init__(self) -> None:
+        self.seq = -1  # -1: no snapshot yet
+        self.streams: dict[str, StreamState] = {}
+        self.routes: dict[tuple[str, int], RouteUpdate] = {}
+
+    @property
+    def synced(self) -> bool:
+        return self.seq >= 0
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self.seq = snap.seq
+        self.streams = {s.name: s for s in snap.streams}
+        self.routes = {(r.stream, r.epoch): r for r in snap.routes}
+
+    def apply(self, update: Update) -> bool:
+        if not self.synced:
+            return True  # wait for the snapshot; it will include this update
+        if update.seq <= self.seq:
+            return True
+        if update.seq != self.seq + 1:
+            return False
+        self.seq = update.seq
+        item = update.item
+        if isinstance(item, StreamState):
+            self.streams[item.name] = item
+        elif isinstance(item, RouteUpdate):
+            if item.state == "released":
+                self.routes.pop((item.stream, item.epoch), None)
+            else:
+                self.routes[(item.stream, item.epoch)] = item
+        else:
+            self.streams.pop(item, None)
+            for key in [k for k in self.routes if k[0] == item]:
+                del self.routes[key]
+        return True

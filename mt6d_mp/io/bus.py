@@ -1,0 +1,234 @@
+"""The route bus: ZeroMQ sockets between the supervisor and its workers (the only zmq/msgpack user).
+
+Two ``ipc://`` endpoints in the supervisor's runtime directory, which only root can enter
+(ipc:// paths on the shared filesystem work across network namespaces; abstract ``ipc://@``
+and ``tcp://127.0.0.1`` do not, see MACHINE-FACTS):
+
+* ``updates.sock``: PUB. Every state change is one msgpack frame ``Update(seq, item)``.
+* ``control.sock``: ROUTER. Workers send ``[b"snapshot"]`` and get ``Snapshot``; they send
+  ``[b"ready", name]`` once their queue is bound, and ``[b"stats", name, msgpack]`` periodically.
+
+The client follows the ZeroMQ guide's Clone pattern: subscribe first, then ask for a snapshot,
+then apply only updates newer than it; a sequence gap means a lost update, so ask again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from mt6d_mp.core.messages import (
+    BusError,
+    Replica,
+    RouteUpdate,
+    Snapshot,
+    StreamState,
+    Update,
+)
+
+log = logging.getLogger(__name__)
+
+UPDATES = "updates.sock"
+CONTROL = "control.sock"
+# Rotations publish a handful of messages per stream; a slow subscriber that falls this far
+# behind resynchronises from a snapshot anyway.
+HWM = 10000
+
+
+def pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise BusError(f"not msgpack: {e}") from None
+
+
+def endpoint(runtime_dir: Path, name: str) -> str:
+    return f"ipc://{runtime_dir / name}"
+
+
+class BusServer:
+    """The supervisor's side: holds the published state and answers snapshot requests."""
+
+    def __init__(self, runtime_dir: Path, context: zmq.Context[Any] | None = None) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.runtime_dir = runtime_dir
+        self.seq = 0
+        self.streams: dict[str, StreamState] = {}
+        self.routes: dict[tuple[str, int], RouteUpdate] = {}
+        self.ready: set[str] = set()
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, HWM)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        for sock, name in ((self.pub, UPDATES), (self.control, CONTROL)):
+            path = runtime_dir / name
+            if path.exists():
+                path.unlink()  # left by a killed run; nobody else may bind in our root-only dir
+            sock.bind(endpoint(runtime_dir, name))
+            os.chmod(path, 0o600)
+        # Extra control commands (mt6dctl) register here: name -> handler(args) -> reply.
+        self.handlers: dict[bytes, Callable[[list[bytes]], Any]] = {}
+
+    def publish(self, item: StreamState | RouteUpdate | str) -> None:
+        self.seq += 1
+        if isinstance(item, StreamState):
+            self.streams[item.name] = item
+        elif isinstance(item, RouteUpdate):
+            if item.state == "released":
+                self.routes.pop((item.stream, item.epoch), None)
+            else:
+                self.routes[(item.stream, item.epoch)] = item
+        else:
+            self.streams.pop(item, None)
+            for key in [k for k in self.routes if k[0] == item]:
+                del self.routes[key]
+        self.pub.send(pack(Update(self.seq, item).to_wire()))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.seq, tuple(self.streams.values()), tuple(self.routes.values()))
+
+    def handle_control(self) -> None:
+        """Answer every request waiting on the control socket (never blocks)."""
+        while True:
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            ident, command, args = frames[0], frames[1], frames[2:]
+            try:
+                reply = self._dispatch(command, args)
+            except (BusError, ValueError, KeyError) as e:
+                reply = {"error": str(e)}
+            if reply is not None:
+                self.control.send_multipart([ident, pack(reply)])
+
+    def _dispatch(self, command: bytes, args: list[bytes]) -> Any:
+        if command == b"snapshot":
+            return self.snapshot().to_wire()
+        if command == b"ready" and args:
+            name = args[0].decode("utf-8", "replace")
+            self.ready.add(name)
+            log.info("event=worker_ready worker=%s", name)
+            return None
+        if command == b"stats" and len(args) == 2:
+            stats = unpack(args[1])
+            if isinstance(stats, dict):
+                self.stats[args[0].decode("utf-8", "replace")] = stats
+            return None
+        handler = self.handlers.get(command)
+        if handler is None:
+            raise BusError(f"unknown command {command!r}")
+        return handler(args)
+
+    def close(self) -> None:
+        self.pub.close()
+        self.control.close()
+        for name in (UPDATES, CONTROL):
+            (self.runtime_dir / name).unlink(missing_ok=True)
+
+
+class BusClient:
+    """A worker's side: a Replica kept current by snapshot + updates."""
+
+    def __init__(self, runtime_dir: Path, name: str, context: zmq.Context[Any] | None = None):
+        self.ctx = context or zmq.Context.instance()
+        self.name = name
+        self.replica = Replica()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, HWM)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(endpoint(runtime_dir, UPDATES))
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.connect(endpoint(runtime_dir, CONTROL))
+        self.snapshot_pending = False
+        self.errors = 0
+
+    def request_snapshot(self) -> None:
+        if not self.snapshot_pending:
+            self.control.send_multipart([b"snapshot"])
+            self.snapshot_pending = True
+
+    def send(self, command: bytes, *args: bytes) -> None:
+        self.control.send_multipart([command, *args], zmq.NOBLOCK)
+
+    def send_stats(self, stats: dict[str, Any]) -> None:
+        # If the supervisor is busy or gone, the next report carries the same counters.
+        with contextlib.suppress(zmq.Again):
+            self.send(b"stats", self.name.encode(), pack(stats))
+
+    def poll_updates(self) -> bool:
+        """Apply every update waiting on the SUB socket; return True if the state changed."""
+        changed = False
+        while True:
+            try:
+                data = self.sub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return changed
+            try:
+                update = Update.from_wire(unpack(data))
+            except BusError as e:
+                self.errors += 1
+                log.warning("event=bad_update worker=%s error=%s", self.name, e)
+                continue
+            if not self.replica.apply(update):
+                log.info("event=update_gap worker=%s seq=%d have=%d", self.name, update.seq,
+                         self.replica.seq)
+                self.request_snapshot()
+            else:
+                changed = True
+
+    def poll_control(self) -> bool:
+        """Take a snapshot reply if one arrived; return True if the state changed."""
+        changed = False
+        while True:
+            try:
+                data = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return changed
+            try:
+                snap = Snapshot.from_wire(unpack(data))
+            except BusError as e:
+                self.errors += 1
+                log.warning("event=bad_snapshot worker=%s error=%s", self.name, e)
+                continue
+            self.snapshot_pending = False
+            if snap.seq >= self.replica.seq:
+                self.replica.apply_snapshot(snap)
+                changed = True
+
+    def close(self) -> None:
+        self.sub.close()
+        self.control.close()
+
+
+def request(runtime_dir: Path, command: bytes, *args: bytes, timeout: float = 3.0) -> Any:
+    """One request/reply on the control socket (for mt6dctl and tests); None on timeout."""
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint(runtime_dir, CONTROL))
+        sock.send_multipart([command, *args])
+        if sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return unpack(sock.recv())
+        return None
+    finally:
+        sock.close()

@@ -1,0 +1,677 @@
+"""MT6D's firewall state: its own chains in the ip6tables *legacy* filter table.
+
+This is the only module that imports ``iptc`` (python-iptables). python-iptables drives libip6tc,
+which reads and replaces the whole legacy table through ``IP6T_SO_GET_ENTRIES`` /
+``IP6T_SO_SET_REPLACE`` socket options; ``ip6tables-legacy -S`` shows the result, while Debian 12's
+``ip6tables`` (the nft variant) shows nothing of it.
+
+Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``)::
+
+    INPUT       position 1: -j P-INPUT                                       "prefix:jump"
+    P-INPUT     stream rules  -s local_true/128 -d remote_true/128 -j NFQUEUE  "prefix:stream:NAME"
+                route rules   -s remote_hashed/128 -d local_hashed/128 -p udp -j NFQUEUE
+                                                                    "prefix:route:NAME:EPOCH"
+                last:         -p ipv6-icmp -j P-ICMP                             "prefix:icmp"
+    P-ICMP      RETURN neighbour solicitation/advertisement (135, 136), then NFQUEUE router
+                advertisements (134) from the external interface, router solicitations (133) from
+                the internal one and errors (1-4) from the external one; RETURN everything else.
+
+Every rule carries ``-m comment --comment "prefix:OWNER"`` naming its owner, so that leftovers of
+a killed run can be found and removed by owner, never by guesswork (the wg-quick idea).
+
+Fail closed, on purpose: no rule uses ``--queue-bypass``. When no process is bound to a queue the
+kernel drops the packets queued to it (``nf_queue()`` finds no listener and, without
+``NFQ_FLAG_BYPASS``, the verdict is NF_DROP). A dead worker therefore stops its traffic instead of
+letting true addresses leak onto the wire unhidden.
+
+Every change is a transaction: refresh the table (a fresh snapshot), apply the operations to the
+snapshot, ``commit()`` the whole table at once. The kernel refuses the replacement with EAGAIN when
+the table changed since the snapshot (``__do_replace()`` in net/ipv6/netfilter/ip6_tables.c compares
+rule counts); python-iptables reports it as "can't commit: Resource temporarily unavailable"
+(ldx/python-iptables#121, #293). We then take a new snapshot and apply the operations again, a few
+times. While a transaction runs we also hold the xtables lock file that ``ip6tables-legacy`` takes,
+so that the two do not race in the first place.
+
+The table handle belongs to the network namespace of the calling process *at refresh time*
+(libip6tc opens its socket in ``iptc_init()``); since every transaction refreshes first, a
+``Firewall`` follows the namespace of the process using it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import iptc
+
+from mt6d_mp.errors import SystemSetupError
+
+log = logging.getLogger(__name__)
+
+TABLE = "filter"
+HOOK_CHAIN = "INPUT"
+
+IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
+
+# ICMPv6 types (RFC 4443 section 2.1, RFC 4861 section 4).
+ICMP6_DEST_UNREACH = 1
+ICMP6_PACKET_TOO_BIG = 2
+ICMP6_TIME_EXCEEDED = 3
+ICMP6_PARAM_PROBLEM = 4
+ND_ROUTER_SOLICIT = 133
+ND_ROUTER_ADVERT = 134
+ND_NEIGHBOR_SOLICIT = 135
+ND_NEIGHBOR_ADVERT = 136
+ICMP6_ERRORS = (ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMP6_PARAM_PROBLEM)
+
+COMMIT_ATTEMPTS = 5
+COMMIT_BACKOFF_S = 0.02
+LOCK_TIMEOUT_S = 5.0
+# The lock file iptables-legacy uses (xshared.c); iptables >= 1.8.5 honours the same variable.
+XTABLES_LOCKFILE = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+
+_PROTO_NAMES = {IPPROTO_UDP: "udp", IPPROTO_ICMPV6: "ipv6-icmp"}
+# python-iptables' spelling of protocols when reading rules back.
+_IPTC_PROTO = {
+    "ip": None,
+    "all": None,
+    "udp": IPPROTO_UDP,
+    "icmpv6": IPPROTO_ICMPV6,
+    "ipv6-icmp": IPPROTO_ICMPV6,
+}
+
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,7}\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}\Z")
+# IFNAMSIZ is 16 including the NUL; ip(8) refuses '/', ':' and whitespace.
+_IFNAME_RE = re.compile(r"[^/:\s]{1,15}\Z")
+
+AddressLike = str | bytes | ipaddress.IPv6Address
+
+
+class FirewallInputError(SystemSetupError, ValueError):
+    """An argument was invalid; raised before anything in the system is touched."""
+
+
+# --------------------------------------------------------------------------------------------
+# Rules as data
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule of the subset MT6D uses, able to render itself as an ``ip6tables -S`` line."""
+
+    chain: str
+    comment: str
+    target: str  # "NFQUEUE", "RETURN" or a chain name
+    src: str | None = None  # "addr/128"
+    dst: str | None = None
+    in_if: str | None = None
+    proto: int | None = None
+    icmp6_type: int | None = None
+    queue: int | None = None
+
+    def text(self) -> str:
+        """The rule exactly as ``ip6tables-legacy -S`` prints it."""
+        parts = ["-A", self.chain]
+        if self.src:
+            parts += ["-s", self.src]
+        if self.dst:
+            parts += ["-d", self.dst]
+        if self.in_if:
+            parts += ["-i", self.in_if]
+        if self.proto is not None:
+            parts += ["-p", _PROTO_NAMES.get(self.proto, str(self.proto))]
+        if self.icmp6_type is not None:
+            parts += ["-m", "icmp6", "--icmpv6-type", str(self.icmp6_type)]
+        parts += ["-m", "comment", "--comment", f'"{self.comment}"', "-j", self.target]
+        if self.queue is not None:
+            parts += ["--queue-num", str(self.queue)]
+        return " ".join(parts)
+
+    def build(self) -> iptc.Rule6:
+        rule = iptc.Rule6()
+        if self.src:
+            rule.src = self.src
+        if self.dst:
+            rule.dst = self.dst
+        if self.in_if:
+            rule.in_interface = self.in_if
+        if self.proto is not None:
+            # python-iptables knows few protocol names ("ipv6-icmp" is not one); numbers work.
+            rule.protocol = str(self.proto)
+        if self.icmp6_type is not None:
+            match = rule.create_match("icmp6")
+            match.icmpv6_type = str(self.icmp6_type)
+        rule.create_match("comment").comment = self.comment
+        target = rule.create_target(self.target)
+        if self.queue is not None:
+            target.queue_num = str(self.queue)
+        return rule
+
+
+def _read_rule(chain: str, rule: iptc.Rule6) -> str:
+    """Render a rule read from the kernel in ``ip6tables -S`` syntax (the subset MT6D uses)."""
+    parts = ["-A", chain]
+    if rule.src and rule.src != "::/0":
+        parts += ["-s", rule.src]
+    if rule.dst and rule.dst != "::/0":
+        parts += ["-d", rule.dst]
+    if rule.in_interface:
+        parts += ["-i", rule.in_interface]
+    proto = _IPTC_PROTO.get(rule.protocol, rule.protocol)
+    if proto is not None:
+        parts += ["-p", _PROTO_NAMES.get(proto, str(proto)) if isinstance(proto, int) else proto]
+    for match in rule.matches:
+        if match.name == "icmp6":
+            parts += ["-m", "icmp6", "--icmpv6-type", str(match.icmpv6_type)]
+        elif match.name == "comment":
+            parts += ["-m", "comment", "--comment", f'"{match.comment}"']
+        else:
+            parts += ["-m", str(match.name)]
+    name = rule.target.name if rule.target is not None else ""
+    if name:
+        parts += ["-j", name]
+        if name == "NFQUEUE":
+            parts += ["--queue-num", str(rule.target.queue_num)]
+    return " ".join(parts)
+
+
+def _comment_of(rule: iptc.Rule6) -> str | None:
+    for match in rule.matches:
+        if match.name == "comment":
+            return str(match.comment)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (before anything is touched)
+
+
+def _host(addr: AddressLike, what: str) -> str:
+    try:
+        ip = addr if isinstance(addr, ipaddress.IPv6Address) else ipaddress.IPv6Address(addr)
+    except (ipaddress.AddressValueError, ValueError, TypeError) as exc:
+        raise FirewallInputError(f"{what}: not an IPv6 address: {addr!r}") from exc
+    return f"{ip.compressed}/128"
+
+
+def _queue(queue: int, what: str = "queue") -> int:
+    if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue <= 65535:
+        raise FirewallInputError(f"{what}: expected a queue number 0..65535, got {queue!r}")
+    return queue
+
+
+def _name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise FirewallInputError(f"{what}: expected 1-100 of [A-Za-z0-9._-], got {name!r}")
+    return name
+
+
+def _ifname(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _IFNAME_RE.match(name):
+        raise FirewallInputError(f"{what}: not an interface name: {name!r}")
+    return name
+
+
+def _prefix(tag_prefix: str) -> str:
+    if not isinstance(tag_prefix, str) or not _PREFIX_RE.match(tag_prefix):
+        raise FirewallInputError(f"tag_prefix: expected [a-z][a-z0-9]{{0,7}}, got {tag_prefix!r}")
+    return tag_prefix
+
+
+# --------------------------------------------------------------------------------------------
+# Transactions
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One change to the table: how to log it, and how to apply it to a fresh snapshot."""
+
+    describe: str  # key=value fields for the log line
+    apply: Callable[[iptc.Table6], None]
+
+
+def _table() -> iptc.Table6:
+    # Table6 objects are per-process singletons; autocommit off so that a transaction is one commit.
+    return iptc.Table6(iptc.Table6.FILTER, autocommit=False)
+
+
+@contextlib.contextmanager
+def _xtables_lock() -> Iterator[None]:
+    """Hold the lock ``ip6tables-legacy`` holds while it replaces a table (flock on the file)."""
+    try:
+        fd = os.open(XTABLES_LOCKFILE, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        # No lock file possible (read-only /run): we still have the EAGAIN retry.
+        yield
+        return
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemSetupError(
+                        f"firewall: {XTABLES_LOCKFILE} held by another process for "
+                        f"{LOCK_TIMEOUT_S}s"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _is_eagain(exc: iptc.IPTCError) -> bool:
+    return os.strerror(errno.EAGAIN) in str(exc)
+
+
+def _transaction(ops: Sequence[_Op], what: str) -> None:
+    """Apply ``ops`` to a fresh snapshot of the filter table and commit them as one replacement.
+
+    One INFO line per operation is logged before the commit that makes it real; a retry after
+    EAGAIN applies the same operations to a newer snapshot and logs one WARNING.
+    """
+    if not ops:
+        return
+    for op in ops:
+        log.info("%s", op.describe)
+    table = _table()
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        with _xtables_lock():
+            try:
+                # refresh() with autocommit off frees the old handle without committing: any
+                # half-applied operations of an earlier failed transaction are discarded here.
+                table.refresh()
+                for op in ops:
+                    op.apply(table)
+                table.commit()
+                return
+            except iptc.IPTCError as exc:
+                if not _is_eagain(exc) or attempt == COMMIT_ATTEMPTS:
+                    with contextlib.suppress(iptc.IPTCError):
+                        table.refresh()  # drop the pending changes
+                    raise SystemSetupError(f"firewall: {what} failed: {exc}") from exc
+                log.warning(
+                    "action=retry_commit what=%s attempt=%d reason=EAGAIN", what, attempt + 1
+                )
+        time.sleep(COMMIT_BACKOFF_S * attempt)
+
+
+def _op_new_chain(name: str) -> _Op:
+    def apply(table: iptc.Table6) -> None:
+        table.create_chain(name)
+
+    return _Op(f"action=new_chain chain={name}", apply)
+
+
+def _op_flush_chain(name: str) -> _Op:
+    return _Op(f"action=flush_chain chain={name}", lambda t: t.flush_entries(name))
+
+
+def _op_delete_chain(name: str) -> _Op:
+    return _Op(f"action=delete_chain chain={name}", lambda t: t.delete_chain(name))
+
+
+def _op_insert(rule: Rule, position: int) -> _Op:
+    def apply(table: iptc.Table6) -> None:
+        iptc.Chain(table, rule.chain).insert_rule(rule.build(), position)
+
+    return _Op(
+        f'action=add_rule chain={rule.chain} position={position + 1} rule="{rule.text()}"', apply
+    )
+
+
+def _op_append(rule: Rule) -> _Op:
+    def apply(table: iptc.Table6) -> None:
+        iptc.Chain(table, rule.chain).append_rule(rule.build())
+
+    return _Op(f'action=add_rule chain={rule.chain} rule="{rule.text()}"', apply)
+
+
+def _op_delete(rule: Rule) -> _Op:
+    def apply(table: iptc.Table6) -> None:
+        # libip6tc finds the rule by comparing the whole entry (matches and target included).
+        iptc.Chain(table, rule.chain).delete_rule(rule.build())
+
+    return _Op(f'action=delete_rule chain={rule.chain} rule="{rule.text()}"', apply)
+
+
+# --------------------------------------------------------------------------------------------
+# Leftovers of earlier runs
+
+
+def _chain_names(tag_prefix: str) -> tuple[str, str]:
+    upper = tag_prefix.upper()
+    return f"{upper}-INPUT", f"{upper}-ICMP"
+
+
+def _is_our_jump(rule: iptc.Rule6, tag_prefix: str) -> bool:
+    """A rule in INPUT is ours if its comment names our prefix or it jumps to one of our chains."""
+    comment = _comment_of(rule) or ""
+    target = rule.target.name if rule.target is not None else ""
+    return comment.startswith(f"{tag_prefix}:") or target.startswith(f"{tag_prefix.upper()}-")
+
+
+def _our_chains(table: iptc.Table6, tag_prefix: str) -> list[str]:
+    upper = f"{tag_prefix.upper()}-"
+    return sorted(c.name for c in table.chains if c.name.startswith(upper))
+
+
+def installed(tag_prefix: str = "mt6d") -> list[str]:
+    """What the kernel holds of ``tag_prefix``'s state, in ``ip6tables -S`` syntax.
+
+    The ``-N`` lines of our chains, our jump rules in INPUT, then the rules of our chains; this is
+    the subset of ``ip6tables-legacy -S`` that mentions us, in the same order.
+    """
+    _prefix(tag_prefix)
+    table = _table()
+    with _xtables_lock():
+        table.refresh()
+    chains = _our_chains(table, tag_prefix)
+    lines = [f"-N {name}" for name in chains]
+    lines += [
+        _read_rule(HOOK_CHAIN, r)
+        for r in iptc.Chain(table, HOOK_CHAIN).rules
+        if _is_our_jump(r, tag_prefix)
+    ]
+    for name in chains:
+        lines += [_read_rule(name, r) for r in iptc.Chain(table, name).rules]
+    return lines
+
+
+def leftovers(tag_prefix: str = "mt6d") -> list[str]:
+    """State marked as ``tag_prefix``'s in the kernel (as :func:`installed`; empty if clean)."""
+    return installed(tag_prefix)
+
+
+def _cleanup_ops(tag_prefix: str) -> list[_Op]:
+    """Operations removing every jump and chain of ``tag_prefix`` (computed on a fresh snapshot).
+
+    The operations themselves look again at the snapshot they are applied to, so that a retry
+    after EAGAIN removes what is there then.
+    """
+    table = _table()
+    with _xtables_lock():
+        table.refresh()
+    jumps = [r for r in iptc.Chain(table, HOOK_CHAIN).rules if _is_our_jump(r, tag_prefix)]
+    chains = _our_chains(table, tag_prefix)
+    ops: list[_Op] = []
+    if jumps:
+
+        def delete_jumps(t: iptc.Table6) -> None:
+            chain = iptc.Chain(t, HOOK_CHAIN)
+            for rule in chain.rules:
+                if _is_our_jump(rule, tag_prefix):
+                    chain.delete_rule(rule)
+
+        texts = "; ".join(_read_rule(HOOK_CHAIN, r) for r in jumps)
+        ops.append(
+            _Op(f'action=delete_leftover_rules chain={HOOK_CHAIN} rules="{texts}"', delete_jumps)
+        )
+    # Flush all first: one of our chains may jump to another, and a referenced chain cannot go.
+    ops += [_op_flush_chain(name) for name in chains]
+    ops += [_op_delete_chain(name) for name in chains]
+    return ops
+
+
+def cleanup(tag_prefix: str = "mt6d") -> list[str]:
+    """Remove every jump rule and chain marked as ``tag_prefix``'s; return what was removed."""
+    _prefix(tag_prefix)
+    found = installed(tag_prefix)
+    _transaction(_cleanup_ops(tag_prefix), "cleanup")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The firewall of one supervisor
+
+
+class Firewall:
+    """MT6D's chains, rules and the jump to them, owned by one supervisor.
+
+    Nothing touches the kernel before :meth:`setup`. Positions in ``P-INPUT`` are computed from
+    what this object added (it owns the chain): stream rules first in the order they were added,
+    then route rules in the order they were added, then the ICMP jump. Removing a rule never
+    reorders the others.
+    """
+
+    def __init__(self, tag_prefix: str = "mt6d") -> None:
+        self.tag_prefix = _prefix(tag_prefix)
+        self.input_chain, self.icmp_chain = _chain_names(tag_prefix)
+        self._base: list[Rule] = []  # jump from INPUT, ICMP chain rules, ICMP jump
+        self._streams: dict[str, Rule] = {}
+        self._routes: dict[tuple[str, int], Rule] = {}
+        self._active = False
+
+    # -- owner tags
+
+    def _tag(self, *parts: object) -> str:
+        return ":".join([self.tag_prefix, *(str(p) for p in parts)])
+
+    # -- lifecycle
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def setup(self, icmp_queue: int, internal_if: str, external_if: str) -> None:
+        """Remove what an earlier run left, then install the chains, the ICMP rules and the jump.
+
+        Both happen in one commit: there is no moment with neither the old nor the new state.
+        """
+        _queue(icmp_queue, "icmp_queue")
+        _ifname(internal_if, "internal_if")
+        _ifname(external_if, "external_if")
+        if self._active:
+            raise SystemSetupError("firewall: setup() called twice; call teardown() first")
+        icmp, inp = self.icmp_chain, self.input_chain
+        tag = self._tag("icmp")
+        icmp_rules = [
+            Rule(icmp, tag, "RETURN", proto=IPPROTO_ICMPV6, icmp6_type=ND_NEIGHBOR_SOLICIT),
+            Rule(icmp, tag, "RETURN", proto=IPPROTO_ICMPV6, icmp6_type=ND_NEIGHBOR_ADVERT),
+            Rule(
+                icmp,
+                tag,
+                "NFQUEUE",
+                in_if=external_if,
+                proto=IPPROTO_ICMPV6,
+                icmp6_type=ND_ROUTER_ADVERT,
+                queue=icmp_queue,
+            ),
+            Rule(
+                icmp,
+                tag,
+                "NFQUEUE",
+                in_if=internal_if,
+                proto=IPPROTO_ICMPV6,
+                icmp6_type=ND_ROUTER_SOLICIT,
+                queue=icmp_queue,
+            ),
+            *(
+                Rule(
+                    icmp,
+                    tag,
+                    "NFQUEUE",
+                    in_if=external_if,
+                    proto=IPPROTO_ICMPV6,
+                    icmp6_type=t,
+                    queue=icmp_queue,
+                )
+                for t in ICMP6_ERRORS
+            ),
+            Rule(icmp, tag, "RETURN"),  # explicit: all other ICMPv6 passes untouched
+        ]
+        icmp_jump = Rule(inp, tag, icmp, proto=IPPROTO_ICMPV6)
+        hook_jump = Rule(HOOK_CHAIN, self._tag("jump"), inp)
+        ops = _cleanup_ops(self.tag_prefix)
+        ops += [_op_new_chain(icmp), _op_new_chain(inp)]
+        ops += [_op_append(r) for r in icmp_rules]
+        ops += [_op_append(icmp_jump), _op_insert(hook_jump, 0)]
+        _transaction(ops, "setup")
+        self._base = [hook_jump, *icmp_rules, icmp_jump]
+        self._streams.clear()
+        self._routes.clear()
+        self._active = True
+
+    def teardown(self) -> None:
+        """Remove exactly what :meth:`setup` and later calls added: the jump, then the chains."""
+        if not self._active:
+            return
+        ops = [
+            _op_delete(self._base[0]),
+            _op_flush_chain(self.input_chain),
+            _op_flush_chain(self.icmp_chain),
+            _op_delete_chain(self.input_chain),
+            _op_delete_chain(self.icmp_chain),
+        ]
+        _transaction(ops, "teardown")
+        self._active = False
+        self._base = []
+        self._streams.clear()
+        self._routes.clear()
+
+    def __enter__(self) -> Firewall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def _require_active(self) -> None:
+        if not self._active:
+            raise SystemSetupError("firewall: not set up")
+
+    # -- streams
+
+    def add_stream(self, name: str, local: AddressLike, remote: AddressLike, queue: int) -> bool:
+        """Queue packets from ``local`` (a true address) to ``remote`` to ``queue``.
+
+        Returns False (and changes nothing) if the same stream rule is already there; a different
+        rule under the same name is an error.
+        """
+        rule = Rule(
+            self.input_chain,
+            self._tag("stream", _name(name, "stream")),
+            "NFQUEUE",
+            src=_host(local, "local"),
+            dst=_host(remote, "remote"),
+            queue=_queue(queue),
+        )
+        self._require_active()
+        old = self._streams.get(name)
+        if old == rule:
+            return False
+        if old is not None:
+            raise SystemSetupError(f"firewall: stream {name} exists with another rule")
+        _transaction([_op_insert(rule, len(self._streams))], f"add_stream {name}")
+        self._streams[name] = rule
+        return True
+
+    def remove_stream(self, name: str) -> bool:
+        """Remove the stream rule and every route rule of the stream, in one commit."""
+        _name(name, "stream")
+        self._require_active()
+        if name not in self._streams:
+            return False
+        routes = [key for key in self._routes if key[0] == name]
+        ops = [_op_delete(self._routes[key]) for key in routes]
+        ops.append(_op_delete(self._streams[name]))
+        _transaction(ops, f"remove_stream {name}")
+        for key in routes:
+            del self._routes[key]
+        del self._streams[name]
+        return True
+
+    # -- routes
+
+    def add_route(
+        self,
+        stream: str,
+        epoch: int,
+        remote_hashed: AddressLike,
+        local_hashed: AddressLike,
+        queue: int,
+    ) -> bool:
+        """Queue UDP from ``remote_hashed`` to ``local_hashed`` (a stream's epoch) to ``queue``.
+
+        The stream must exist. Returns False if the identical route rule is already there.
+        """
+        _name(stream, "stream")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
+        rule = Rule(
+            self.input_chain,
+            self._tag("route", stream, epoch),
+            "NFQUEUE",
+            src=_host(remote_hashed, "remote_hashed"),
+            dst=_host(local_hashed, "local_hashed"),
+            proto=IPPROTO_UDP,
+            queue=_queue(queue),
+        )
+        self._require_active()
+        if stream not in self._streams:
+            raise SystemSetupError(f"firewall: route for unknown stream {stream}")
+        old = self._routes.get((stream, epoch))
+        if old == rule:
+            return False
+        if old is not None:
+            raise SystemSetupError(f"firewall: route {stream}:{epoch} exists with another rule")
+        position = len(self._streams) + len(self._routes)  # just before the ICMP jump
+        _transaction([_op_insert(rule, position)], f"add_route {stream}:{epoch}")
+        self._routes[(stream, epoch)] = rule
+        return True
+
+    def remove_route(self, stream: str, epoch: int) -> bool:
+        """Remove one route rule; False if there was none."""
+        _name(stream, "stream")
+        self._require_active()
+        rule = self._routes.get((stream, epoch))
+        if rule is None:
+            return False
+        _transaction([_op_delete(rule)], f"remove_route {stream}:{epoch}")
+        del self._routes[(stream, epoch)]
+        return True
+
+    def routes(self) -> list[tuple[str, int]]:
+        return list(self._routes)
+
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    # -- inspection
+
+    def rules(self) -> list[str]:
+        """What this object installed, as ``ip6tables-legacy -S`` prints it (our lines only)."""
+        if not self._active:
+            return []
+        hook_jump, *icmp_rules, icmp_jump = self._base
+        lines = [f"-N {name}" for name in sorted((self.icmp_chain, self.input_chain))]
+        lines.append(hook_jump.text())
+        by_chain = {
+            self.icmp_chain: [r.text() for r in icmp_rules],
+            self.input_chain: [r.text() for r in self._streams.values()]
+            + [r.text() for r in self._routes.values()]
+            + [icmp_jump.text()],
+        }
+        for name in sorted(by_chain):
+            lines += by_chain[name]
+        return lines
+
+    def verify(self) -> list[str]:
+        """Differences between :meth:`rules` and the kernel; empty when they agree."""
+        want, have = self.rules(), installed(self.tag_prefix)
+        if want == have:
+            return []
+        return [f"-{line}" for line in want if line not in have] + [
+            f"+{line}" for line in have if line not in want
+        ] or ["order differs"]

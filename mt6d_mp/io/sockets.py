@@ -1,0 +1,95 @@
+"""The raw sockets workers send with, and the ancillary data they need.
+
+* Tunnel socket: ``AF_INET6/SOCK_RAW/IPPROTO_UDP``. We write the UDP header and payload; the
+  kernel builds the IPv6 header, inserts the destination options given as ``IPV6_DSTOPTS``
+  ancillary data, takes the source address and interface from ``IPV6_PKTINFO`` (RFC 3542 6.1)
+  and fills the UDP checksum because ``IPV6_CHECKSUM`` is set to offset 6 (RFC 3542 3.1; Linux
+  also turns a computed 0 into 0xffff for UDP). One socket serves every route and port: a UDP
+  socket would need one bind per (address, port).
+* Host socket: ``AF_INET6/SOCK_RAW/IPPROTO_RAW``, which implies ``IPV6_HDRINCL``: the restored
+  inner packet goes out exactly as given, scatter/gathered from its pieces (thesis figure 3.8).
+
+Raw sockets of a protocol receive a copy of every incoming packet of that protocol; the tunnel
+socket never reads, so a classic BPF program that accepts nothing keeps its queue empty.
+Packets sent on raw sockets traverse OUTPUT, not FORWARD; MT6D's rules live in INPUT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+
+IPV6_CHECKSUM = 7
+IPV6_DSTOPTS = 59
+IPV6_PKTINFO = 50
+IPV6_HOPLIMIT = 52
+IPV6_FLOWINFO_SEND = 33
+SO_ATTACH_FILTER = 26
+SO_SNDBUFFORCE = 32  # missing from Python 3.11's socket module
+UDP_CHECKSUM_OFFSET = 6
+SEND_BUFFER = 4 * 1024 * 1024
+
+_PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo
+_INT = struct.Struct("@i")
+
+# Ancillary data for every hop limit, built once (the outer hop limit copies the inner one).
+HOPLIMIT_CMSG = tuple(
+    (socket.IPPROTO_IPV6, IPV6_HOPLIMIT, _INT.pack(h)) for h in range(256)
+)
+
+
+def pktinfo_cmsg(source16: bytes, ifindex: int) -> tuple[int, int, bytes]:
+    return (socket.IPPROTO_IPV6, IPV6_PKTINFO, _PKTINFO.pack(source16, ifindex))
+
+
+def dstopts_cmsg(dstopts: bytes) -> tuple[int, int, bytes]:
+    return (socket.IPPROTO_IPV6, IPV6_DSTOPTS, dstopts)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+_BPF_RET_K = 0x06
+_REJECT_ALL = (_SockFilter * 1)(_SockFilter(_BPF_RET_K, 0, 0, 0))
+_REJECT_PROG = _SockFprog(1, ctypes.cast(_REJECT_ALL, ctypes.POINTER(_SockFilter)))
+
+
+def _reject_all_input(sock: socket.socket) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.setsockopt(sock.fileno(), socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                         ctypes.byref(_REJECT_PROG), ctypes.sizeof(_REJECT_PROG))
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), "SO_ATTACH_FILTER failed")
+
+
+def _big_send_buffer(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SEND_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
+def tunnel_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, UDP_CHECKSUM_OFFSET)
+    _reject_all_input(sock)
+    _big_send_buffer(sock)
+    return sock
+
+
+def host_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    _big_send_buffer(sock)
+    return sock
+
+
+def sockaddr(address16: bytes, scope_id: int = 0) -> tuple[str, int, int, int]:
+    """A sendmsg address for a raw socket (the port must be 0 or the socket's protocol)."""
+    return (socket.inet_ntop(socket.AF_INET6, address16), 0, 0, scope_id)

@@ -1,0 +1,182 @@
+"""Root tests of mt6d_mp.io.netlink in namespaces of their own.
+
+``Netlink(netns=NAME)`` opens its rtnetlink socket inside the test's namespace, so the test
+process itself never changes the root namespace's addresses, neighbours or routes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mt6d_mp.errors import SystemSetupError
+from mt6d_mp.io.netlink import PROTO_MT6D, Netlink, NetlinkInputError
+from tests import nsutil
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def pair(netns_factory: Callable[[str], str]) -> tuple[str, str]:
+    a, b = netns_factory("a"), netns_factory("b")
+    nsutil.veth(a, "va", b, "vb")
+    return a, b
+
+
+@pytest.fixture
+def nl(pair: tuple[str, str]) -> Iterator[Netlink]:
+    with Netlink(netns=pair[0]) as handle:
+        yield handle
+
+
+def pings(ns: str, dst: str) -> bool:
+    argv = ["ip", "netns", "exec", ns, "ping", "-6", "-n", "-q", "-c", "1", "-W", "1", dst]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def ip6(ns: str, *argv: str) -> str:
+    return nsutil.run_in(ns, ["ip", "-6", *argv])
+
+
+def test_link_facts(pair: tuple[str, str], nl: Netlink) -> None:
+    a, _ = pair
+    out = nsutil.run_in(a, ["ip", "-o", "link", "show", "dev", "va"])
+    mac = out.split("link/ether ")[1].split()[0]
+    assert nl.mac("va") == bytes.fromhex(mac.replace(":", ""))
+    assert nl.mtu("va") == 1500
+    assert nl.ifindex("va") == int(out.split(":")[0])
+    with pytest.raises(SystemSetupError, match="no interface"):
+        nl.ifindex("nosuchif")
+    # DAD is off in the namespace (set before the veth was made): link-local is usable at once.
+    lla = nl.link_local("va")
+    assert lla is not None and ipaddress.IPv6Address(lla).is_link_local
+    assert str(ipaddress.IPv6Address(lla)) in ip6(a, "addr", "show", "dev", "va")
+
+
+def test_add_remove_address_nodad_noprefixroute(
+    pair: tuple[str, str], nl: Netlink, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _ = pair
+    # The namespace has DAD off for new interfaces; turn it back on for this one, so that
+    # only the address's own NODAD flag can keep it from being tentative.
+    nsutil.sysctl_in(a, "net.ipv6.conf.all.accept_dad", "1")
+    nsutil.sysctl_in(a, "net.ipv6.conf.va.accept_dad", "1")
+    caplog.set_level(logging.INFO, logger="mt6d_mp.io.netlink")
+
+    assert nl.add_address("va", "fd00:1::a", 64) is True
+    assert nl.add_address("va", ipaddress.IPv6Address("fd00:1::a").packed, 64) is False  # EEXIST
+    shown = ip6(a, "addr", "show", "dev", "va")
+    line = next(ln for ln in shown.splitlines() if "fd00:1::a/64" in ln)
+    assert "tentative" not in line
+    assert "nodad" in line and "noprefixroute" in line
+    assert "fd00:1::/64" not in ip6(a, "route", "show")  # no prefix route
+    nl.wait_address_usable("fd00:1::a", timeout=0.5)
+    # Control: the same interface without NODAD does hold an address tentative.
+    ip6(a, "addr", "add", "fd00:1::99/128", "dev", "va")
+    assert "tentative" in next(
+        ln for ln in ip6(a, "addr", "show", "dev", "va").splitlines() if "fd00:1::99/128" in ln
+    )
+    with pytest.raises(SystemSetupError, match="still tentative"):
+        nl.wait_address_usable("fd00:1::99", timeout=0.1)
+    ip6(a, "addr", "del", "fd00:1::99/128", "dev", "va")
+
+    # Usable at once: bind() works (a tentative address fails with EADDRNOTAVAIL).
+    def bind() -> bool:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("fd00:1::a", 0))
+        return True
+
+    assert nsutil.call_in(a, bind) is True
+
+    ours = [a for _, a in nl.owned_addresses()]
+    assert [str(x) for x in ours] == ["fd00:1::a/64"]
+    assert ours[0].proto == PROTO_MT6D and not ours[0].tentative
+    assert [str(x) for x in nl.addresses("va") if not ipaddress.IPv6Address(x.address).is_link_local] == [
+        "fd00:1::a/64"
+    ]
+
+    assert nl.remove_address("va", "fd00:1::a", 64) is True
+    assert nl.remove_address("va", "fd00:1::a", 64) is False
+    assert "fd00:1::a" not in ip6(a, "addr", "show", "dev", "va")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs[0] == ("action=add_address dev=va address=fd00:1::a/64 flags=nodad,noprefixroute proto=109")
+    assert "action=remove_address dev=va address=fd00:1::a/64" in msgs
+
+
+def test_neighbour_permanent(pair: tuple[str, str], nl: Netlink) -> None:
+    a, _ = pair
+    nl.add_neighbour("va", "fd00:1::b", b"\x02\x00\x00\x00\x00\x0b")
+    nl.add_neighbour("va", "fd00:1::b", "02:00:00:00:00:0c")  # replace, still permanent
+    shown = ip6(a, "neigh", "show", "dev", "va")
+    assert "fd00:1::b lladdr 02:00:00:00:00:0c PERMANENT" in shown
+    assert nl.remove_neighbour("va", "fd00:1::b") is True
+    assert nl.remove_neighbour("va", "fd00:1::b") is False
+    assert "fd00:1::b" not in ip6(a, "neigh", "show", "dev", "va")
+
+
+def test_host_route_reaches_peer(pair: tuple[str, str], nl: Netlink) -> None:
+    a, b = pair
+    # Both sides hold a /64 address without a prefix route: nothing is reachable until the
+    # /128 host route says where the peer is.
+    nl.add_address("va", "fd00:1::a", 64)
+    with Netlink(netns=b) as peer:
+        peer.add_address("vb", "fd00:1::b", 64)
+        peer.add_host_route("vb", "fd00:1::a")
+    assert "fd00:1::b" not in ip6(a, "route", "show")
+    assert not pings(a, "fd00:1::b")  # no route: "Network unreachable"
+
+    nl.add_host_route("va", "fd00:1::b")
+    nl.add_host_route("va", "fd00:1::b")  # replace: idempotent
+    assert "fd00:1::b dev va proto 109 metric 1024" in ip6(a, "route", "show")
+    assert nl.owned_routes() == [("va", ipaddress.IPv6Address("fd00:1::b").packed, 128)]
+    assert pings(a, "fd00:1::b")
+
+    assert nl.remove_host_route("va", "fd00:1::b") is True
+    assert nl.remove_host_route("va", "fd00:1::b") is False
+    assert "fd00:1::b" not in ip6(a, "route", "show")
+    assert nl.owned_routes() == []
+
+
+def test_bad_inputs(nl: Netlink) -> None:
+    for call in (
+        lambda: nl.add_address("va", "10.0.0.1"),
+        lambda: nl.add_address("va", b"\x00" * 4),
+        lambda: nl.add_address("va", "fd00::1", 129),
+        lambda: nl.add_neighbour("va", "fd00::1", b"\x00" * 5),
+        lambda: nl.add_neighbour("va", "fd00::1", "zz:00:00:00:00:00"),
+        lambda: nl.add_host_route("va", "not an address"),
+    ):
+        with pytest.raises(NetlinkInputError):
+            call()
+
+
+def test_cost_per_address(nl: Netlink) -> None:
+    n = 200
+    addrs = [f"fd00:2::{i + 1:x}" for i in range(n)]
+    t0 = time.perf_counter()
+    for addr in addrs:
+        nl.add_address("va", addr)
+    t1 = time.perf_counter()
+    for addr in addrs:
+        nl.add_host_route("va", addr)
+    t2 = time.perf_counter()
+    for addr in addrs:
+        nl.remove_host_route("va", addr)
+    t3 = time.perf_counter()
+    for addr in addrs:
+        nl.remove_address("va", addr)
+    t4 = time.perf_counter()
+    got = {
+        "add_address_ms": (t1 - t0) * 1000 / n,
+        "add_route_ms": (t2 - t1) * 1000 / n,
+        "remove_route_ms": (t3 - t2) * 1000 / n,
+        "remove_address_ms": (t4 - t3) * 1000 / n,
+    }
+    print("netlink timing (200 each):", {k: round(v, 3) for k, v in got.items()})
+    assert got["add_address_ms"] < 20

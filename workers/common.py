@@ -1,0 +1,192 @@
+"""What every worker process shares: parent-death handling, the bus, the poll loop, counters.
+
+A worker is one thread with one poll loop over its netfilter queue's fd and its two bus sockets.
+Every queued packet gets exactly one verdict inside the queue callback. The queues are
+fail-closed on purpose: the firewall rules carry no ``--queue-bypass``, so while no worker is
+bound (not started yet, restarting, crashed) the kernel drops what the rules send to the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from netfilterqueue import NetfilterQueue, Packet
+
+from mt6d_mp.io.bus import BusClient
+from mt6d_mp.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+STATS_INTERVAL = 1.0
+SNAPSHOT_TIMEOUT = 10.0
+SNAPSHOT_RETRY = 0.5
+# Packets the kernel may hold for one queue before it drops (the default is 1024).
+QUEUE_MAXLEN = 8192
+# Receive buffer of the queue's netlink socket: bursts of full-size packets fit.
+QUEUE_SOCK_LEN = 8 * 1024 * 1024
+
+
+def die_with_parent() -> int:
+    """Ask the kernel to SIGTERM us when the supervisor dies; return the supervisor's pid.
+
+    PR_SET_PDEATHSIG fires when the parent *thread* exits, so the supervisor never spawns
+    workers from a helper thread. The getppid() check closes the race where the parent died
+    before prctl() ran (then we were already reparented).
+    """
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("event=prctl_failed errno=%d", ctypes.get_errno())
+    if os.getppid() != parent or parent == 1:
+        sys.exit(0)
+    return parent
+
+
+def parse_args(
+    description: str,
+    argv: list[str] | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(p)
+    p.add_argument("--runtime-dir", required=True, type=Path)
+    p.add_argument("--name", required=True, help="worker name (a stream name, or 'icmp')")
+    p.add_argument("--queue", required=True, type=int)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-file", default="")
+    return p.parse_args(argv)
+
+
+class Worker:
+    """The skeleton: subclasses implement ``on_packet`` and ``rebuild``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.name: str = args.name
+        self.queue_num: int = args.queue
+        self.runtime_dir: Path = args.runtime_dir
+        self.counters: Counter[str] = Counter()
+        self.running = True
+        self.parent = die_with_parent()
+        setup_logging(args.log_level, ["console", "file"] if args.log_file else ["console"],
+                      args.log_file, f"{self.name}")
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.bus = BusClient(self.runtime_dir, self.name)
+        self.nfq = NetfilterQueue()
+        self.started = time.time()
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.running = False
+
+    # --- subclass API -------------------------------------------------------------------------
+
+    def on_packet(self, pkt: Packet) -> None:
+        raise NotImplementedError
+
+    def rebuild(self) -> None:
+        """Recompute derived state after the replica changed."""
+        raise NotImplementedError
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _callback(self, pkt: Packet) -> None:
+        """Exactly one verdict per packet, whatever happens in on_packet."""
+        try:
+            self.on_packet(pkt)
+        except Exception:  # never let one packet kill the worker; count it and drop it
+            self.counters["drop_internal_error"] += 1
+            if self.counters["drop_internal_error"] == 1:
+                log.exception("event=internal_error worker=%s (logged once; counted after)",
+                              self.name)
+            with contextlib.suppress(Exception):  # the verdict may have been given already
+                pkt.drop()
+
+    def sync(self) -> None:
+        """Subscribe, ask for a snapshot and wait until it arrives (the Clone pattern)."""
+        deadline = time.monotonic() + SNAPSHOT_TIMEOUT
+        while not self.bus.replica.synced:
+            if time.monotonic() > deadline:
+                log.error("event=no_snapshot worker=%s runtime_dir=%s", self.name, self.runtime_dir)
+                sys.exit(3)
+            self.bus.snapshot_pending = False
+            self.bus.request_snapshot()
+            if self.bus.control.poll(int(SNAPSHOT_RETRY * 1000), zmq.POLLIN):
+                self.bus.poll_control()
+            if os.getppid() != self.parent:
+                sys.exit(0)
+        self.bus.poll_updates()
+        self.rebuild()
+
+    def run(self) -> int:
+        self.sync()
+        try:
+            self.nfq.bind(self.queue_num, self._callback, max_len=QUEUE_MAXLEN,
+                          sock_len=QUEUE_SOCK_LEN)
+        except OSError as e:
+            log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
+                      self.queue_num, e)
+            return 4
+        fd = self.nfq.get_fd()
+        poller = zmq.Poller()
+        poller.register(fd, zmq.POLLIN)
+        poller.register(self.bus.sub, zmq.POLLIN)
+        poller.register(self.bus.control, zmq.POLLIN)
+        self.bus.send(b"ready", self.name.encode())
+        log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
+                 self.queue_num)
+        next_stats = time.monotonic()
+        try:
+            while self.running:
+                events = dict(poller.poll(200))
+                if fd in events:
+                    self.nfq.run(block=False)
+                changed = False
+                if self.bus.sub in events:
+                    changed |= self.bus.poll_updates()
+                if self.bus.control in events:
+                    changed |= self.bus.poll_control()
+                if changed:
+                    self.rebuild()
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + STATS_INTERVAL
+                    self.report()
+                    if os.getppid() != self.parent:
+                        log.info("event=parent_gone worker=%s", self.name)
+                        break
+        finally:
+            self.nfq.unbind()
+            self.report()
+            self.bus.close()
+        log.info("event=worker_stopped worker=%s pid=%d", self.name, os.getpid())
+        return 0
+
+    def report(self) -> None:
+        stats: dict[str, Any] = dict(self.counters)
+        stats["pid"] = os.getpid()
+        stats["started"] = self.started
+        self.bus.send_stats(stats)
+
+
+def main(
+    worker_class: type[Worker],
+    description: str,
+    argv: list[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    args = parse_args(description, argv, extra)
+    return worker_class(args).run()

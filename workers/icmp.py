@@ -1,0 +1,144 @@
+"""ICMP worker: one process for the ICMPv6 that MT6D must handle itself (thesis 3.2.3).
+
+The firewall queues only what needs handling (neighbour discovery and the rest are RETURNed
+before the queue, see mt6d_mp.io.firewall):
+
+* Router advertisement arriving on the external interface: accepted for the gateway, and a
+  copy rewritten for the hosts (MTU option lowered by the tunnel overhead, source link-layer
+  option replaced by the internal MAC, source = the gateway's internal link-local address) is
+  sent to all-nodes on the internal interface.
+* Router solicitation from a host on the internal interface: dropped, so the host's MAC never
+  leaves, and regenerated on the external interface from the gateway's own link-local address
+  and external MAC.
+* ICMPv6 error (types 1-4) arriving on the external interface about a tunnel packet we sent:
+  translated back into the error the host would have received about its own packet (true
+  addresses, decrypted quote, Packet Too Big's MTU lowered) and sent to the host. Errors that
+  quote no route of ours are not MT6D's and pass untouched.
+
+Usage (the supervisor starts it): ``python -m workers.icmp --runtime-dir DIR --name icmp --queue N
+--internal IF --external IF --overhead BYTES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from netfilterqueue import Packet
+
+from mt6d_mp.core import crypto
+from mt6d_mp.core.icmp import (
+    ICMP6_ERROR_TYPES,
+    ND_ROUTER_ADVERT,
+    ND_ROUTER_SOLICIT,
+    parse_icmpv6,
+    rewrite_router_advertisement,
+    router_solicitation,
+    translate_icmp_error,
+)
+from mt6d_mp.errors import PacketError
+from mt6d_mp.io import sockets
+from mt6d_mp.io.netlink import Netlink
+from workers.common import Worker, main
+
+ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
+ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
+DST = slice(24, 40)
+
+Lookup = tuple[bytes, bytes, crypto.PrefixDecryptor | None]
+
+
+class IcmpWorker(Worker):
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        with Netlink() as nl:
+            self.int_index = nl.ifindex(args.internal)
+            self.ext_index = nl.ifindex(args.external)
+            self.int_mac = nl.mac(args.internal)
+            self.ext_mac = nl.mac(args.external)
+            self.int_ll = nl.link_local(args.internal)
+            self.ext_ll = nl.link_local(args.external)
+        self.overhead: int = args.overhead
+        self.host = sockets.host_socket()
+        self.lookup_table: dict[tuple[bytes, bytes], Lookup] = {}
+
+    def rebuild(self) -> None:
+        """Map each route's (hashed source, hashed destination) to the stream's true addresses.
+
+        Errors arrive about packets we sent, so the quote is decrypted with the sending key.
+        Expired routes are kept: an error can arrive a little after its route stopped.
+        """
+        replica = self.bus.replica
+        decryptors: dict[str, crypto.PrefixDecryptor | None] = {}
+        for st in replica.streams.values():
+            ctype = crypto.CRYPT_TYPES[st.crypt]
+            decryptors[st.name] = (None if ctype == crypto.CRYPT_NONE
+                                   else crypto.Sealer(ctype, st.tx_key, phase=st.key_phase))
+        table: dict[tuple[bytes, bytes], Lookup] = {}
+        for r in replica.routes.values():
+            owner = replica.streams.get(r.stream)
+            if owner is not None:
+                table[(r.local, r.remote)] = (owner.local, owner.remote, decryptors[owner.name])
+        self.lookup_table = table
+
+    def _lookup(self, src16: bytes, dst16: bytes) -> Lookup | None:
+        return self.lookup_table.get((bytes(src16), bytes(dst16)))
+
+    def on_packet(self, pkt: Packet) -> None:
+        verdict_accept = True
+        try:
+            data = pkt.get_payload()
+            itype, _code, _off = parse_icmpv6(data)
+            indev = pkt.indev
+            if itype == ND_ROUTER_ADVERT and indev == self.ext_index:
+                if self.int_ll is None:
+                    self.counters["drop_ra_no_link_local"] += 1
+                else:
+                    ra = rewrite_router_advertisement(data, self.overhead, self.int_mac, self.int_ll)
+                    self._send(ra, ALL_NODES, self.int_index, "ra_rewritten")
+            elif itype == ND_ROUTER_SOLICIT and indev == self.int_index:
+                verdict_accept = False  # the host's own solicitation never leaves
+                if self.ext_ll is None:
+                    self.counters["drop_rs_no_link_local"] += 1
+                else:
+                    rs = router_solicitation(self.ext_ll, self.ext_mac)
+                    self._send(rs, ALL_ROUTERS, self.ext_index, "rs_regenerated")
+            elif itype in ICMP6_ERROR_TYPES and indev == self.ext_index:
+                try:
+                    error = translate_icmp_error(data, self._lookup)
+                except PacketError as e:
+                    if e.reason != "unknown_route":
+                        raise
+                    self.counters["passed_foreign_error"] += 1
+                else:
+                    verdict_accept = False
+                    self._send(error, error[DST], 0, f"error_{itype}_translated")
+            else:
+                self.counters["passed"] += 1
+        except PacketError as e:
+            verdict_accept = False  # about our tunnel but unusable: nothing of it reaches a host
+            self.counters["drop_" + e.reason] += 1
+        finally:
+            if verdict_accept:
+                pkt.accept()
+            else:
+                pkt.drop()
+
+    def _send(self, packet: bytes, dst16: bytes, scope: int, what: str) -> None:
+        try:
+            self.host.sendto(packet, sockets.sockaddr(dst16, scope))
+        except OSError as e:
+            self.counters[f"drop_send_{what}_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            return
+        self.counters[what] += 1
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--internal", required=True, help="internal interface name")
+    p.add_argument("--external", required=True, help="external interface name")
+    p.add_argument("--overhead", required=True, type=int, help="tunnel overhead in bytes")
+
+
+if __name__ == "__main__":
+    sys.exit(main(IcmpWorker, __doc__ or "icmp worker", extra=_arguments))
