@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import logging
 import os
 import signal
@@ -122,6 +123,7 @@ class Supervisor:
             self.fw = Firewall()
             self.fw.setup(c.icmp_queue, c.internal, c.external)
         self.bus = BusServer(self.runtime_dir)
+        self.bus.handlers[b"status"] = self.status
         for s in c.streams:
             self.add_stream(s, int_index, ext_index)
 
@@ -320,6 +322,32 @@ class Supervisor:
         self.nl.remove_neighbour(c.internal, s.local.address.packed)
         self.nl.remove_address(c.internal, s.remote.address.packed)
 
+    def status(self, args: list[bytes]) -> dict[str, Any]:
+        """Control command ``status``: workers with their counters, streams with their routes."""
+        assert self.bus is not None
+        now = self.clock()
+        workers = []
+        for w in self.workers.values():
+            running = w.proc is not None and w.proc.poll() is None
+            workers.append({
+                "name": w.name, "queue": w.queue, "pid": w.proc.pid if w.proc else None,
+                "state": ("running" if w.name in self.bus.ready else "starting") if running
+                else "backoff",
+                "restarts": len(w.exits), "exits": w.exits[-5:],
+                "counters": self.bus.stats.get(w.name, {}),
+            })
+        streams = []
+        for name, routes in self.route_lists.items():
+            active = routes.active(now)
+            streams.append({
+                "name": name, "queue": self.stream_states[name].queue,
+                "active": _route_dict(active) if active else None,
+                "installed": [_route_dict(r) for r in routes.installed()],
+                "next_rotation": next_boundary(now, self.config.rotation_time),
+            })
+        return {"pid": os.getpid(), "config": str(self.config.path), "workers": workers,
+                "streams": streams, "tunnel_mtu": self.tunnel_mtu}
+
     def stop(self, signum: int, frame: Any) -> None:
         log.info("event=signal signal=%s", signal.Signals(signum).name)
         self.running = False
@@ -338,6 +366,12 @@ def constant_key(secret: bytes) -> Callable[[int], tuple[bytes, int]]:
         return secret, 0
 
     return schedule
+
+
+def _route_dict(r: Route) -> dict[str, Any]:
+    return {"epoch": r.epoch, "local": str(ipaddress.IPv6Address(r.local.address)),
+            "local_port": r.local.port, "remote": str(ipaddress.IPv6Address(r.remote.address)),
+            "remote_port": r.remote.port, "key_phase": r.key_phase}
 
 
 def route_update(r: Route, state: str) -> RouteUpdate:

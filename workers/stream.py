@@ -81,8 +81,8 @@ class StreamWorker(Worker):
         ctype = crypto.CRYPT_TYPES[st.crypt]
         if (old is None or old.tx_key != st.tx_key or old.key_phase != st.key_phase
                 or old.crypt != st.crypt or self.sealer is None):
-            self.sealer = crypto.Sealer(ctype, st.tx_key, phase=st.key_phase)
-            self.sealer._counter = initial_counter()
+            self.sealer = crypto.Sealer(ctype, st.tx_key, phase=st.key_phase,
+                                        counter=initial_counter())
         if (old is None or old.rx_key != st.rx_key or old.crypt != st.crypt
                 or self.opener is None):
             self.opener = crypto.Opener(ctype, st.rx_key)  # keeps its replay window otherwise

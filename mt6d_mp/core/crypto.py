@@ -154,13 +154,18 @@ def _nonce(dstopts: Buffer, enc_offset: int) -> bytes:
 class Sealer:
     """Seals tunnel payloads for one direction (one key) and one lane (one sender process).
 
-    The counter starts at 0 and is the nonce: one Sealer per (key, lane), never two, never restarted
-    with the same key (a restarted worker must get a new lane or a new key phase).
+    The counter is the nonce: one Sealer per (key, lane), never two, and a Sealer made again for
+    the same key (a restarted worker) must start past every counter the old one used; workers
+    start from the current time in microseconds (see workers.stream.initial_counter).
     """
 
     __slots__ = ("_aad", "_aead", "_counter", "_dstopts", "_key", "crypt_type", "lane", "phase")
 
-    def __init__(self, crypt_type: int, key: bytes, lane: int = 0, phase: int = 0) -> None:
+    def __init__(
+        self, crypt_type: int, key: bytes, lane: int = 0, phase: int = 0, counter: int = 0
+    ) -> None:
+        if not 0 <= counter < COUNTER_LIMIT:
+            raise ValueError("counter must fit in 64 bits")
         if not 0 <= lane <= 0xFFFF:
             raise ValueError("lane must fit in 16 bits")
         if not 0 <= phase <= 0xFF:
@@ -170,7 +175,7 @@ class Sealer:
         self.crypt_type = crypt_type
         self.lane = lane
         self.phase = phase
-        self._counter = 0
+        self._counter = counter
         # Preallocated header; only the counter is rewritten per packet.
         self._dstopts = bytearray(DSTOPTS_LEN)
         DSTOPTS.pack_into(
