@@ -1,0 +1,414 @@
+"""MT6D end to end: two gateways, real hosts, real programs, addresses rotating.
+
+Every claim of the data plane is checked against real traffic in namespaces built by mt6d_mp.lab:
+ping both ways across rotations with zero loss, HTTP downloads byte-identical, iperf3 UDP,
+a capture on the external link that must never show a true address or a host MAC and whose
+outer addresses must be exactly the hashed addresses of the configured keys, fail-closed while a
+worker is stopped or killed, one process and one queue per stream, and (routed topology) the
+router's Packet Too Big, Time Exceeded, router advertisement and the hosts' router solicitation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mt6d_mp import lab as labmod
+from mt6d_mp.core.addressing import mac_bytes
+from mt6d_mp.core.routes import StreamIdentity
+from mt6d_mp.io.bus import request
+from mt6d_mp.lab import Lab, LabInfo
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+
+ROTATION = 1.0
+
+
+def _lab(topology: str, **kw: Any) -> Iterator[tuple[Lab, LabInfo]]:
+    prefix = "t" + secrets.token_hex(3)
+    lab = Lab(prefix, topology, rotation_time=ROTATION, **kw)
+    try:
+        info = lab.up()
+        yield lab, info
+    finally:
+        lab.down()
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        assert not stray, f"left behind: {stray}"
+
+
+@pytest.fixture(scope="module")
+def switched() -> Iterator[tuple[Lab, LabInfo]]:
+    yield from _lab("switched", streams=2)
+
+
+@pytest.fixture(scope="module")
+def routed() -> Iterator[tuple[Lab, LabInfo]]:
+    yield from _lab("routed", router_mtu=1400)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def status(info: LabInfo, gateway: str = "gateway-a") -> dict[str, Any]:
+    gw = info.ns(gateway)
+    assert gw.runtime_dir is not None
+    reply = request(Path(gw.runtime_dir), b"status")
+    assert isinstance(reply, dict), f"no status from {gateway}"
+    return reply
+
+
+def worker(info: LabInfo, name: str, gateway: str = "gateway-a") -> dict[str, Any]:
+    for w in status(info, gateway)["workers"]:
+        if w["name"] == name:
+            return dict(w)
+    raise AssertionError(f"no worker {name}")
+
+
+def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return lab.exec(ns, ["ping", "-6", "-n", *args, address], check=False, timeout=120)
+
+
+def assert_no_loss(r: subprocess.CompletedProcess[str]) -> None:
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+
+
+@contextmanager
+def capture(lab: Lab, ns: str, iface: str, path: Path, filt: str = "ip6") -> Iterator[Path]:
+    """tcpdump on a link for the duration of the block (headers only: 200 bytes per frame)."""
+    pid = lab.spawn(ns, ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "200",
+                         "-w", str(path), filt], name=f"tcpdump-{path.stem}")
+    deadline = time.monotonic() + 5
+    while not path.exists() or path.stat().st_size < 24:
+        assert time.monotonic() < deadline, "tcpdump did not start"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    try:
+        yield path
+    finally:
+        time.sleep(0.3)
+        lab.stop(pid)
+
+
+def frames(path: Path) -> Iterator[tuple[float, bytes]]:
+    """(time, Ethernet frame) of every packet in a pcap file."""
+    data = path.read_bytes()
+    assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"), "little-endian pcap expected"
+    scale = 1e-6 if data[:4] == b"\xd4\xc3\xb2\xa1" else 1e-9
+    off = 24
+    while off + 16 <= len(data):
+        sec, frac, incl, _ = struct.unpack_from("<IIII", data, off)
+        yield sec + frac * scale, data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+
+
+def host_secrets(info: LabInfo) -> list[tuple[bytes, bytes]]:
+    """(16-byte true address, 6-byte MAC) of every protected host."""
+    out = []
+    for ns in info.namespaces:
+        if ns.role.startswith("host") and ns.address and ns.mac:
+            out.append((ipaddress.IPv6Address(ns.address).packed, mac_bytes(ns.mac)))
+    return out
+
+
+def check_external_capture(info: LabInfo, path: Path) -> dict[str, Any]:
+    """No true address, no host MAC anywhere in a frame; outer addresses = hashed addresses."""
+    secrets_ = host_secrets(info)
+    expected: dict[tuple[bytes, bytes], int] = {}  # (src, dst) -> epoch, both directions
+    first = last = None
+    summary: dict[str, Any] = {"frames": 0, "tunnel": 0, "epochs": set()}
+    tunnel: list[tuple[float, bytes, bytes]] = []
+    for t, frame in frames(path):
+        summary["frames"] += 1
+        for addr, mac in secrets_:
+            assert addr not in frame, f"true address {ipaddress.IPv6Address(addr)} on the wire"
+            assert mac not in frame, f"host MAC {mac.hex(':')} on the wire"
+        if len(frame) < 54 or frame[12:14] != b"\x86\xdd":
+            continue
+        ip = frame[14:]
+        if ip[6] in (17, 60):  # UDP, or destination options (ours) before UDP
+            tunnel.append((t, ip[8:24], ip[24:40]))
+            first = t if first is None else first
+            last = t
+    for s in info.streams if tunnel else ():
+        key_path = Path(s.key_file)
+        if not key_path.is_absolute():
+            key_path = Path(info.gateway_a.dir or "") / key_path
+        key = bytes.fromhex(key_path.read_text().strip())
+        ident = StreamIdentity(s.name, ipaddress.IPv6Address(s.host_a_address).packed,
+                               mac_bytes(s.host_a_mac), ipaddress.IPv6Address(s.host_b_address).packed,
+                               mac_bytes(s.host_b_mac))
+        assert first is not None and last is not None
+        for e in range(int(first // ROTATION) - 2, int(last // ROTATION) + 3):
+            r = ident.route(e, key)
+            expected[(r.local.address, r.remote.address)] = e
+            expected[(r.remote.address, r.local.address)] = e
+    for t, src, dst in tunnel:
+        epoch = expected.get((src, dst))
+        assert epoch is not None, (
+            f"outer pair {ipaddress.IPv6Address(src)} -> {ipaddress.IPv6Address(dst)} is not a "
+            "hashed route of any configured stream")
+        # Sent on the route of the sender's current epoch; capture and gateways share a clock.
+        assert abs(epoch - t // ROTATION) <= 1, (epoch, t)
+        summary["epochs"].add(epoch)
+    summary["tunnel"] = len(tunnel)
+    return summary
+
+
+# --- switched topology -------------------------------------------------------------------------
+
+
+def test_each_stream_runs_in_its_own_process_with_its_own_queue(switched: tuple[Lab, LabInfo]) -> None:
+    lab, info = switched
+    st = status(info)
+    sup_pid = st["pid"]
+    queues = lab.exec(info.ga, ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout.split("\n")
+    bound = {int(line.split()[0]): int(line.split()[1]) for line in queues if line.strip()}
+    pids = set()
+    for s in info.streams:
+        w = worker(info, s.name)
+        assert w["state"] == "running" and w["queue"] == s.queue
+        cmdline = Path(f"/proc/{w['pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"workers.stream" in cmdline and s.name.encode() in cmdline
+        ppid = int(Path(f"/proc/{w['pid']}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert ppid == sup_pid
+        assert bound[s.queue] == w["pid"], "the queue is bound by that stream's own worker"
+        pids.add(w["pid"])
+    icmp = worker(info, "icmp")
+    assert bound[1] == icmp["pid"]
+    assert len(pids | {icmp["pid"], sup_pid}) == len(info.streams) + 2
+
+
+def test_ping_both_ways_across_rotations_and_capture(switched: tuple[Lab, LabInfo], tmp_path: Path) -> None:
+    lab, info = switched
+    s1, s2 = info.streams
+    with capture(lab, info.capture_ns, info.capture_if, tmp_path / "ping.pcap") as pcap:
+        procs = [
+            subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-6", "-n", "-c", "35", "-i", "0.2",
+                              addr], stdout=subprocess.PIPE, text=True)
+            for ns, addr in ((s1.host_a_ns, s1.host_b_address), (s1.host_b_ns, s1.host_a_address),
+                             (s2.host_a_ns, s2.host_b_address))
+        ]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0 and " 0% packet loss" in out, out
+    summary = check_external_capture(info, pcap)
+    assert summary["tunnel"] >= 3 * 35 * 2  # every echo request and reply crossed as a tunnel packet
+    assert len(summary["epochs"]) >= 6, "outer addresses changed at every rotation"
+
+
+def test_http_downloads_are_byte_identical_across_rotations(
+    switched: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    lab, info = switched
+    s = info.streams[0]
+    www = tmp_path / "www"
+    www.mkdir()
+    www.chmod(0o755)
+    sums = {}
+    for name, size in (("500k", 500_000), ("10m", 10_000_000), ("50m", 50_000_000)):
+        data = os.urandom(size)
+        (www / name).write_bytes(data)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    tmp_path.chmod(0o755)
+    server = lab.start_http_server(s.host_b_ns, www, s.host_b_address, 8080)
+    try:
+        with capture(lab, info.capture_ns, info.capture_if, tmp_path / "http.pcap") as pcap:
+            for name, digest in sums.items():
+                out = tmp_path / f"got-{name}"
+                r = lab.exec(s.host_a_ns, ["curl", "-sS", "--fail", "-o", str(out),
+                                           f"http://[{s.host_b_address}]:8080/{name}"], timeout=300)
+                assert r.returncode == 0, r.stderr
+                assert hashlib.sha256(out.read_bytes()).hexdigest() == digest, name
+        summary = check_external_capture(info, pcap)
+        assert summary["tunnel"] > 50_000_000 // 1500
+    finally:
+        lab.stop(server)
+
+
+def test_iperf3_udp_reports_loss_and_jitter(switched: tuple[Lab, LabInfo], tmp_path: Path) -> None:
+    lab, info = switched
+    s = info.streams[0]
+    server = lab.spawn(s.host_b_ns, ["iperf3", "-s", "-B", s.host_b_address, "-p", "5201"],
+                       name="iperf3-server")
+    try:
+        lab.wait_listening(server, 5201, what="iperf3")
+        with capture(lab, info.capture_ns, info.capture_if, tmp_path / "udp.pcap") as pcap:
+            r = lab.exec(s.host_a_ns, ["iperf3", "-c", s.host_b_address, "-p", "5201", "-u",
+                                       "-b", "20M", "-t", "4", "-l", "1200", "-J"], timeout=60)
+        result = json.loads(r.stdout)
+        end = result["end"]["sum"]
+        print(f"iperf3 UDP 20 Mbit/s: lost {end['lost_packets']}/{end['packets']} "
+              f"({end['lost_percent']:.3f}%), jitter {end['jitter_ms']:.4f} ms")
+        assert end["packets"] > 0 and end["jitter_ms"] >= 0
+        check_external_capture(info, pcap)
+    finally:
+        lab.stop(server)
+
+
+def test_fail_closed_while_a_worker_is_stopped_or_killed(
+    switched: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    lab, info = switched
+    s = info.streams[0]
+    w = worker(info, s.name)
+    pid = w["pid"]
+    with capture(lab, info.capture_ns, info.capture_if, tmp_path / "stopped.pcap") as pcap:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            r = ping(lab, s.host_a_ns, s.host_b_address, "-c", "5", "-i", "0.2", "-W", "1")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert " 100% packet loss" in r.stdout, r.stdout
+    check_external_capture(info, pcap)  # nothing with a true address or host MAC left
+    # Killed: the queue has no reader until the supervisor restarts the worker; the kernel drops.
+    with capture(lab, info.capture_ns, info.capture_if, tmp_path / "killed.pcap") as pcap:
+        os.kill(pid, signal.SIGKILL)
+        ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.2", "-W", "1")
+    check_external_capture(info, pcap)
+    deadline = time.monotonic() + 20
+    while True:
+        w = worker(info, s.name)
+        if w["state"] == "running" and w["pid"] != pid:
+            break
+        assert time.monotonic() < deadline, f"worker not restarted: {w}"
+        time.sleep(0.2)
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "10", "-i", "0.2"))
+
+
+def test_workers_count_what_they_carry(switched: tuple[Lab, LabInfo]) -> None:
+    lab, info = switched
+    s = info.streams[1]
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "5", "-i", "0.2"))
+    time.sleep(1.5)  # workers report every second
+    counters = worker(info, s.name)["counters"]
+    assert counters["tunnelled_packets"] >= 5 and counters["extracted_packets"] >= 5
+    assert counters["tunnelled_bytes"] > 0
+
+
+# --- routed topology ---------------------------------------------------------------------------
+
+
+def test_router_packet_too_big_reaches_the_host(routed: tuple[Lab, LabInfo]) -> None:
+    lab, info = routed
+    s = info.streams[0]
+    # 1400 bytes of ICMP payload: 1448-byte packet, fits the tunnel (1500 - 48) but the tunnel
+    # packet (1496) does not fit the router's 1400-byte link toward gateway B.
+    r = ping(lab, s.host_a_ns, s.host_b_address, "-c", "2", "-s", "1400", "-M", "do", "-W", "1")
+    out = r.stdout + r.stderr
+    assert "Packet too big" in out and "mtu=1352" in out, out  # 1400 - 48
+    router = info.ns("router").interfaces[0].addresses[0].split("/")[0]
+    assert f"From {router}" in out, out
+    # Afterwards the host sends packets that fit, and they arrive.
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-s", "1300", "-i", "0.2"))
+
+
+def test_router_time_exceeded_reaches_the_host(routed: tuple[Lab, LabInfo]) -> None:
+    lab, info = routed
+    s = info.streams[0]
+    r = ping(lab, s.host_a_ns, s.host_b_address, "-c", "2", "-t", "1", "-W", "1")
+    out = r.stdout + r.stderr
+    router = info.ns("router").interfaces[0].addresses[0].split("/")[0]
+    assert f"From {router}" in out and "Time exceeded" in out, out
+
+
+SEND_RA = """
+import sys
+from scapy.all import Ether, IPv6, ICMPv6ND_RA, ICMPv6NDOptMTU, ICMPv6NDOptSrcLLAddr, sendp
+iface, mac, src = sys.argv[1:4]
+ra = (Ether(src=mac, dst="33:33:00:00:00:01") / IPv6(src=src, dst="ff02::1", hlim=255)
+      / ICMPv6ND_RA(routerlifetime=1800) / ICMPv6NDOptSrcLLAddr(lladdr=mac) / ICMPv6NDOptMTU(mtu=1500))
+sendp(ra, iface=iface, verbose=False)
+"""
+
+SEND_RS = """
+import sys
+from scapy.all import Ether, IPv6, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr, sendp
+iface, mac, src = sys.argv[1:4]
+rs = (Ether(src=mac, dst="33:33:00:00:00:02") / IPv6(src=src, dst="ff02::2", hlim=255)
+      / ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+sendp(rs, iface=iface, verbose=False)
+"""
+
+
+def scapy(lab: Lab, ns: str, script: str, *args: str) -> None:
+    import sys
+
+    lab.exec(ns, [sys.executable, "-c", script, *args], timeout=60)
+
+
+def parse_icmp(path: Path, icmp_type: int) -> list[Any]:
+    from scapy.all import rdpcap  # tests only: an independent decoder
+
+    return [p for p in rdpcap(str(path)) if p.haslayer("IPv6") and bytes(p["IPv6"])[6] == 58
+            and bytes(p["IPv6"].payload)[0] == icmp_type]
+
+
+def test_router_advertisement_reaches_hosts_with_lowered_mtu(
+    routed: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    lab, info = routed
+    router = info.ns("router")
+    port = next(i for i in router.interfaces if i.peer and i.peer.startswith(info.ga))
+    ga_int = info.gateway_a.iface("int0")
+    with capture(lab, info.host_a().name, "eth0", tmp_path / "ra.pcap", "icmp6") as pcap:
+        scapy(lab, router.name, SEND_RA, port.name, port.mac, port.link_local or "fe80::7e")
+        time.sleep(0.5)
+    ras = parse_icmp(pcap, 134)
+    assert ras, "no router advertisement reached host A"
+    ra = ras[-1]
+    assert ra["ICMPv6NDOptMTU"].mtu == 1500 - 48
+    assert ra["ICMPv6NDOptSrcLLAddr"].lladdr == ga_int.mac
+    assert ra["Ether"].src == ga_int.mac and ra["IPv6"].hlim == 255
+    assert ipaddress.IPv6Address(ra["IPv6"].src).is_link_local
+    assert port.mac not in {ra["Ether"].src, ra["ICMPv6NDOptSrcLLAddr"].lladdr}
+
+
+def test_host_router_solicitation_leaves_with_the_gateway_mac(
+    routed: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    lab, info = routed
+    host = info.host_a()
+    router = info.ns("router")
+    port = next(i for i in router.interfaces if i.peer and i.peer.startswith(info.ga))
+    ga_ext = info.gateway_a.iface("ext0")
+    with capture(lab, router.name, port.name, tmp_path / "rs.pcap", "icmp6") as pcap:
+        scapy(lab, host.name, SEND_RS, "eth0", host.mac or "", labmod.link_local_of(host.mac or ""))
+        time.sleep(0.5)
+    rss = parse_icmp(pcap, 133)
+    assert rss, "no router solicitation left gateway A"
+    for rs in rss:
+        assert rs["Ether"].src == ga_ext.mac
+        assert rs["ICMPv6NDOptSrcLLAddr"].lladdr == ga_ext.mac
+    assert host.mac is not None
+    for _, frame in frames(pcap):
+        assert mac_bytes(host.mac) not in frame, "the host's MAC left on the outside"
+
+
+def test_routed_topology_carries_traffic_and_hides_addresses(
+    routed: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    lab, info = routed
+    s = info.streams[0]
+    with capture(lab, info.capture_ns, info.capture_if, tmp_path / "routed.pcap") as pcap:
+        assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "20", "-i", "0.2"))
+        assert_no_loss(ping(lab, s.host_b_ns, s.host_a_address, "-c", "20", "-i", "0.2"))
+    summary = check_external_capture(info, pcap)
+    assert len(summary["epochs"]) >= 3
