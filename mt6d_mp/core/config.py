@@ -516,6 +516,18 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         )
     if get("interfaces.internal") == get("interfaces.external"):
         problems.append(f"{path}: interfaces.internal and interfaces.external must differ")
+    # Switches kept from the thesis's configuration whose behaviour is not built yet: refuse them
+    # rather than silently run without what the operator asked for.
+    if get("crypto.regen_interval"):
+        problems.append(
+            f"{path}: crypto.regen_interval = {get('crypto.regen_interval')}: in-band rekeying is "
+            "not implemented yet; expected 0"
+        )
+    if get("switches.flow_label"):
+        problems.append(
+            f"{path}: switches.flow_label = true: per-route flow labels are not implemented yet; "
+            "expected false"
+        )
     if "file" in get("log.handlers") and not get("log.file"):
         problems.append(f"{path}: log.handlers has 'file' but log.file is empty")
     if problems:

@@ -293,6 +293,20 @@ def test_fail_closed_while_a_worker_is_stopped_or_killed(
     assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "10", "-i", "0.2"))
 
 
+def test_a_packet_too_big_for_the_tunnel_gets_packet_too_big_from_the_gateway(
+    switched: tuple[Lab, LabInfo]
+) -> None:
+    lab, info = switched
+    s = info.streams[1]
+    # 1452 bytes of ICMP payload make a 1500-byte packet: fits the host's link, not the tunnel.
+    r = ping(lab, s.host_a_ns, s.host_b_address, "-c", "2", "-s", "1452", "-M", "do", "-W", "1")
+    out = r.stdout + r.stderr
+    assert "Packet too big" in out and "mtu=1452" in out, out
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-s", "1404", "-i", "0.2"))
+    time.sleep(1.5)
+    assert worker(info, s.name)["counters"]["ptb_sent"] >= 1
+
+
 def test_workers_count_what_they_carry(switched: tuple[Lab, LabInfo]) -> None:
     lab, info = switched
     s = info.streams[1]
@@ -412,3 +426,19 @@ def test_routed_topology_carries_traffic_and_hides_addresses(
         assert_no_loss(ping(lab, s.host_b_ns, s.host_a_address, "-c", "20", "-i", "0.2"))
     summary = check_external_capture(info, pcap)
     assert len(summary["epochs"]) >= 3
+
+
+def test_the_demo_command_runs_end_to_end() -> None:
+    """README command 1, as an operator runs it (a lab of its own, torn down at the end)."""
+    import sys
+
+    prefix = "t" + secrets.token_hex(3)
+    try:
+        r = subprocess.run([sys.executable, "-m", "mt6d_mp.lab", "demo", "--prefix", prefix],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    finally:
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert not stray, f"the demo left {stray}"
