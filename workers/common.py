@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
 from netfilterqueue import NetfilterQueue, Packet
 
 from mt6d_mp.io.bus import BusClient
@@ -124,7 +123,7 @@ class Worker:
                 sys.exit(3)
             self.bus.snapshot_pending = False
             self.bus.request_snapshot()
-            if self.bus.control.poll(int(SNAPSHOT_RETRY * 1000), zmq.POLLIN):
+            if self.bus.wait_control(SNAPSHOT_RETRY):
                 self.bus.poll_control()
             if os.getppid() != self.parent:
                 sys.exit(0)
@@ -141,23 +140,20 @@ class Worker:
                       self.queue_num, e)
             return 4
         fd = self.nfq.get_fd()
-        poller = zmq.Poller()
-        poller.register(fd, zmq.POLLIN)
-        poller.register(self.bus.sub, zmq.POLLIN)
-        poller.register(self.bus.control, zmq.POLLIN)
+        poll = self.bus.poller(fd)
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
                  self.queue_num)
         next_stats = time.monotonic()
         try:
             while self.running:
-                events = dict(poller.poll(200))
-                if fd in events:
+                queue_ready, updates_ready, control_ready = poll(200)
+                if queue_ready:
                     self.nfq.run(block=False)
                 changed = False
-                if self.bus.sub in events:
+                if updates_ready:
                     changed |= self.bus.poll_updates()
-                if self.bus.control in events:
+                if control_ready:
                     changed |= self.bus.poll_control()
                 if changed:
                     self.rebuild()

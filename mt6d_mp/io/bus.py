@@ -214,6 +214,28 @@ class BusClient:
                 self.replica.apply_snapshot(snap)
                 changed = True
 
+    def wait_control(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a reply on the control socket."""
+        return bool(self.control.poll(int(timeout * 1000), zmq.POLLIN))
+
+    def poller(self, fd: int) -> Callable[[int], tuple[bool, bool, bool]]:
+        """One poll over a file descriptor (a netfilter queue) and both bus sockets.
+
+        Returns ``poll(timeout_ms) -> (fd ready, updates ready, control ready)``: the worker's
+        whole event loop waits here, so it stays one thread.
+        """
+        p = zmq.Poller()
+        p.register(fd, zmq.POLLIN)
+        p.register(self.sub, zmq.POLLIN)
+        p.register(self.control, zmq.POLLIN)
+        sub, control = self.sub, self.control
+
+        def poll(timeout_ms: int) -> tuple[bool, bool, bool]:
+            events = dict(p.poll(timeout_ms))
+            return fd in events, sub in events, control in events
+
+        return poll
+
     def close(self) -> None:
         self.sub.close()
         self.control.close()
