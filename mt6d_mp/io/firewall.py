@@ -351,9 +351,9 @@ def _op_delete(rule: Rule) -> _Op:
 # Leftovers of earlier runs
 
 
-def _chain_names(tag_prefix: str) -> tuple[str, str]:
+def _chain_names(tag_prefix: str) -> tuple[str, str, str]:
     upper = tag_prefix.upper()
-    return f"{upper}-INPUT", f"{upper}-ICMP"
+    return f"{upper}-INPUT", f"{upper}-ICMP", f"{upper}-GUARD"
 
 
 def _is_our_jump(rule: iptc.Rule6, tag_prefix: str) -> bool:
@@ -448,10 +448,12 @@ class Firewall:
 
     def __init__(self, tag_prefix: str = "mt6d") -> None:
         self.tag_prefix = _prefix(tag_prefix)
-        self.input_chain, self.icmp_chain = _chain_names(tag_prefix)
+        self.input_chain, self.icmp_chain, self.guard_chain = _chain_names(tag_prefix)
         self._base: list[Rule] = []  # jump from INPUT, ICMP chain rules, ICMP jump
         self._streams: dict[str, Rule] = {}
         self._routes: dict[tuple[str, int], Rule] = {}
+        self._guards: dict[tuple[str, int], Rule] = {}
+        self._guard_rules: list[Rule] = []
         self._active = False
 
     # -- owner tags
@@ -512,16 +514,32 @@ class Firewall:
             ),
             Rule(icmp, tag, "RETURN"),  # explicit: all other ICMPv6 passes untouched
         ]
+        # Our hashed addresses answer nothing but the tunnel (WireGuard's silence rule): after
+        # each route's queue rule, everything else to its local hashed address jumps here and is
+        # dropped, except neighbour discovery (the peer and routers must resolve the address) and
+        # ICMPv6 errors (they go on to the ICMP chain and worker). Without this the kernel would
+        # answer a stranger's TCP SYN with a RST, UDP with port unreachable, and echo requests.
+        guard, gtag = self.guard_chain, self._tag("guard")
+        guard_rules = [
+            *(
+                Rule(guard, gtag, "RETURN", proto=IPPROTO_ICMPV6, icmp6_type=t)
+                for t in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, *ICMP6_ERRORS)
+            ),
+            Rule(guard, gtag, "DROP"),
+        ]
         icmp_jump = Rule(inp, tag, icmp, proto=IPPROTO_ICMPV6)
         hook_jump = Rule(HOOK_CHAIN, self._tag("jump"), inp)
         ops = _cleanup_ops(self.tag_prefix)
-        ops += [_op_new_chain(icmp), _op_new_chain(inp)]
+        ops += [_op_new_chain(icmp), _op_new_chain(guard), _op_new_chain(inp)]
         ops += [_op_append(r) for r in icmp_rules]
+        ops += [_op_append(r) for r in guard_rules]
         ops += [_op_append(icmp_jump), _op_insert(hook_jump, 0)]
         _transaction(ops, "setup")
         self._base = [hook_jump, *icmp_rules, icmp_jump]
+        self._guard_rules = guard_rules
         self._streams.clear()
         self._routes.clear()
+        self._guards.clear()
         self._active = True
 
     def teardown(self) -> None:
@@ -532,14 +550,17 @@ class Firewall:
             _op_delete(self._base[0]),
             _op_flush_chain(self.input_chain),
             _op_flush_chain(self.icmp_chain),
+            _op_flush_chain(self.guard_chain),
             _op_delete_chain(self.input_chain),
             _op_delete_chain(self.icmp_chain),
+            _op_delete_chain(self.guard_chain),
         ]
         _transaction(ops, "teardown")
         self._active = False
         self._base = []
         self._streams.clear()
         self._routes.clear()
+        self._guards.clear()
 
     def __enter__(self) -> Firewall:
         return self
@@ -584,11 +605,12 @@ class Firewall:
         if name not in self._streams:
             return False
         routes = [key for key in self._routes if key[0] == name]
-        ops = [_op_delete(self._routes[key]) for key in routes]
+        ops = [_op_delete(r[key]) for key in routes for r in (self._routes, self._guards)]
         ops.append(_op_delete(self._streams[name]))
         _transaction(ops, f"remove_stream {name}")
         for key in routes:
             del self._routes[key]
+            del self._guards[key]
         del self._streams[name]
         return True
 
@@ -626,9 +648,13 @@ class Firewall:
             return False
         if old is not None:
             raise SystemSetupError(f"firewall: route {stream}:{epoch} exists with another rule")
-        position = len(self._streams) + len(self._routes)  # just before the ICMP jump
-        _transaction([_op_insert(rule, position)], f"add_route {stream}:{epoch}")
+        guard = Rule(self.input_chain, rule.comment, self.guard_chain, dst=rule.dst)
+        # Each route is two rules: its queue rule, then its guard; both just before the ICMP jump.
+        position = len(self._streams) + 2 * len(self._routes)
+        _transaction([_op_insert(rule, position), _op_insert(guard, position + 1)],
+                     f"add_route {stream}:{epoch}")
         self._routes[(stream, epoch)] = rule
+        self._guards[(stream, epoch)] = guard
         return True
 
     def remove_route(self, stream: str, epoch: int) -> bool:
@@ -638,8 +664,10 @@ class Firewall:
         rule = self._routes.get((stream, epoch))
         if rule is None:
             return False
-        _transaction([_op_delete(rule)], f"remove_route {stream}:{epoch}")
+        guard = self._guards[(stream, epoch)]
+        _transaction([_op_delete(rule), _op_delete(guard)], f"remove_route {stream}:{epoch}")
         del self._routes[(stream, epoch)]
+        del self._guards[(stream, epoch)]
         return True
 
     def routes(self) -> list[tuple[str, int]]:
@@ -655,12 +683,13 @@ class Firewall:
         if not self._active:
             return []
         hook_jump, *icmp_rules, icmp_jump = self._base
-        lines = [f"-N {name}" for name in sorted((self.icmp_chain, self.input_chain))]
+        lines = [f"-N {n}" for n in sorted((self.icmp_chain, self.input_chain, self.guard_chain))]
         lines.append(hook_jump.text())
         by_chain = {
             self.icmp_chain: [r.text() for r in icmp_rules],
+            self.guard_chain: [r.text() for r in self._guard_rules],
             self.input_chain: [r.text() for r in self._streams.values()]
-            + [r.text() for r in self._routes.values()]
+            + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
             + [icmp_jump.text()],
         }
         for name in sorted(by_chain):

@@ -442,3 +442,27 @@ def test_the_demo_command_runs_end_to_end() -> None:
         for ns in stray:
             subprocess.run(["ip", "netns", "del", ns], check=False)
     assert not stray, f"the demo left {stray}"
+
+
+def test_hashed_addresses_answer_strangers_nothing(routed: tuple[Lab, LabInfo], tmp_path: Path) -> None:
+    """Only the peer's tunnel packets reach MT6D; everything else to a hashed address is dropped
+    without an answer (no echo reply, no TCP RST, no port unreachable), like WireGuard."""
+    lab, info = routed
+    router = info.ns("router")
+    port = next(i for i in router.interfaces if i.peer and i.peer.startswith(info.ga))
+    active = status(info)["streams"][0]["active"]
+    hashed = active["local"]
+    with capture(lab, router.name, port.name, tmp_path / "strangers.pcap", "ip6") as pcap:
+        r = ping(lab, router.name, hashed, "-c", "2", "-W", "1")
+        assert " 100% packet loss" in r.stdout, r.stdout
+        r = lab.exec(router.name, ["curl", "-sS", "--connect-timeout", "1", f"http://[{hashed}]:80/"],
+                     check=False)
+        assert r.returncode == 28, f"expected a timeout, got {r.returncode}: {r.stderr}"  # not 7
+        lab.exec(router.name, ["python3", "-c", "import socket; s = socket.socket(socket.AF_INET6, "
+                               f"socket.SOCK_DGRAM); s.sendto(b'x', ('{hashed}', {active['local_port']}))"])
+        time.sleep(0.5)
+    hashed_bytes = ipaddress.IPv6Address(hashed).packed
+    for _, frame in frames(pcap):
+        ip = frame[14:]
+        if len(ip) >= 48 and ip[8:24] == hashed_bytes:
+            assert ip[6] == 58 and ip[40] == 136, "only neighbour advertisements may come back"

@@ -69,19 +69,37 @@ ROUTE_B8 = (
     '-m comment --comment "mt6d:route:hostA-hostB:8" -j NFQUEUE --queue-num 1'
 )
 ICMP_JUMP = f"-A MT6D-INPUT -p ipv6-icmp {C} -j MT6D-ICMP"
+G = '-m comment --comment "mt6d:guard"'
+GUARD_RULES = [
+    *(f"-A MT6D-GUARD {T} {t} {G} -j RETURN" for t in (135, 136, 1, 2, 3, 4)),
+    f"-A MT6D-GUARD {G} -j DROP",
+]
+
+
+def guard(route: str) -> str:
+    """The rule after a route's queue rule: anything else to its local hashed address is dropped."""
+    dst = route.split(" -d ")[1].split()[0]
+    comment = route.split('--comment "')[1].split('"')[0]
+    return f'-A MT6D-INPUT -d {dst} -m comment --comment "{comment}" -j MT6D-GUARD'
+
+
+CHAINS = ["-N MT6D-GUARD", "-N MT6D-ICMP", "-N MT6D-INPUT"]
 
 # The whole of `ip6tables-legacy -S` after setup(9, "int0", "ext0"), two streams and three routes.
 GOLDEN = [
     *POLICIES,
-    "-N MT6D-ICMP",
-    "-N MT6D-INPUT",
+    *CHAINS,
     JUMP,
+    *GUARD_RULES,
     *ICMP_RULES,
     STREAM_B,
     STREAM_C,
     ROUTE_B7,
+    guard(ROUTE_B7),
     ROUTE_C7,
+    guard(ROUTE_C7),
     ROUTE_B8,
+    guard(ROUTE_B8),
     ICMP_JUMP,
 ]
 
@@ -148,9 +166,10 @@ def _removal_order() -> list[list[str]]:
 
 def test_removal_keeps_order(netns: str) -> None:
     after_route, after_stream, after_adds, rules, verify = nsutil.call_in(netns, _removal_order)
-    assert ours(after_route)[-5:] == [STREAM_B, STREAM_C, ROUTE_C7, ROUTE_B8, ICMP_JUMP]
+    assert ours(after_route)[-7:] == [
+        STREAM_B, STREAM_C, ROUTE_C7, guard(ROUTE_C7), ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
     assert ROUTE_B7 not in after_route
-    assert ours(after_stream)[-3:] == [STREAM_B, ROUTE_B8, ICMP_JUMP]
+    assert ours(after_stream)[-4:] == [STREAM_B, ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
     stream_d = (
         "-A MT6D-INPUT -s fd00:a::1/128 -d fd00:d::1/128 "
         '-m comment --comment "mt6d:stream:hostA-hostD" -j NFQUEUE --queue-num 3'
@@ -159,7 +178,8 @@ def test_removal_keeps_order(netns: str) -> None:
         "-A MT6D-INPUT -s fd00:d::11/128 -d fd00:a::11/128 -p udp "
         '-m comment --comment "mt6d:route:hostA-hostD:1" -j NFQUEUE --queue-num 3'
     )
-    assert ours(after_adds)[-5:] == [STREAM_B, stream_d, ROUTE_B8, route_d1, ICMP_JUMP]
+    assert ours(after_adds)[-7:] == [
+        STREAM_B, stream_d, ROUTE_B8, guard(ROUTE_B8), route_d1, guard(route_d1), ICMP_JUMP]
     assert rules == ours(after_adds)
     assert verify == []
 
@@ -231,7 +251,7 @@ def test_next_setup_removes_leftovers_of_killed_run(netns: str) -> None:
 
     after, rules = nsutil.call_in(netns, _second_run)
     assert ours(after) == rules
-    assert ours(after) == ["-N MT6D-ICMP", "-N MT6D-INPUT", JUMP, *ICMP_RULES, STREAM_B, ICMP_JUMP]
+    assert ours(after) == [*CHAINS, JUMP, *GUARD_RULES, *ICMP_RULES, STREAM_B, ICMP_JUMP]
 
     removed, left, saved = nsutil.call_in(netns, _cleanup)
     assert removed == rules
@@ -348,18 +368,21 @@ def test_one_log_line_per_change(netns: str) -> None:
     records = nsutil.call_in(netns, _logs_before_changes)
     assert records[:3] == [
         "action=new_chain chain=MT6D-ICMP",
+        "action=new_chain chain=MT6D-GUARD",
         "action=new_chain chain=MT6D-INPUT",
-        f'action=add_rule chain=MT6D-ICMP rule="{ICMP_RULES[0]}"',
     ]
+    assert records[3] == f'action=add_rule chain=MT6D-ICMP rule="{ICMP_RULES[0]}"'
     assert f'action=add_rule chain=INPUT position=1 rule="{JUMP}"' in records
-    assert records[-7:] == [
+    assert records[-9:] == [
         f'action=add_rule chain=MT6D-INPUT position=1 rule="{STREAM_B}"',
         f'action=delete_rule chain=MT6D-INPUT rule="{STREAM_B}"',
         f'action=delete_rule chain=INPUT rule="{JUMP}"',
         "action=flush_chain chain=MT6D-INPUT",
         "action=flush_chain chain=MT6D-ICMP",
+        "action=flush_chain chain=MT6D-GUARD",
         "action=delete_chain chain=MT6D-INPUT",
         "action=delete_chain chain=MT6D-ICMP",
+        "action=delete_chain chain=MT6D-GUARD",
     ]
 
 
