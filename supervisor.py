@@ -14,18 +14,27 @@ One supervisor per gateway (thesis 3.2.1-3.2.2, with threads replaced by process
 5. At every epoch boundary: bind + filter in the newest route, expire, and release the route
    that expired one rotation ago; publish each change.
 6. On SIGTERM or SIGINT: stop the workers and remove every rule, chain, address, route and
-   neighbour entry it added, and nothing else.
+   neighbour entry it added, and nothing else. SIGHUP re-reads the configuration (``reload``).
+
+Each worker's lifecycle is the state machine of :mod:`mt6d_mp.core.lifecycle`; the control
+commands of ``mt6dctl`` (:mod:`mt6d_mp.ctl`) arrive on the bus's control socket. Neighbour
+entries carry no owner tag, so each is recorded in ``state.json`` in the runtime directory
+*before* it is added; the next start removes what a killed run recorded there, and everything
+tagged as MT6D's (firewall comment marker, netlink protocol 109), before it sets up.
 
 Usage: ``mt6d-supervisor --config /etc/mt6d/mt6d.toml [--set section.key=value ...]
-[--check-config]``. Exit codes follow LSB: 0 fine, 1 failed, 2 bad arguments,
-4 not root, 6 invalid configuration.
+[--check-config]``. Exit codes follow LSB: 0 fine, 1 failed (also: already running with this
+runtime directory), 2 bad arguments, 4 not root, 6 invalid configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -34,16 +43,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mt6d_mp import ctl
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.crypto import derive_direction_key
+from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
 from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity, next_boundary
-from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, Mt6dError
+from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
@@ -55,27 +66,39 @@ READY_TIMEOUT = 20.0
 STOP_GRACE = 3.0
 MAX_BACKOFF = 30.0
 REPO = Path(__file__).resolve().parent
+STATE_FILE = "state.json"
+POLICY = Policy(startsecs=1.0, startretries=3, backoff=1.0, max_backoff=MAX_BACKOFF,
+                start_timeout=READY_TIMEOUT, stop_timeout=STOP_GRACE)
+# Config fields a reload may change (the streams); any other change needs a restart.
+RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
 
 
 @dataclass
 class WorkerProcess:
-    """One worker: how to start it and what it is doing (the full lifecycle is issue #5)."""
+    """One worker: how to start it, its process, and its lifecycle state machine."""
 
     name: str
     queue: int
     argv: list[str]
+    lc: Lifecycle
     proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    restarts: int = 0
-    next_start: float = 0.0
-    exits: list[int] = field(default_factory=list)
 
 
 class Supervisor:
-    def __init__(self, config: cfgmod.Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: cfgmod.Config,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.monotonic = monotonic
+        self.overrides = dict(overrides or {})
         self.running = True
+        self.reload_pending = False
+        self.started = monotonic()
         self.runtime_dir = config.runtime_dir
         self.nl: Netlink | None = None
         self.fw: Firewall | None = None
@@ -85,7 +108,9 @@ class Supervisor:
         self.streams_done: list[cfgmod.StreamConfig] = []
         self.bound_routes: dict[tuple[str, int], Route] = {}
         self.workers: dict[str, WorkerProcess] = {}
+        self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
+        self.int_index = self.ext_index = 0
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -94,22 +119,60 @@ class Supervisor:
         log.info("action=create_runtime_dir path=%s mode=0700", d)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(d, 0o700)  # sockets and state inside; only root may enter
+        other = running_supervisor(d)
+        if other is not None:
+            # Its cleanup would be our leftovers: starting now would tear down a live gateway.
+            raise Mt6dError(f"a supervisor is already running with runtime directory {d} "
+                            f"(pid {other})")
         (d / "ready").unlink(missing_ok=True)
         (d / "supervisor.pid").write_text(f"{os.getpid()}\n")
 
+    def save_state(self) -> None:
+        """Record what carries no owner tag (neighbour entries), atomically, for crash recovery."""
+        path = self.runtime_dir / STATE_FILE
+        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "config": str(self.config.path),
+                                   "neighbours": self.neighbours}, indent=1) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
     def cleanup_leftovers(self) -> None:
-        """Remove what a run that died without tearing down left behind (by owner tag)."""
+        """Remove what a run that died without tearing down left behind.
+
+        By owner: MT6D's firewall chains and marked rules, addresses and routes with netlink
+        protocol 109; and the neighbour entries the dead run recorded in ``state.json`` (a
+        neighbour entry has no owner field, so the record is the only way to know it is ours).
+        """
         assert self.nl is not None
         from mt6d_mp.io import firewall
 
-        for line in firewall.cleanup():
-            log.info("event=leftover_removed what=firewall detail=%s", line)
+        path = self.runtime_dir / STATE_FILE
+        try:
+            old = json.loads(path.read_text())
+        except FileNotFoundError:
+            old = {}
+        except (OSError, ValueError) as e:
+            log.warning("event=state_file_unreadable path=%s error=%s", path, e)
+            old = {}
+        for dev, addr in old.get("neighbours", []):
+            log.info("event=leftover_removed what=neighbour dev=%s address=%s pid=%s", dev, addr,
+                     old.get("pid"))
+            try:
+                self.nl.remove_neighbour(dev, addr)
+            except Mt6dError as e:  # the interface may be gone: nothing to remove then
+                log.warning("event=leftover_not_removed what=neighbour dev=%s error=%s", dev, e)
+        if self.config.firewall:
+            for line in firewall.cleanup():
+                log.info("event=leftover_removed what=firewall detail=%s", line)
         for ifname, addr in self.nl.owned_addresses():
             log.info("event=leftover_removed what=address dev=%s address=%s", ifname, addr)
             self.nl.remove_address(ifname, addr.address, addr.prefixlen)
         for ifname, dst, plen in self.nl.owned_routes():
             if plen == 128 and ifname != "?":
+                log.info("event=leftover_removed what=route dev=%s dst=%s/128", ifname,
+                         ipaddress.IPv6Address(dst))
                 self.nl.remove_host_route(ifname, dst)
+        self.save_state()
 
     def setup(self) -> None:
         c = self.config
@@ -118,27 +181,32 @@ class Supervisor:
         self.cleanup_leftovers()
         link_mtu = c.link_mtu or self.nl.mtu(c.external)
         self.tunnel_mtu = link_mtu - tunnel_overhead_for(c)
-        int_index, ext_index = self.nl.ifindex(c.internal), self.nl.ifindex(c.external)
+        self.int_index, self.ext_index = self.nl.ifindex(c.internal), self.nl.ifindex(c.external)
         if c.firewall:
             self.fw = Firewall()
             self.fw.setup(c.icmp_queue, c.internal, c.external)
         self.bus = BusServer(self.runtime_dir)
-        self.bus.handlers[b"status"] = self.status
+        for command in ctl.COMMANDS.values():
+            if command.daemon:
+                self.bus.handlers[command.name.encode()] = functools.partial(command.dispatch,
+                                                                             self)
         for s in c.streams:
-            self.add_stream(s, int_index, ext_index)
+            self.add_stream(s)
 
-    def add_stream(self, s: cfgmod.StreamConfig, int_index: int, ext_index: int) -> None:
+    def add_stream(self, s: cfgmod.StreamConfig) -> None:
         c = self.config
         assert self.nl is not None and self.bus is not None
         local, remote = s.local.address.packed, s.remote.address.packed
+        self.streams_done.append(s)  # first: teardown undoes whatever part got done
         if c.routes:
             # Thesis 3.2.2: the remote host's address on the internal interface makes the local
             # host's packets to it local (INPUT); the permanent neighbour entry and the /128 route
             # reach the local host on the internal side although the same /64 is outside too.
             self.nl.add_address(c.internal, remote)
+            self.neighbours.append((c.internal, str(s.local.address)))
+            self.save_state()  # recorded before it exists: a crash in between leaks nothing
             self.nl.add_neighbour(c.internal, local, s.local.mac)
             self.nl.add_host_route(c.internal, local)
-        self.streams_done.append(s)
         if self.fw is not None:
             self.fw.add_stream(s.name, local, remote, s.queue)
         secret = s.key.secret
@@ -146,7 +214,7 @@ class Supervisor:
             name=s.name, queue=s.queue, local=local, remote=remote, crypt=c.effective_crypt,
             tx_key=derive_direction_key(secret, local, remote),
             rx_key=derive_direction_key(secret, remote, local),
-            key_phase=0, internal_ifindex=int_index, external_ifindex=ext_index,
+            key_phase=0, internal_ifindex=self.int_index, external_ifindex=self.ext_index,
             tunnel_mtu=self.tunnel_mtu, rotation_time=c.rotation_time,
         )
         self.stream_states[s.name] = state
@@ -155,6 +223,29 @@ class Supervisor:
         self.route_lists[s.name] = RouteList(
             identity, constant_key(secret), c.rotation_time, c.route_lifetime
         )
+
+    def remove_stream(self, s: cfgmod.StreamConfig) -> None:
+        """Undo :meth:`add_stream` and the stream's routes and worker; idempotent, so it also
+        rolls back a half-done add."""
+        assert self.nl is not None and self.bus is not None
+        c = self.config
+        w = self.workers.pop(s.name, None)
+        if w is not None:
+            self.stop_processes([w])
+        if self.fw is not None:
+            self.fw.remove_stream(s.name)  # its stream and route rules, in one commit
+        if s.name in self.stream_states or s.name in self.route_lists:
+            self.bus.publish(s.name)  # workers forget the stream and its routes
+        for key in [k for k in self.bound_routes if k[0] == s.name]:
+            r = self.bound_routes.pop(key)
+            if c.routes:
+                self.nl.remove_address(c.bridging, r.local.address)
+        if c.routes:
+            self.remove_stream_system(s)
+        self.route_lists.pop(s.name, None)
+        self.stream_states.pop(s.name, None)
+        self.bus.stats.pop(s.name, None)
+        self.streams_done = [d for d in self.streams_done if d.name != s.name]
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -199,59 +290,229 @@ class Supervisor:
                 "--name", name, "--queue", str(queue), "--log-level", c.log_level,
                 "--log-file", c.log_file if "file" in c.log_handlers else "", *extra]
 
+    def new_worker(self, name: str, queue: int, argv: list[str]) -> WorkerProcess:
+        return WorkerProcess(name, queue, argv, Lifecycle(name, POLICY, self.monotonic))
+
+    def plan_stream_worker(self, s: cfgmod.StreamConfig) -> None:
+        if self.config.packets:
+            self.workers[s.name] = self.new_worker(
+                s.name, s.queue, self.worker_argv(s.name, s.queue, "workers.stream"))
+
     def plan_workers(self) -> None:
         c = self.config
         if not c.packets:
             return
         for s in c.streams:
-            self.workers[s.name] = WorkerProcess(
-                s.name, s.queue, self.worker_argv(s.name, s.queue, "workers.stream"))
-        self.workers["icmp"] = WorkerProcess(
+            self.plan_stream_worker(s)
+        self.workers["icmp"] = self.new_worker(
             "icmp", c.icmp_queue,
             self.worker_argv("icmp", c.icmp_queue, "workers.icmp", "--internal", c.internal,
                              "--external", c.external, "--overhead",
                              str(tunnel_overhead_for(c))))
 
-    def start_worker(self, w: WorkerProcess) -> None:
+    def log_transition(self, t: Transition | None, pid: int | None = None) -> None:
+        if t is None:
+            return
+        level = (logging.ERROR if t.new is State.FATAL
+                 else logging.WARNING if t.new in (State.BACKOFF, State.EXITED) or t.old is t.new
+                 else logging.INFO)
+        log.log(level, "event=worker_state %s pid=%s", t, pid if pid is not None else "-")
+
+    def spawn(self, w: WorkerProcess) -> None:
         log.info("action=start_worker worker=%s queue=%d", w.name, w.queue)
-        w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
-        w.started_at = time.monotonic()
-        log.info("event=worker_spawned worker=%s pid=%d", w.name, w.proc.pid)
+        assert self.bus is not None
+        self.bus.ready.discard(w.name)  # readiness is per process: wait for the new one's
+        try:
+            w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            # Counted like a start that failed at once: backoff, and FATAL if it persists.
+            log.error("event=spawn_failed worker=%s error=%s", w.name, e)
+            w.lc.spawned(0)
+            self.log_transition(w.lc.exited(127))
+            return
+        self.log_transition(w.lc.spawned(w.proc.pid), w.proc.pid)
 
-    def check_workers(self) -> None:
-        """Restart a worker that exited, with a growing backoff (1, 2, 4 ... 30 s)."""
-        now = time.monotonic()
-        for w in self.workers.values():
-            if w.proc is not None and w.proc.poll() is not None:
-                code = w.proc.returncode
-                w.exits.append(code)
-                w.proc = None
-                if self.bus is not None:
+    def supervise(self) -> None:
+        """One turn of every worker's lifecycle: see exits and readiness, act on deadlines."""
+        assert self.bus is not None
+        for w in list(self.workers.values()):
+            lc = w.lc
+            if w.proc is not None:
+                pid, code = w.proc.pid, w.proc.poll()
+                if code is not None:
+                    w.proc = None
                     self.bus.ready.discard(w.name)
-                quick = now - w.started_at < 5.0
-                w.restarts = w.restarts + 1 if quick else 0
-                delay = min(MAX_BACKOFF, 2.0 ** w.restarts) if quick else 0.0
-                w.next_start = now + delay
-                log.warning("event=worker_exited worker=%s code=%s restart_in=%.0fs",
-                            w.name, code, delay)
-            if w.proc is None and now >= w.next_start and self.running:
-                self.start_worker(w)
+                    self.log_transition(lc.exited(code), pid)
+                elif w.name in self.bus.ready and lc.state is State.STARTING:
+                    self.log_transition(lc.ready(), pid)
+                elif (t := lc.start_timed_out()) is not None:
+                    self.log_transition(t, pid)
+                    w.proc.terminate()
+                elif lc.stop_overdue() or (lc.timed_out and lc.state is State.STARTING
+                                           and self.monotonic() - lc.spawned_at
+                                           > POLICY.start_timeout + POLICY.stop_timeout):
+                    log.warning("action=kill_worker worker=%s pid=%d reason=no_exit_after_sigterm",
+                                w.name, pid)
+                    w.proc.kill()
+            if self.running and lc.due():
+                self.spawn(w)
 
-    def stop_workers(self) -> None:
-        procs = [w.proc for w in self.workers.values() if w.proc is not None]
-        for p in procs:
-            log.info("action=stop_worker pid=%d", p.pid)
+    def control_workers(self, action: str, names: list[str]) -> dict[str, Any]:
+        """Daemon half of mt6dctl start|stop|restart: request the transitions, reply at once."""
+        targets = list(self.workers) if names == ["all"] else names
+        unknown = [n for n in targets if n not in self.workers]
+        if unknown:
+            raise ctl.CommandError(f"no worker {', '.join(unknown)} (workers: "
+                                   f"{', '.join(self.workers) or 'none'})")
+        log.info("event=control command=%s workers=%s", action, ",".join(targets))
+        for n in targets:
+            w = self.workers[n]
+            pid = w.proc.pid if w.proc else None
+            restart = action == "restart"
+            t = w.lc.request_start() if action == "start" else w.lc.request_stop(restart)
+            self.log_transition(t, pid)
+            if t is not None and t.new is State.STOPPING and w.proc is not None:
+                log.info("action=stop_worker worker=%s pid=%d", n, w.proc.pid)
+                w.proc.terminate()
+        self.supervise()
+        return {"workers": {n: {"state": self.workers[n].lc.state.value,
+                                "pid": _pid(self.workers[n])} for n in targets}}
+
+    def stop_processes(self, workers: list[WorkerProcess]) -> None:
+        """Stop these workers now (SIGTERM, SIGKILL after STOP_GRACE) and wait for them."""
+        procs = [(w, w.proc) for w in workers if w.proc is not None]
+        for w, p in procs:
+            log.info("action=stop_worker worker=%s pid=%d", w.name, p.pid)
+            self.log_transition(w.lc.request_stop(), p.pid)
             p.terminate()
         deadline = time.monotonic() + STOP_GRACE
-        for p in procs:
+        for w, p in procs:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("action=kill_worker pid=%d reason=no_exit_after_sigterm", p.pid)
+                log.warning("action=kill_worker worker=%s pid=%d reason=no_exit_after_sigterm",
+                            w.name, p.pid)
                 p.kill()
                 p.wait()
-        for w in self.workers.values():
             w.proc = None
+            self.log_transition(w.lc.exited(p.returncode), p.pid)
+
+    def stop_workers(self) -> None:
+        self.stop_processes(list(self.workers.values()))
+
+    # --- control commands (daemon halves; see mt6d_mp.ctl) ------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the configuration; apply stream changes, or refuse and keep the old one."""
+        log.info("event=reload_requested config=%s", self.config.path)
+        try:
+            new = cfgmod.load(self.config.path, self.overrides)
+        except ConfigError as e:
+            log.error("event=reload_refused reason=invalid_config problems=%d", len(e.problems))
+            for p in e.problems:
+                log.error("event=config_problem detail=%s", p)
+            raise ctl.CommandError("invalid configuration, the running one is kept:\n" + str(e),
+                                   e.exit_code) from None
+        changed = [f.name for f in dataclasses.fields(cfgmod.Config)
+                   if f.name not in RELOADABLE
+                   and getattr(new, f.name) != getattr(self.config, f.name)]
+        if changed:
+            log.error("event=reload_refused reason=needs_restart changed=%s", ",".join(changed))
+            raise ctl.CommandError("reload only adds and removes streams; these settings need a "
+                                   f"restart: {', '.join(changed)} (running configuration kept)")
+        old = {s.name: s for s in self.config.streams}
+        want = {s.name: s for s in new.streams}
+        same = [n for n in old if n in want and _same_stream(old[n], want[n])]
+        removed = [old[n] for n in old if n not in same]
+        added = [want[n] for n in want if n not in same]
+        done_removed: list[cfgmod.StreamConfig] = []
+        done_added: list[cfgmod.StreamConfig] = []
+        try:
+            for s in removed:
+                log.info("event=reload_remove_stream stream=%s", s.name)
+                self.remove_stream(s)
+                done_removed.append(s)
+            self.config = dataclasses.replace(self.config, streams=tuple(
+                s for s in self.config.streams if s.name in same))
+            for s in added:
+                log.info("event=reload_add_stream stream=%s queue=%d", s.name, s.queue)
+                done_added.append(s)
+                self.bring_up_stream(s)
+        except Mt6dError as e:
+            log.error("event=reload_failed error=%s action=rollback", e)
+            self.rollback(done_added, done_removed)
+            raise ctl.CommandError(f"reload failed and was rolled back: {e}") from None
+        self.config = new
+        self.save_state()
+        log.info("event=reloaded added=%s removed=%s unchanged=%d",
+                 ",".join(s.name for s in added) or "-", ",".join(s.name for s in removed) or "-",
+                 len(same))
+        return {"added": [s.name for s in added], "removed": [s.name for s in removed],
+                "unchanged": same}
+
+    def bring_up_stream(self, s: cfgmod.StreamConfig) -> None:
+        self.add_stream(s)
+        self.apply(s.name, self.route_lists[s.name].advance(self.clock()))
+        self.config = dataclasses.replace(self.config, streams=(*self.config.streams, s))
+        self.plan_stream_worker(s)
+        self.supervise()
+
+    def rollback(self, added: list[cfgmod.StreamConfig], removed: list[cfgmod.StreamConfig]) -> None:
+        for s in reversed(added):
+            try:
+                self.remove_stream(s)
+            except Mt6dError:
+                log.exception("event=rollback_step_failed stream=%s", s.name)
+        self.config = dataclasses.replace(self.config, streams=tuple(
+            s for s in self.config.streams if s.name not in {a.name for a in added}))
+        for s in removed:
+            try:
+                self.bring_up_stream(s)
+            except Mt6dError:
+                log.exception("event=rollback_step_failed stream=%s", s.name)
+        self.save_state()
+
+    def routes_data(self) -> dict[str, Any]:
+        now = self.clock()
+        streams = []
+        for name, routes in self.route_lists.items():
+            active = routes.active(now)
+            accepted = {r.epoch for r in routes.accepted(now)}
+            streams.append({"name": name, "routes": [
+                {**_route_dict(r), "state": "active" if active is not None
+                 and r.epoch == active.epoch else "accepted" if r.epoch in accepted
+                 else "expired"} for r in routes.installed()]})
+        return {"time": now, "rotation_time": self.config.rotation_time, "streams": streams}
+
+    def rehash(self) -> dict[str, Any]:
+        """Run the rotation step now, repair missing route addresses, republish everything."""
+        assert self.bus is not None and self.nl is not None
+        log.info("event=rehash_requested")
+        now = self.clock()
+        added = 0
+        for name, routes in self.route_lists.items():
+            changes = routes.advance(now)
+            added += len(changes.added)
+            self.apply(name, changes)
+        rebound = []
+        if self.config.routes:
+            for r in self.bound_routes.values():
+                if self.nl.add_address(self.config.bridging, r.local.address):
+                    rebound.append(str(ipaddress.IPv6Address(r.local.address)))
+        for a in rebound:
+            log.warning("event=rehash_rebound address=%s", a)
+        diff = self.fw.verify() if self.fw is not None else []
+        for line in diff:
+            log.warning("event=firewall_differs line=%s", line)
+        published = 0
+        for name, routes in self.route_lists.items():
+            self.bus.publish(self.stream_states[name])
+            accepted = {r.epoch for r in routes.accepted(now)}
+            for r in sorted(routes.installed(), key=lambda r: r.epoch):
+                self.bus.publish(route_update(r, "accepted" if r.epoch in accepted else "expired"))
+                published += 1
+            published += 1
+        return {"added": added, "rebound": rebound, "firewall_diff": diff, "published": published}
 
     # --- main loop ----------------------------------------------------------------------------
 
@@ -263,8 +524,7 @@ class Supervisor:
             self.setup()
             self.rotate()
             self.plan_workers()
-            for w in self.workers.values():
-                self.start_worker(w)
+            self.supervise()
             self.loop()
             return 0
         finally:
@@ -276,14 +536,19 @@ class Supervisor:
         boundary = next_boundary(self.clock(), c.rotation_time)
         ready_written = False
         while self.running:
-            wait = max(0.0, min(0.5, boundary - self.clock()))
+            wait = max(0.0, min(0.2, boundary - self.clock()))
             if self.bus.control.poll(int(wait * 1000) + 1):
                 self.bus.handle_control()
             if self.clock() >= boundary:
                 self.rotate()
                 boundary = next_boundary(self.clock(), c.rotation_time)
-            self.check_workers()
-            if not ready_written and set(self.workers) <= self.bus.ready:
+            if self.reload_pending:
+                self.reload_pending = False
+                with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays
+                    self.reload()
+            self.supervise()
+            if not ready_written and all(w.lc.state is State.RUNNING
+                                         for w in self.workers.values()):
                 (self.runtime_dir / "ready").write_text(f"{os.getpid()}\n")
                 log.info("event=ready workers=%d streams=%d", len(self.workers), len(c.streams))
                 ready_written = True
@@ -307,50 +572,111 @@ class Supervisor:
             steps.append(("bus", self.bus.close))
         if self.nl is not None:
             steps.append(("netlink", self.nl.close))
+        failed = 0
         for what, step in steps:
             try:
                 step()
             except Exception:
+                failed += 1
                 log.exception("event=teardown_step_failed step=%s", what)
-        (self.runtime_dir / "supervisor.pid").unlink(missing_ok=True)
-        log.info("event=stopped")
+        if self.nl is not None and not failed:
+            # Everything recorded is gone; a failed step keeps the record for the next start.
+            (self.runtime_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.nl is not None:  # we wrote the pid file (a refused start leaves the other's)
+            (self.runtime_dir / "supervisor.pid").unlink(missing_ok=True)
+        log.info("event=stopped failed_steps=%d", failed)
 
     def remove_stream_system(self, s: cfgmod.StreamConfig) -> None:
         assert self.nl is not None
         c = self.config
+        local = str(s.local.address)
         self.nl.remove_host_route(c.internal, s.local.address.packed)
         self.nl.remove_neighbour(c.internal, s.local.address.packed)
+        if (c.internal, local) in self.neighbours:
+            self.neighbours.remove((c.internal, local))
+            self.save_state()
         self.nl.remove_address(c.internal, s.remote.address.packed)
 
-    def status(self, args: list[bytes]) -> dict[str, Any]:
-        """Control command ``status``: workers with their counters, streams with their routes."""
+    def status_data(self) -> dict[str, Any]:
+        """Daemon half of ``mt6dctl status`` (the wire format is documented in mt6d_mp.ctl)."""
         assert self.bus is not None
         now = self.clock()
+        kernel = kernel_queues()
         workers = []
         for w in self.workers.values():
-            running = w.proc is not None and w.proc.poll() is None
+            counters = dict(self.bus.stats.get(w.name, {}))
+            counters.pop("pid", None)
+            counters.pop("started", None)
             workers.append({
                 "name": w.name, "queue": w.queue, "pid": w.proc.pid if w.proc else None,
-                "state": ("running" if w.name in self.bus.ready else "starting") if running
-                else "backoff",
-                "restarts": len(w.exits), "exits": w.exits[-5:],
-                "counters": self.bus.stats.get(w.name, {}),
+                "state": w.lc.state.value, "reason": w.lc.reason, "uptime": w.lc.uptime(),
+                "spawns": w.lc.spawns, "restarts": max(0, w.lc.spawns - 1),
+                "exits": w.lc.exits[-5:], "kernel_queue": kernel.get(w.queue),
+                "packets_out": counters.get("tunnelled_packets", 0),
+                "packets_in": counters.get("extracted_packets", 0),
+                "bytes_out": counters.get("tunnelled_bytes", 0),
+                "bytes_in": counters.get("extracted_bytes", 0),
+                "drops": {k[5:]: v for k, v in counters.items() if k.startswith("drop_")},
+                "counters": counters,
             })
         streams = []
         for name, routes in self.route_lists.items():
             active = routes.active(now)
+            nxt = next_boundary(now, self.config.rotation_time)
             streams.append({
                 "name": name, "queue": self.stream_states[name].queue,
                 "active": _route_dict(active) if active else None,
                 "installed": [_route_dict(r) for r in routes.installed()],
-                "next_rotation": next_boundary(now, self.config.rotation_time),
+                "next_rotation": nxt, "next_rotation_in": nxt - now,
             })
         return {"pid": os.getpid(), "config": str(self.config.path), "workers": workers,
-                "streams": streams, "tunnel_mtu": self.tunnel_mtu}
+                "streams": streams, "tunnel_mtu": self.tunnel_mtu,
+                "uptime": self.monotonic() - self.started}
 
     def stop(self, signum: int, frame: Any) -> None:
         log.info("event=signal signal=%s", signal.Signals(signum).name)
         self.running = False
+
+    def hangup(self, signum: int, frame: Any) -> None:
+        log.info("event=signal signal=SIGHUP action=reload")
+        self.reload_pending = True
+
+
+def _pid(w: WorkerProcess) -> int | None:
+    return w.proc.pid if w.proc is not None else None
+
+
+def _same_stream(a: cfgmod.StreamConfig, b: cfgmod.StreamConfig) -> bool:
+    """Equal apart from where the line is (removing one line renumbers the others)."""
+    return dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
+
+
+def running_supervisor(runtime_dir: Path) -> int | None:
+    """The pid of a live supervisor that wrote ``supervisor.pid`` in ``runtime_dir``, if any."""
+    try:
+        pid = int((runtime_dir / "supervisor.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid == os.getpid() or b"supervisor" not in cmdline:
+        return None  # a recycled pid: not a supervisor
+    return pid
+
+
+def kernel_queues() -> dict[int, dict[str, int]]:
+    """Per queue number, from /proc/net/netfilter/nfnetlink_queue (this network namespace):
+    packets waiting, dropped by the kernel (queue full), and dropped on the way to user space."""
+    out: dict[int, dict[str, int]] = {}
+    try:
+        text = Path("/proc/net/netfilter/nfnetlink_queue").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 7:
+            out[int(f[0])] = {"waiting": int(f[2]), "queue_dropped": int(f[5]),
+                              "user_dropped": int(f[6])}
+    return out
 
 
 def tunnel_overhead_for(c: cfgmod.Config) -> int:
@@ -380,8 +706,10 @@ def route_update(r: Route, state: str) -> RouteUpdate:
 
 
 @contextmanager
-def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+def _signals(handler: Callable[[int, Any], None],
+             hangup: Callable[[int, Any], None]) -> Iterator[None]:
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     try:
         yield
     finally:
@@ -423,8 +751,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_PRIVILEGE
     setup_logging(config.log_level, config.log_handlers, config.log_file, "supervisor")
-    sup = Supervisor(config)
-    with _signals(sup.stop):
+    sup = Supervisor(config, overrides=overrides)
+    with _signals(sup.stop, sup.hangup):
         try:
             return sup.run()
         except Mt6dError as e:

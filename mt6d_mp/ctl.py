@@ -1,0 +1,607 @@
+"""mt6dctl: see and control a running MT6D supervisor (supervisorctl/circusctl style).
+
+The supervisor answers on ``control.sock`` (ZeroMQ ROUTER) in its root-only runtime directory;
+``mt6dctl -c CONFIG`` reads ``[runtime] dir`` from that configuration file to find it, so it
+reaches exactly the supervisor running with that configuration (the lab's gateways included).
+
+Each command is one class below: its docstring is both its ``--help`` and its wire format,
+``message()`` is the client half, ``execute()`` the daemon half (run inside the supervisor,
+against the :class:`Controlled` interface) and ``render()`` turns the reply into text and an exit
+code. Requests are ZeroMQ multipart messages ``[command, arg...]`` (UTF-8); every reply is one
+msgpack map, ``{"error": text, "code": n}`` on failure.
+
+Exit codes (LSB where LSB has one; the README's "Operations" section is the reference):
+
+====  ==========================================================================
+ 0    success; for ``status``: the supervisor runs and every worker is RUNNING
+ 1    the command failed (the supervisor answered with an error, a worker did not
+      reach the state asked for, a ``doctor`` check failed); for ``status``:
+      the supervisor is dead but its pid file remains (LSB "dead, pid file exists")
+ 2    bad command line
+ 3    ``status`` only: the supervisor is not running
+ 4    insufficient privilege (the runtime directory is root-only); for ``status``:
+      state unknown
+ 6    the configuration is invalid (``reload`` refused it; the running one is kept)
+ 7    the supervisor is not running (every command but ``status``): no control
+      socket, or no answer within ``--timeout``
+150   ``status`` only: the supervisor runs but some worker is not RUNNING
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from mt6d_mp.errors import (
+    EXIT_BAD_ARGS,
+    EXIT_GENERIC,
+    EXIT_NOT_CONFIGURED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_PRIVILEGE,
+    Mt6dError,
+)
+
+DEFAULT_CONFIG = "/etc/mt6d/mt6d.toml"
+DEFAULT_RUNTIME_DIR = "/run/mt6d"
+# LSB "status" action codes (LSB 3.0.0, "Init Script Actions").
+STATUS_RUNNING = 0
+STATUS_DEAD_PIDFILE = 1
+STATUS_NOT_RUNNING = 3
+STATUS_UNKNOWN = 4
+STATUS_DEGRADED = 150  # 150-199: reserved for the application
+WAIT_TIMEOUT = 30.0
+
+
+class CommandError(Mt6dError):
+    """A command failed; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_GENERIC) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+class Controlled(Protocol):
+    """What the supervisor offers to the daemon halves of the commands."""
+
+    def status_data(self) -> dict[str, Any]: ...
+    def control_workers(self, action: str, names: list[str]) -> dict[str, Any]: ...
+    def reload(self) -> dict[str, Any]: ...
+    def routes_data(self) -> dict[str, Any]: ...
+    def rehash(self) -> dict[str, Any]: ...
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+class Command:
+    name: ClassVar[str] = ""
+    daemon: ClassVar[bool] = True  # has a daemon half (doctor has not)
+
+    @classmethod
+    def help(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        pass
+
+    def message(self, args: argparse.Namespace) -> list[bytes]:
+        """Client half: the request frames after the command name."""
+        return []
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        """Daemon half, inside the supervisor."""
+        raise NotImplementedError
+
+    def dispatch(self, sup: Controlled, frames: list[bytes]) -> dict[str, Any]:
+        """Daemon entry point (BusServer.handlers): decode, execute, never raise."""
+        try:
+            return self.execute(sup, [f.decode("utf-8", "replace") for f in frames])
+        except Mt6dError as e:
+            return {"error": str(e), "code": e.exit_code}
+        except Exception as e:  # a control command must never take the supervisor down
+            import logging
+
+            logging.getLogger("mt6d.supervisor").exception("event=control_failed command=%s",
+                                                           self.name)
+            return {"error": f"internal error: {type(e).__name__}: {e}", "code": EXIT_GENERIC}
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        """Client half after the reply: wait if the command waits; the result and exit code."""
+        return reply, EXIT_OK
+
+    def text(self, result: dict[str, Any]) -> str:
+        """Client half: the result for people (``--json`` prints ``result`` as it is)."""
+        return str(result.get("message", "ok"))
+
+
+class Status(Command):
+    """Show the supervisor, every worker and every stream at a glance.
+
+    Wire: ``[b"status"]`` -> ``{"pid", "config", "uptime", "tunnel_mtu", "workers": [{"name",
+    "pid", "state", "reason", "uptime", "queue", "kernel_queue": {"waiting", "queue_dropped",
+    "user_dropped"}, "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
+    "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
+    "next_rotation", "next_rotation_in"}]}``. ``packets_out`` counts tunnelled packets (host to
+    tunnel), ``packets_in`` extracted ones (tunnel to host).
+
+    Exit: 0 running with every worker RUNNING, 150 running but some worker is not, 3 not
+    running, 1 dead with a stale pid file, 4 unknown.
+    """
+
+    name = "status"
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        return sup.status_data()
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        return reply, status_code(reply)
+
+    def text(self, reply: dict[str, Any]) -> str:
+        lines: list[str] = []
+        add = lines.append
+        add(f"supervisor pid {reply['pid']}  up {_dur(reply.get('uptime', 0))}  "
+              f"config {reply['config']}  tunnel mtu {reply.get('tunnel_mtu')}")
+        add(f"{'WORKER':<22} {'STATE':<9} {'PID':>7} {'UPTIME':>8} {'QUEUE':>5} {'WAIT':>5} "
+              f"{'OUT':>9} {'IN':>9}  DROPS / REASON")
+        for w in reply["workers"]:
+            kq = w.get("kernel_queue") or {}
+            drops = " ".join(f"{k}={v}" for k, v in sorted(w.get("drops", {}).items())) or "-"
+            extra = drops if w["state"] == "running" else w.get("reason", "")
+            add(f"{w['name']:<22} {w['state']:<9} {w['pid'] or '-':>7} "
+                  f"{_dur(w['uptime']) if w['uptime'] else '-':>8} {w['queue']:>5} "
+                  f"{kq.get('waiting', '-'):>5} {w.get('packets_out', 0):>9} "
+                  f"{w.get('packets_in', 0):>9}  {extra}")
+        add(f"{'STREAM':<22} {'ACTIVE ROUTE (epoch: local -> remote)':<80} NEXT ROTATION")
+        for s in reply["streams"]:
+            a = s.get("active")
+            route = f"{a['epoch']}: {a['local']} -> {a['remote']}" if a else "none"
+            add(f"{s['name']:<22} {route:<80} in {s['next_rotation_in']:.1f}s")
+        return "\n".join(lines)
+
+
+def status_code(reply: dict[str, Any]) -> int:
+    workers = reply.get("workers", [])
+    return STATUS_RUNNING if all(w["state"] == "running" for w in workers) else STATUS_DEGRADED
+
+
+class _WorkerCommand(Command):
+    action = ""
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("workers", nargs="+", metavar="WORKER",
+                       help="worker names (a stream name or 'icmp'), or 'all'")
+        p.add_argument("--no-wait", action="store_true",
+                       help="return once the supervisor accepted the request")
+
+    def message(self, args: argparse.Namespace) -> list[bytes]:
+        return [w.encode() for w in args.workers]
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        if not args:
+            raise CommandError(f"{self.name}: name a worker or 'all'", EXIT_BAD_ARGS)
+        return sup.control_workers(self.action, args)
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        want = "stopped" if self.action == "stop" else "running"
+        before = reply["workers"]  # name -> {"state", "pid"}
+        now = before
+        if args.no_wait:
+            return reply, EXIT_OK
+        deadline = time.monotonic() + args.wait_timeout
+        while True:
+            st = ctl.call(b"status")
+            now = {w["name"]: {"state": w["state"], "pid": w["pid"], "reason": w["reason"]}
+                   for w in st["workers"] if w["name"] in before}
+            done = {n for n, w in now.items()
+                    if w["state"] == want and (self.action != "restart"
+                                               or w["pid"] != before[n]["pid"])}
+            failed = {n for n, w in now.items() if w["state"] == "fatal"}
+            if done | failed >= set(now) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        code = EXIT_OK if all(w["state"] == want for w in now.values()) else EXIT_GENERIC
+        return {"workers": now}, code
+
+    def text(self, result: dict[str, Any]) -> str:
+        return "\n".join(f"{n}: {w['state']}" + (f" ({w['reason']})" if w.get("reason") else "")
+                         for n, w in result["workers"].items())
+
+
+class Start(_WorkerCommand):
+    """Start workers that are stopped, in backoff or fatal (``all`` for every worker).
+
+    Wire: ``[b"start", name...]`` -> ``{"workers": {name: {"state", "pid"}}}``; an unknown name
+    is an error and changes nothing. The client then waits until each is RUNNING (or FATAL).
+    Exit: 0 all running, 1 some did not start.
+    """
+
+    name = "start"
+    action = "start"
+
+
+class Stop(_WorkerCommand):
+    """Stop workers (SIGTERM, SIGKILL after 3 s); they stay down until started again.
+
+    Wire: ``[b"stop", name...]`` -> ``{"workers": {name: {"state", "pid"}}}``. While a stream's
+    worker is stopped its queue has no reader and the kernel drops the stream's packets (fail
+    closed). Exit: 0 all stopped, 1 otherwise.
+    """
+
+    name = "stop"
+    action = "stop"
+
+
+class Restart(_WorkerCommand):
+    """Stop and start workers again (``all`` for every worker).
+
+    Wire: ``[b"restart", name...]`` -> ``{"workers": {name: {"state", "pid"}}}``. The client
+    waits for each to be RUNNING with a new pid. Exit: 0 all restarted, 1 otherwise.
+    """
+
+    name = "restart"
+    action = "restart"
+
+
+class Reload(Command):
+    """Re-read the configuration and apply stream changes without touching other streams.
+
+    Wire: ``[b"reload"]`` -> ``{"added": [...], "removed": [...], "unchanged": [...]}``.
+    Streams whose profile line was added are set up and get a worker; streams whose line went
+    away are stopped and removed; a changed line (key, queue, hosts) is removed and added again.
+    Refused, with the running configuration kept, when the new one is invalid (exit 6) or changes
+    anything but streams (exit 1: those need a restart). If applying fails half way, what was
+    applied is rolled back. SIGHUP to the supervisor does the same.
+    """
+
+    name = "reload"
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        return sup.reload()
+
+    def text(self, reply: dict[str, Any]) -> str:
+        return (f"reloaded: added {', '.join(reply['added']) or 'none'}; "
+                f"removed {', '.join(reply['removed']) or 'none'}; "
+                f"unchanged {len(reply['unchanged'])}")
+
+
+class Routes(Command):
+    """List every stream's installed routes: hashed addresses and ports, newest first.
+
+    Wire: ``[b"routes"]`` -> ``{"time", "rotation_time", "streams": [{"name", "routes":
+    [{"epoch", "state", "local", "local_port", "remote", "remote_port", "key_phase"}]}]}`` with
+    state ``active`` (sending), ``accepted`` (received on) or ``expired`` (lingering).
+    """
+
+    name = "routes"
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        return sup.routes_data()
+
+    def text(self, reply: dict[str, Any]) -> str:
+        lines: list[str] = []
+        for s in reply["streams"]:
+            lines.append(f"{s['name']}:")
+            for r in s["routes"]:
+                lines.append(f"  {r['epoch']:>12} {r['state']:<9} [{r['local']}]:{r['local_port']}"
+                             f" <-> [{r['remote']}]:{r['remote_port']}")
+        return "\n".join(lines)
+
+
+class Rehash(Command):
+    """Recompute, repair and republish every stream's routes now.
+
+    MT6D's hashed addresses are a function of the shared key and the *time* (the epoch), computed
+    independently by both gateways; rotating early on one side would make it send from addresses
+    the peer does not accept. So ``rehash`` does not skip ahead: it runs the rotation step for
+    the current epoch, re-binds any route address that went missing, compares the firewall with
+    what the supervisor installed, and republishes every stream and route on the bus (every worker
+    then has a fresh copy). Wire: ``[b"rehash"]`` -> ``{"added": n, "rebound": [addresses],
+    "firewall_diff": [lines], "published": n}``. Exit 0, or 1 when the firewall differs.
+    """
+
+    name = "rehash"
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        return sup.rehash()
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        return reply, EXIT_GENERIC if reply["firewall_diff"] else EXIT_OK
+
+    def text(self, reply: dict[str, Any]) -> str:
+        return "\n".join([f"rehashed: {reply['added']} routes added, {len(reply['rebound'])} "
+                          f"addresses re-bound, {reply['published']} messages republished"]
+                         + [f"firewall differs: {line}" for line in reply["firewall_diff"]])
+
+
+class Doctor(Command):
+    """Check what this machine needs to run MT6D (no supervisor needed).
+
+    Checks: root; the configuration loads; the legacy ip6tables backend works and the NFQUEUE
+    target and netfilter queue support exist; the configured interfaces exist (in this network
+    namespace); the runtime directory is root-only; clock synchronisation (both gateways derive
+    the addresses from the time: they must agree within ``route_lifetime``). Prints one line per
+    check: ``ok``, ``WARN`` or ``FAIL``. Exit: 0 no check failed, 1 some check failed.
+    """
+
+    name = "doctor"
+    daemon = False
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        failed = any(c["result"] == "FAIL" for c in reply["checks"])
+        return reply, EXIT_GENERIC if failed else EXIT_OK
+
+    def text(self, reply: dict[str, Any]) -> str:
+        return "\n".join(f"{c['result']:<4} {c['check']:<18} {c['detail']}"
+                         for c in reply["checks"])
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c for c in (Status(), Start(), Stop(), Restart(), Reload(), Routes(), Rehash(),
+                        Doctor())
+}
+
+
+# --- doctor's checks (client side only) -------------------------------------------------------
+
+
+def doctor(config_path: Path) -> dict[str, Any]:
+    checks: list[dict[str, str]] = []
+
+    def check(name: str, result: str, detail: str) -> None:
+        checks.append({"check": name, "result": result, "detail": detail})
+
+    check("root", "ok" if os.geteuid() == 0 else "FAIL",
+          "running as root" if os.geteuid() == 0 else "MT6D needs root (queues, firewall, addresses)")
+    from mt6d_mp.core import config as cfgmod
+
+    cfg = None
+    try:
+        cfg = cfgmod.load(config_path)
+        check("config", "ok", f"{config_path}: valid, {len(cfg.streams)} streams")
+    except Mt6dError as e:
+        check("config", "FAIL", f"{config_path}: " + "; ".join(str(e).splitlines()))
+    legacy = shutil.which("ip6tables-legacy")
+    if legacy is None:
+        check("ip6tables", "FAIL", "ip6tables-legacy not found (Debian: apt install iptables)")
+    else:
+        r = _run([legacy, "-S", "INPUT"])
+        check("ip6tables", "ok" if r[0] == 0 else "FAIL",
+              "legacy backend usable (MT6D's rules show in ip6tables-legacy -S, not ip6tables)"
+              if r[0] == 0 else f"ip6tables-legacy -S INPUT failed: {r[1]}")
+    targets = _read("/proc/net/ip6_tables_targets")
+    queue_proc = Path("/proc/net/netfilter/nfnetlink_queue").exists()
+    if targets is not None and "NFQUEUE" in targets.split() and queue_proc:
+        check("nfqueue", "ok", "NFQUEUE target and nfnetlink_queue present")
+    else:
+        check("nfqueue", "FAIL", "no NFQUEUE target or no nfnetlink_queue "
+              "(modprobe xt_NFQUEUE nfnetlink_queue; kernel: CONFIG_NETFILTER_XT_TARGET_NFQUEUE)")
+    if cfg is not None:
+        for role, name in (("internal", cfg.internal), ("external", cfg.external),
+                           ("bridging", cfg.bridging)):
+            try:
+                socket.if_nametoindex(name)
+                check(f"interface {role}", "ok", f"{name} present")
+            except OSError:
+                check(f"interface {role}", "FAIL", f"{name}: no such interface in this namespace")
+    runtime = cfg.runtime_dir if cfg is not None else runtime_dir_of(config_path)
+    try:
+        st = runtime.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        ok = st.st_uid == 0 and not mode & 0o077
+        check("runtime dir", "ok" if ok else "FAIL",
+              f"{runtime}: mode {mode:04o} uid {st.st_uid}" + ("" if ok else
+              " (expected owner root, no access for group or others: chmod 700)"))
+    except FileNotFoundError:
+        check("runtime dir", "ok", f"{runtime}: absent (the supervisor creates it, mode 0700)")
+    except OSError as e:
+        check("runtime dir", "FAIL", f"{runtime}: {e.strerror}")
+    check("clock", *_clock_hint(cfg.route_lifetime if cfg else None))
+    return {"checks": checks}
+
+
+def _clock_hint(lifetime: float | None) -> tuple[str, str]:
+    tol = f" (gateways must agree within route_lifetime = {lifetime:g}s)" if lifetime else ""
+    if shutil.which("chronyc"):
+        code, out = _run(["chronyc", "-n", "tracking"])
+        if code == 0:
+            for line in out.splitlines():
+                if line.startswith("Leap status"):
+                    normal = line.split(":", 1)[1].strip() == "Normal"
+                    return ("ok" if normal else "WARN"), f"chrony: {line.strip()}{tol}"
+    if shutil.which("timedatectl"):
+        code, out = _run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"])
+        if code == 0 and out.strip() in ("yes", "no"):
+            synced = out.strip() == "yes"
+            return ("ok" if synced else "WARN"), f"timedatectl: NTP synchronized {out.strip()}{tol}"
+    return "WARN", f"cannot tell whether the clock is synchronised (no chronyc/timedatectl answer){tol}"
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return 127, str(e)
+    return r.returncode, (r.stdout if r.returncode == 0 else r.stderr).strip()
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _dur(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+def runtime_dir_of(config_path: Path) -> Path:
+    """``[runtime] dir`` of a main configuration file, read on its own.
+
+    Deliberately not a full ``config.load()``: ``reload`` must reach the supervisor also when the
+    file has just been edited into an invalid state (the supervisor then refuses it).
+    """
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CommandError(f"{config_path}: no such configuration file", EXIT_NOT_CONFIGURED) from None
+    except PermissionError:
+        raise CommandError(f"{config_path}: permission denied (run as root)", EXIT_PRIVILEGE) from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CommandError(f"{config_path}: cannot read the runtime directory: {e}",
+                           EXIT_NOT_CONFIGURED) from None
+    value = data.get("runtime", {}).get("dir", DEFAULT_RUNTIME_DIR) if isinstance(
+        data.get("runtime", {}), dict) else DEFAULT_RUNTIME_DIR
+    if not isinstance(value, str) or not value:
+        raise CommandError(f"{config_path}: runtime.dir must be a path", EXIT_NOT_CONFIGURED)
+    return Path(value)
+
+
+class NotRunning(CommandError):
+    def __init__(self, message: str, stale_pid: int | None = None) -> None:
+        super().__init__(message, EXIT_NOT_RUNNING)
+        self.stale_pid = stale_pid
+
+
+class Ctl:
+    """The client: one request/reply per call on the supervisor's control socket."""
+
+    def __init__(self, runtime_dir: Path, timeout: float) -> None:
+        self.runtime_dir = runtime_dir
+        self.timeout = timeout
+
+    def _stale_pid(self) -> int | None:
+        try:
+            pid = int((self.runtime_dir / "supervisor.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None if Path(f"/proc/{pid}").exists() else pid
+
+    def call(self, command: bytes, *args: bytes) -> dict[str, Any]:
+        from mt6d_mp.io.bus import CONTROL, request
+
+        sock = self.runtime_dir / CONTROL
+        try:
+            if not sock.exists():
+                stale = self._stale_pid()
+                raise NotRunning(
+                    f"supervisor not running (no {sock})"
+                    + (f"; stale pid file names dead pid {stale}" if stale else ""), stale)
+            if not os.access(sock, os.R_OK | os.W_OK):
+                raise CommandError(f"{sock}: permission denied (run as root)", EXIT_PRIVILEGE)
+        except PermissionError:
+            raise CommandError(f"{self.runtime_dir}: permission denied (run as root)",
+                               EXIT_PRIVILEGE) from None
+        stale = self._stale_pid()
+        if stale is not None:  # killed: its socket file is left, nobody answers
+            raise NotRunning(f"supervisor not running: pid {stale} in "
+                             f"{self.runtime_dir / 'supervisor.pid'} is dead", stale)
+        reply = request(self.runtime_dir, command, *args, timeout=self.timeout)
+        if reply is None:
+            raise NotRunning(f"supervisor not running: no answer on {sock} within {self.timeout:g}s")
+        if not isinstance(reply, dict):
+            raise CommandError(f"unexpected reply from the supervisor: {reply!r}")
+        if "error" in reply:
+            code = reply.get("code", EXIT_GENERIC)
+            raise CommandError(str(reply["error"]),
+                               code if isinstance(code, int) and code != EXIT_OK else EXIT_GENERIC)
+        return reply
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the reply as JSON (for scripts)")
+    ap = argparse.ArgumentParser(
+        prog="mt6dctl", parents=[common],
+        description="Control a running MT6D supervisor. " + (__doc__ or "").split("\n\n")[1],
+        epilog="exit codes: 0 ok, 1 command failed, 2 bad arguments, 3 (status) not running, "
+               "4 no privilege / (status) unknown, 6 invalid configuration, 7 supervisor not "
+               "running, 150 (status) some worker not running",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path,
+                    help=f"main configuration file (default {DEFAULT_CONFIG})")
+    ap.add_argument("--runtime-dir", type=Path, help="talk to the supervisor in this directory")
+    ap.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for an answer (default 10)")
+    ap.add_argument("--wait-timeout", type=float, default=WAIT_TIMEOUT,
+                    help="start/stop/restart: seconds to wait for the state (default 30)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for c in COMMANDS.values():
+        p = sub.add_parser(c.name, parents=[common], help=c.help(), description=c.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.add_arguments(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else EXIT_BAD_ARGS
+    as_json = getattr(args, "json", False)
+    cmd = COMMANDS[args.command]
+
+    def out(r: dict[str, Any]) -> None:
+        print(json.dumps(r, indent=2, sort_keys=True, default=str))
+
+    try:
+        ctl = Ctl(args.runtime_dir or Path("."), args.timeout)
+        if cmd.daemon:
+            ctl.runtime_dir = args.runtime_dir or runtime_dir_of(args.config)
+            reply = ctl.call(cmd.name.encode(), *cmd.message(args))
+        else:
+            reply = doctor(args.config)
+        result, code = cmd.finish(reply, args, ctl)
+        print(json.dumps(result, indent=2, sort_keys=True, default=str) if as_json
+              else cmd.text(result))
+        return code
+    except NotRunning as e:
+        code = e.exit_code
+        if cmd.name == "status":
+            code = STATUS_DEAD_PIDFILE if e.stale_pid else STATUS_NOT_RUNNING
+        if as_json:
+            out({"error": str(e), "running": False, "code": code})
+        print(f"mt6dctl: {e}", file=sys.stderr)
+        return code
+    except CommandError as e:
+        code = e.exit_code
+        if cmd.name == "status" and code == EXIT_PRIVILEGE:
+            code = STATUS_UNKNOWN
+        if as_json:
+            out({"error": str(e), "code": code})
+        print(f"mt6dctl: {cmd.name} failed: {e}", file=sys.stderr)
+        return code
+    except Mt6dError as e:
+        print(f"mt6dctl: {cmd.name} failed: {e}", file=sys.stderr)
+        return e.exit_code if cmd.name != "status" else STATUS_UNKNOWN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""mt6dctl without a supervisor: argument handling, not-running codes, the command units."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mt6d_mp import ctl
+
+
+def config(tmp_path: Path, runtime: Path) -> Path:
+    p = tmp_path / "mt6d.toml"
+    p.write_text(f'[runtime]\ndir = "{runtime}"\n')
+    return p
+
+
+def test_every_command_documents_its_wire_format() -> None:
+    for name, c in ctl.COMMANDS.items():
+        doc = c.__doc__ or ""
+        assert c.name == name and doc.strip()
+        if c.daemon:
+            assert "Wire:" in doc, name
+
+
+def test_runtime_dir_is_read_from_the_config_alone(tmp_path: Path) -> None:
+    rt = tmp_path / "run"
+    assert ctl.runtime_dir_of(config(tmp_path, rt)) == rt
+    (tmp_path / "other.toml").write_text("[log]\nlevel = 'info'\n")
+    assert ctl.runtime_dir_of(tmp_path / "other.toml") == Path(ctl.DEFAULT_RUNTIME_DIR)
+
+
+@pytest.mark.parametrize("command, code", [("status", 3), ("routes", 7), ("reload", 7),
+                                           ("stop", 7)])
+def test_not_running(tmp_path: Path, command: str, code: int,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, tmp_path / "run")
+    args = [command, "all"] if command == "stop" else [command]
+    assert ctl.main(["-c", str(cfg), *args]) == code
+    assert "not running" in capsys.readouterr().err
+
+
+def test_stale_pid_file_status_is_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rt = tmp_path / "run"
+    rt.mkdir()
+    (rt / "supervisor.pid").write_text("999999999\n")
+    (rt / "control.sock").write_text("")
+    cfg = config(tmp_path, rt)
+    assert ctl.main(["-c", str(cfg), "status"]) == 1
+    assert ctl.main(["-c", str(cfg), "status", "--json"]) == 1
+    out = capsys.readouterr().out
+    assert json.loads(out)["running"] is False
+
+
+def test_missing_config_is_6_and_bad_arguments_2(tmp_path: Path) -> None:
+    assert ctl.main(["-c", str(tmp_path / "nope.toml"), "status"]) == 6
+    assert ctl.main(["-c", str(tmp_path / "nope.toml"), "frobnicate"]) == 2
+    assert ctl.main(["start"]) == 2  # start needs a worker name
+
+
+def test_status_exit_code_from_worker_states() -> None:
+    running = {"workers": [{"state": "running"}, {"state": "running"}]}
+    degraded = {"workers": [{"state": "running"}, {"state": "backoff"}]}
+    assert ctl.status_code(running) == 0
+    assert ctl.status_code(degraded) == 150
+
+
+def test_dispatch_never_raises() -> None:
+    class Broken:
+        def status_data(self) -> dict[str, object]:
+            raise RuntimeError("boom")
+
+    reply = ctl.COMMANDS["status"].dispatch(Broken(), [])  # type: ignore[arg-type]
+    assert reply["code"] == 1 and "boom" in reply["error"]
