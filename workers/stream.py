@@ -22,6 +22,7 @@ import argparse
 import errno
 import sys
 import time
+from typing import Any
 
 from netfilterqueue import Packet
 
@@ -67,6 +68,7 @@ class StreamWorker(Worker):
         self.host_addr: tuple[str, int, int, int] = ("::", 0, 0, 0)
         self.local = b""
         self.remote = b""
+        self.replay_floor: list[tuple[int, int, int]] = []
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -86,6 +88,9 @@ class StreamWorker(Worker):
         if (old is None or old.rx_key != st.rx_key or old.crypt != st.crypt
                 or self.opener is None):
             self.opener = crypto.Opener(ctype, st.rx_key)  # keeps its replay window otherwise
+            for phase, lane, top in self.replay_floor:
+                if phase == st.key_phase:
+                    self.opener.resume_above(lane, top)
         self.local, self.remote = st.local, st.remote
         self.host_addr = sockets.sockaddr(st.local)
         self.routes = {r.epoch: r for r in self.bus.replica.routes.values() if r.stream == self.name}
@@ -95,6 +100,20 @@ class StreamWorker(Worker):
             if r.state == "accepted"
         }
         self.active_until = 0.0  # choose the active route again on the next packet
+
+    def sync(self) -> None:
+        """Take the snapshot, then the replay floor our predecessor left (see Opener.resume_above)."""
+        super().sync()
+        self.replay_floor = self.bus.replay_floor()
+        if self.replay_floor:
+            self.opener = None
+            self.rebuild()
+
+    def extra_stats(self) -> dict[str, Any]:
+        if self.opener is None or self.state is None:
+            return {}
+        phase = self.state.key_phase
+        return {"rx_tops": [[phase, lane, top] for lane, top in self.opener.tops() if top >= 0]}
 
     def _select_active(self, now: float) -> None:
         st = self.state

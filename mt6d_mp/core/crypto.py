@@ -257,6 +257,17 @@ class ReplayWindow:
     def __repr__(self) -> str:
         return f"ReplayWindow(size={self.size}, top={self._top})"
 
+    @property
+    def top(self) -> int:
+        """The highest counter committed so far (-1 before the first)."""
+        return self._top
+
+    def resume_above(self, top: int) -> None:
+        """Treat every counter up to ``top`` as seen (a restarted receiver's replay floor)."""
+        if top > self._top:
+            self._top = top
+            self._bits = self._mask
+
     def check(self, counter: int) -> bool:
         """True when ``counter`` is new and inside the window; does not change the window."""
         top = self._top
@@ -310,6 +321,21 @@ class Opener:
         )
 
     __str__ = __repr__
+
+    def tops(self) -> list[tuple[int, int]]:
+        """(lane, highest counter accepted) for every lane seen: what a successor must refuse."""
+        return [(lane, w.top) for lane, w in self._windows.items()]
+
+    def resume_above(self, lane: int, top: int) -> None:
+        """Refuse every counter up to ``top`` on ``lane`` (see ReplayWindow.resume_above).
+
+        A receiving worker that restarts would otherwise start with an empty window and accept
+        one replay of any packet still on an accepted route.
+        """
+        window = self._windows.get(lane)
+        if window is None:
+            window = self._windows[lane] = ReplayWindow(self.window_size)
+        window.resume_above(top)
 
     def open(
         self,

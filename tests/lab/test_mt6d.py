@@ -466,3 +466,62 @@ def test_hashed_addresses_answer_strangers_nothing(routed: tuple[Lab, LabInfo], 
         ip = frame[14:]
         if len(ip) >= 48 and ip[8:24] == hashed_bytes:
             assert ip[6] == 58 and ip[40] == 136, "only neighbour advertisements may come back"
+
+
+@pytest.fixture(scope="module")
+def slow_rotation() -> Iterator[tuple[Lab, LabInfo]]:
+    prefix = "t" + secrets.token_hex(3)
+    lab = Lab(prefix, "switched", rotation_time=6.0)
+    try:
+        yield lab, lab.up()
+    finally:
+        lab.down()
+
+
+REPLAY = """
+import sys
+from scapy.all import Ether, rdpcap, sendp
+frames = [bytes(p) for p in rdpcap(sys.argv[1])]
+dsts = {bytes.fromhex(h) for h in sys.argv[2].split(",")}
+picked = [f for f in frames if f[12:14] == b"\\x86\\xdd" and f[14 + 24:14 + 40] in dsts
+          and f[14 + 6] == 60]
+sendp([Ether(f) for f in picked], iface=sys.argv[3], verbose=False)
+print(len(picked))
+"""
+
+
+def test_a_restarted_worker_refuses_replays_of_what_its_predecessor_took(
+    slow_rotation: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    lab, info = slow_rotation
+    s = info.streams[0]
+    full = tmp_path / "full.pcap"
+    pid = lab.spawn(info.capture_ns, ["tcpdump", "-i", info.capture_if, "-n", "-U", "--immediate-mode",
+                                      "-s", "0", "-w", str(full), "ip6"], name="tcpdump-full")
+    time.sleep(1.0)
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.2"))
+    time.sleep(0.5)
+    lab.stop(pid)
+    time.sleep(1.5)  # the receiving worker has reported the counters it accepted
+    stream_b = status(info, "gateway-b")["streams"][0]
+    name_b = stream_b["name"]  # gateway B's view: host-b-host-a
+    hashed_b = ",".join(ipaddress.IPv6Address(r["local"]).packed.hex() for r in stream_b["installed"])
+    before = worker(info, name_b, "gateway-b")
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        w = worker(info, name_b, "gateway-b")
+        if w["state"] == "running" and w["pid"] != before["pid"]:
+            break
+        assert time.monotonic() < deadline, f"worker not restarted: {w}"
+        time.sleep(0.2)
+    port = next(i for i in info.ns("switch").interfaces if i.peer and i.peer.startswith(info.gb))
+    import sys
+
+    r = lab.exec(info.capture_ns, [sys.executable, "-c", REPLAY, str(full),
+                                   hashed_b, port.name])
+    assert int(r.stdout.strip()) >= 3, "the capture holds the echo requests to gateway B"
+    time.sleep(1.5)
+    counters = worker(info, name_b, "gateway-b")["counters"]
+    assert counters.get("drop_replay", 0) >= 3, counters
+    assert counters.get("extracted_packets", 0) == 0, "a replay reached host B"

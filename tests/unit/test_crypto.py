@@ -133,8 +133,7 @@ def test_none_mode() -> None:
 
 
 def test_counter_exhausted() -> None:
-    sealer = Sealer(CRYPT_AES_256_GCM, KEY)
-    sealer._counter = 2**64 - 2
+    sealer = Sealer(CRYPT_AES_256_GCM, KEY, counter=2**64 - 2)
     hdr, _ = sealer.seal(b"a", PREFIX)
     assert hdr[-8:] == (2**64 - 2).to_bytes(8, "big")
     with pytest.raises(PacketError) as err:
@@ -204,3 +203,31 @@ def test_replay_window_matches_model(size: int, ops: list[int]) -> None:
             window.commit(c)
             seen.add(c)
             top = max(top, c)
+
+
+def test_sealer_starts_at_the_given_counter() -> None:
+    sealer = Sealer(CRYPT_AES_256_GCM, KEY, counter=1_700_000_000_000_000)
+    hdr, _ = sealer.seal(b"x", PREFIX)
+    assert hdr[-8:] == (1_700_000_000_000_000).to_bytes(8, "big")
+    with pytest.raises(ValueError):
+        Sealer(CRYPT_AES_256_GCM, KEY, counter=2**64)
+
+
+def test_a_restarted_opener_refuses_what_its_predecessor_accepted() -> None:
+    sealer, first = Sealer(CRYPT_AES_256_GCM, KEY), Opener(CRYPT_AES_256_GCM, KEY)
+    sealed = [sealer.seal(bytes([i]), PREFIX) for i in range(5)]
+    for hdr, ct in sealed[:4]:
+        first.open(PREFIX, hdr, ct)
+    assert first.tops() == [(0, 3)]
+    second = Opener(CRYPT_AES_256_GCM, KEY)
+    for lane, top in first.tops():
+        second.resume_above(lane, top)
+    for hdr, ct in sealed[:4]:  # replays of everything the first one saw
+        with pytest.raises(PacketError) as err:
+            second.open(PREFIX, hdr, ct)
+        assert err.value.reason == "replay"
+    assert second.open(PREFIX, *sealed[4]) == bytes([4])  # newer packets still pass
+    window = ReplayWindow(2048)
+    window.resume_above(10)
+    window.resume_above(5)  # never moves backwards
+    assert window.top == 10 and not window.check(10) and not window.check(0) and window.check(11)
