@@ -1,0 +1,141 @@
+"""mt6d-bench (mt6d_mp.bench) in a reduced quick mode: it runs and writes well-formed results.
+
+Only the paths ``none`` and ``mt6d``, short tests, one stream for the rotation cost. Checks the
+shape of ``bench.json`` (every key present, every number finite) and that the markdown and the
+charts are written and every lab is gone afterwards. Never a speed threshold.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mt6d_mp import lab as labmod
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+
+STATS = {"median", "min", "max", "n"}
+RTT = {"min", "avg", "max", "mdev"}
+PING = {"sent", "received", "loss_pct", "rtt_ms"}
+HOST = {
+    "processes", "cpu_all", "bytes_all", "cpu_s_per_gb_all", "cpu_tcp", "bytes_tcp", "cpu_s_per_gb_tcp",
+    "memory_start", "memory_end", "uss_mb_per_gateway_start", "uss_mb_per_gateway_end",
+    "pss_mb_per_gateway_end", "uss_growth_mb_max", "peak_rss_mb_both",
+}  # fmt: skip
+MEMORY = {"uss_kb", "pss_kb", "rss_kb", "peak_rss_kb", "processes"}
+
+
+def _reject_constant(name: str) -> float:
+    raise AssertionError(f"bench.json holds {name}, which is not JSON")
+
+
+def _numbers(obj: Any, where: str = "$") -> list[tuple[str, float]]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, int | float):
+        return [(where, float(obj))]
+    if isinstance(obj, dict):
+        return [n for k, v in obj.items() for n in _numbers(v, f"{where}.{k}")]
+    if isinstance(obj, list):
+        return [n for i, v in enumerate(obj) for n in _numbers(v, f"{where}[{i}]")]
+    return []
+
+
+def _stats(s: Any, where: str) -> None:
+    assert isinstance(s, dict) and set(s) == STATS, f"{where}: {s!r}"
+    assert s["min"] <= s["median"] <= s["max"], where
+
+
+def _ping(p: Any, where: str) -> None:
+    assert isinstance(p, dict) and set(p) >= PING, f"{where}: {p!r}"
+    assert 0 <= p["received"] <= p["sent"] and p["sent"] > 0, where
+    assert 0.0 <= p["loss_pct"] <= 100.0, where
+    assert set(p["rtt_ms"]) == RTT, where
+
+
+def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = [
+        sys.executable, "-m", "mt6d_mp.bench", "--quick", "--paths", "none,mt6d", "--ping-count", "10",
+        "--seconds", "2", "--rotation-streams", "1", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "[" in proc.stdout and "== mt6d" in proc.stdout  # progress lines
+
+    res = json.loads((out / "bench.json").read_text(), parse_constant=_reject_constant)
+    for where, x in _numbers(res):
+        assert math.isfinite(x), f"{where} = {x}"
+
+    assert res["schema"] == "mt6d-bench/1"
+    assert {"schema", "machine", "plan", "paths", "rotation", "targets", "duration_s"} <= set(res)
+    m = res["machine"]
+    for key in ("date", "kernel", "cpu_model", "cores", "python", "loadavg_start", "loadavg_end", "tools"):
+        assert m.get(key) is not None, key
+    plan = res["plan"]
+    assert plan["mode"] == "quick" and plan["paths"] == ["none", "mt6d"]
+    assert set(res["paths"]) == {"none", "mt6d"}
+
+    for name, p in res["paths"].items():
+        assert p["errors"] == [], (name, p["errors"])
+        assert not labmod.namespaces_with_prefix(p["lab"]), f"{name}: lab {p['lab']} left behind"
+        _ping(p["ping"], f"{name}.ping")
+        assert p["ping"]["sent"] == 10
+        assert [f["count"] for f in p["flood"]] == plan["floods"]
+        for f in p["flood"]:
+            _ping(f, f"{name}.flood")
+            assert f["seconds"] > 0
+        assert [h["size"] for h in p["http"]] == plan["http_sizes"]
+        for h in p["http"]:
+            assert h["verified"] is True, (name, h)
+            assert len(h["runs"]) == plan["http_repeats"]
+            _stats(h["mbyte_s"], f"{name}.http.mbyte_s")
+            _stats(h["seconds"], f"{name}.http.seconds")
+        assert len(p["tcp"]["runs"]) == plan["tcp_runs"] and p["tcp"]["bytes"] > 0
+        _stats(p["tcp"]["gbit_s"], f"{name}.tcp.gbit_s")
+        _stats(p["tcp"]["retransmits"], f"{name}.tcp.retransmits")
+        assert len(p["udp"]["runs"]) == plan["udp_runs"] and p["udp"]["bytes"] > 0
+        _stats(p["udp"]["jitter_ms"], f"{name}.udp.jitter_ms")
+        _stats(p["udp"]["loss_pct"], f"{name}.udp.loss_pct")
+
+    assert res["paths"]["none"]["host"] is None  # no tunnel processes to measure
+    host = res["paths"]["mt6d"]["host"]
+    assert set(host) == HOST
+    assert host["processes"]["a"] >= 3 and host["processes"]["b"] >= 3  # supervisor, stream, icmp
+    for when in ("memory_start", "memory_end"):
+        for side in ("a", "b"):
+            assert set(host[when][side]) == MEMORY and host[when][side]["uss_kb"] > 0
+    assert host["cpu_all"]["total_s"] > 0 and host["cpu_s_per_gb_tcp"] > 0
+
+    rot = res["rotation"]
+    assert [r["streams"] for r in rot["in_process"]] == [1]
+    _stats(rot["in_process"][0]["seconds"], "rotation.in_process")
+    (sysrot,) = rot["system"]
+    assert sysrot["error"] is None and sysrot["samples"] >= 1, sysrot
+    assert not labmod.namespaces_with_prefix(sysrot["lab"])
+    _stats(sysrot["seconds"], "rotation.system")
+
+    for t in res["targets"]:
+        assert {"target", "mt6d", "reference", "unit", "met"} == set(t)
+        assert t["met"] in (True, False, None)
+
+    md = (out / "bench.md").read_text()
+    assert "| test | none | mt6d |" in md and "rotation cost" in md
+    if importlib.util.find_spec("matplotlib") is not None:
+        for png in ("latency.png", "loss.png", "throughput.png", "host.png", "rotation.png"):
+            assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
