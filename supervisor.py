@@ -253,34 +253,46 @@ class Supervisor:
         """Bring every stream's routes to the current epoch (called at each boundary)."""
         now = self.clock()
         t0 = time.perf_counter()
-        for name, routes in self.route_lists.items():
-            self.apply(name, routes.advance(now))
-        log.debug("event=rotated seconds=%.6f", time.perf_counter() - t0)
+        changes = {name: routes.advance(now) for name, routes in self.route_lists.items()}
+        t1 = time.perf_counter()
+        self.apply(changes)
+        log.debug("event=rotated seconds=%.6f hash=%.6f", time.perf_counter() - t0, t1 - t0)
 
-    def apply(self, stream: str, changes: RouteChanges) -> None:
+    def apply(self, all_changes: dict[str, RouteChanges]) -> None:
+        """Apply one rotation's changes of every stream: make before break, one firewall commit.
+
+        Order: bind the new addresses, then one firewall transaction adds the new routes' rules
+        and removes the released ones, then the bus tells the workers (new routes usable,
+        expired ones no longer accepted, released ones gone), then the released addresses go.
+        """
         c = self.config
         assert self.nl is not None and self.bus is not None
-        queue = self.stream_states[stream].queue
-        for r in changes.added:  # make: bind and filter in before anyone sends on it
-            if c.routes:
-                self.nl.add_address(c.bridging, r.local.address)
-            self.bound_routes[(stream, r.epoch)] = r
-            if self.fw is not None:
-                self.fw.add_route(stream, r.epoch, r.remote.address, r.local.address, queue)
-            self.bus.publish(route_update(r, "accepted"))
-        for r in changes.expired:
-            self.bus.publish(route_update(r, "expired"))
-        for r in changes.released:  # break: workers first, then the system
-            self.bus.publish(route_update(r, "released"))
-            self.release(stream, r)
-
-    def release(self, stream: str, r: Route) -> None:
-        assert self.nl is not None
+        t0 = time.perf_counter()
+        add, remove = [], []
+        for stream, changes in all_changes.items():
+            queue = self.stream_states[stream].queue
+            for r in changes.added:
+                if c.routes:
+                    self.nl.add_address(c.bridging, r.local.address)
+                self.bound_routes[(stream, r.epoch)] = r
+                add.append((stream, r.epoch, r.remote.address, r.local.address, queue))
+            remove += [(stream, r.epoch) for r in changes.released]
+        t1 = time.perf_counter()
         if self.fw is not None:
-            self.fw.remove_route(stream, r.epoch)
-        if self.config.routes:
-            self.nl.remove_address(self.config.bridging, r.local.address)
-        self.bound_routes.pop((stream, r.epoch), None)
+            self.fw.change_routes(add, remove)
+        t2 = time.perf_counter()
+        for stream, changes in all_changes.items():
+            for r in changes.added:
+                self.bus.publish(route_update(r, "accepted"))
+            for r in changes.expired:
+                self.bus.publish(route_update(r, "expired"))
+            for r in changes.released:
+                self.bus.publish(route_update(r, "released"))
+                if c.routes:
+                    self.nl.remove_address(c.bridging, r.local.address)
+                self.bound_routes.pop((stream, r.epoch), None)
+        log.debug("event=routes_applied bind=%.6f firewall=%.6f publish_unbind=%.6f",
+                  t1 - t0, t2 - t1, time.perf_counter() - t2)
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -452,7 +464,7 @@ class Supervisor:
 
     def bring_up_stream(self, s: cfgmod.StreamConfig) -> None:
         self.add_stream(s)
-        self.apply(s.name, self.route_lists[s.name].advance(self.clock()))
+        self.apply({s.name: self.route_lists[s.name].advance(self.clock())})
         self.config = dataclasses.replace(self.config, streams=(*self.config.streams, s))
         self.plan_stream_worker(s)
         self.supervise()
@@ -489,11 +501,9 @@ class Supervisor:
         assert self.bus is not None and self.nl is not None
         log.info("event=rehash_requested")
         now = self.clock()
-        added = 0
-        for name, routes in self.route_lists.items():
-            changes = routes.advance(now)
-            added += len(changes.added)
-            self.apply(name, changes)
+        all_changes = {name: routes.advance(now) for name, routes in self.route_lists.items()}
+        added = sum(len(changes.added) for changes in all_changes.values())
+        self.apply(all_changes)
         rebound = []
         if self.config.routes:
             for r in self.bound_routes.values():

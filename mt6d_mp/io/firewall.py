@@ -628,47 +628,68 @@ class Firewall:
 
         The stream must exist. Returns False if the identical route rule is already there.
         """
-        _name(stream, "stream")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
-        rule = Rule(
-            self.input_chain,
-            self._tag("route", stream, epoch),
-            "NFQUEUE",
-            src=_host(remote_hashed, "remote_hashed"),
-            dst=_host(local_hashed, "local_hashed"),
-            proto=IPPROTO_UDP,
-            queue=_queue(queue),
-        )
-        self._require_active()
-        if stream not in self._streams:
-            raise SystemSetupError(f"firewall: route for unknown stream {stream}")
-        old = self._routes.get((stream, epoch))
-        if old == rule:
-            return False
-        if old is not None:
-            raise SystemSetupError(f"firewall: route {stream}:{epoch} exists with another rule")
-        guard = Rule(self.input_chain, rule.comment, self.guard_chain, dst=rule.dst)
-        # Each route is two rules: its queue rule, then its guard; both just before the ICMP jump.
-        position = len(self._streams) + 2 * len(self._routes)
-        _transaction([_op_insert(rule, position), _op_insert(guard, position + 1)],
-                     f"add_route {stream}:{epoch}")
-        self._routes[(stream, epoch)] = rule
-        self._guards[(stream, epoch)] = guard
-        return True
+        return self.change_routes(add=[(stream, epoch, remote_hashed, local_hashed, queue)]) > 0
 
     def remove_route(self, stream: str, epoch: int) -> bool:
-        """Remove one route rule; False if there was none."""
-        _name(stream, "stream")
+        """Remove one route's rules; False if there were none."""
+        return self.change_routes(remove=[(stream, epoch)]) > 0
+
+    def change_routes(
+        self,
+        add: Sequence[tuple[str, int, AddressLike, AddressLike, int]] = (),
+        remove: Sequence[tuple[str, int]] = (),
+    ) -> int:
+        """Add and remove route rules in ONE commit; return how many routes changed.
+
+        A rotation changes every stream's routes at once. python-iptables replaces the whole
+        table on each commit, so one commit per route made a rotation cost grow with the square
+        of the number of streams; one commit per rotation keeps it linear. Each route is two
+        rules, its queue rule and its guard, kept just before the ICMP jump.
+        """
         self._require_active()
-        rule = self._routes.get((stream, epoch))
-        if rule is None:
-            return False
-        guard = self._guards[(stream, epoch)]
-        _transaction([_op_delete(rule), _op_delete(guard)], f"remove_route {stream}:{epoch}")
-        del self._routes[(stream, epoch)]
-        del self._guards[(stream, epoch)]
-        return True
+        new: dict[tuple[str, int], tuple[Rule, Rule]] = {}
+        for stream, epoch, remote_hashed, local_hashed, queue in add:
+            _name(stream, "stream")
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
+            rule = Rule(
+                self.input_chain,
+                self._tag("route", stream, epoch),
+                "NFQUEUE",
+                src=_host(remote_hashed, "remote_hashed"),
+                dst=_host(local_hashed, "local_hashed"),
+                proto=IPPROTO_UDP,
+                queue=_queue(queue),
+            )
+            if stream not in self._streams:
+                raise SystemSetupError(f"firewall: route for unknown stream {stream}")
+            old = self._routes.get((stream, epoch))
+            if old == rule:
+                continue
+            if old is not None:
+                raise SystemSetupError(f"firewall: route {stream}:{epoch} exists with another rule")
+            new[(stream, epoch)] = (rule, Rule(self.input_chain, rule.comment, self.guard_chain,
+                                               dst=rule.dst))
+        gone = []
+        for stream, epoch in remove:
+            _name(stream, "stream")
+            if (stream, epoch) in self._routes and (stream, epoch) not in gone:
+                gone.append((stream, epoch))
+        if not new and not gone:
+            return 0
+        ops = [_op_delete(r[key]) for key in gone for r in (self._routes, self._guards)]
+        position = len(self._streams) + 2 * (len(self._routes) - len(gone))
+        for rule, guard in new.values():
+            ops += [_op_insert(rule, position), _op_insert(guard, position + 1)]
+            position += 2
+        _transaction(ops, f"change_routes add={len(new)} remove={len(gone)}")
+        for key in gone:
+            del self._routes[key]
+            del self._guards[key]
+        for key, (rule, guard) in new.items():
+            self._routes[key] = rule
+            self._guards[key] = guard
+        return len(new) + len(gone)
 
     def routes(self) -> list[tuple[str, int]]:
         return list(self._routes)

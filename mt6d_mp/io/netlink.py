@@ -119,6 +119,7 @@ class Netlink:
             raise NetlinkInputError(f"proto: expected 5..255, got {proto!r}")
         self.netns = netns
         self.proto = proto
+        self._ifindex: dict[str, int] = {}
         try:
             self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
         except (OSError, NetlinkError) as exc:
@@ -136,10 +137,21 @@ class Netlink:
     # -- reading
 
     def ifindex(self, name: str) -> int:
+        """The interface's index, cached: pyroute2's link_lookup dumps every link each time,
+        which made each address change of a rotation cost a millisecond more. An interface
+        that is deleted and created again gets a new index; call :meth:`forget` then."""
+        index = self._ifindex.get(name)
+        if index is not None:
+            return index
         found = self._ipr.link_lookup(ifname=name) if isinstance(name, str) and name else []
         if not found:
             raise SystemSetupError(f"netlink: no interface {name!r}")
-        return int(found[0])
+        self._ifindex[name] = index = int(found[0])
+        return index
+
+    def forget(self) -> None:
+        """Drop the cached interface indexes."""
+        self._ifindex.clear()
 
     def _link(self, name: str) -> Any:
         return self._ipr.get_links(self.ifindex(name))[0]

@@ -496,3 +496,37 @@ def test_cost_per_rule(netns: str) -> None:
     print("firewall timing (200 streams, 200 routes):", {k: round(v, 3) for k, v in got.items()})
     assert got["add_route_ms"] < 50
     assert got["remove_route_ms"] < 50
+
+
+def _rotation_in_one_commit() -> tuple[int, list[str], list[str]]:
+    from mt6d_mp.io import firewall as fwmod
+
+    fw = build_golden_state()
+    commits = []
+    real = fwmod._transaction
+
+    def counting(ops: Any, what: str) -> None:
+        commits.append(what)
+        real(ops, what)
+
+    fwmod._transaction = counting
+    # A rotation: route B:9 and C:9 come, B:7 and C:7 go.
+    changed = fw.change_routes(
+        add=[("hostA-hostB", 9, "fd00:b::9b", "fd00:a::9a", 1),
+             ("hostA-hostC", 9, "fd00:c::9c", "fd00:a::9a", 2),
+             ("hostA-hostB", 8, "fd00:b::8b", "fd00:a::8a", 1)],  # already there: no change
+        remove=[("hostA-hostB", 7), ("hostA-hostC", 7), ("hostA-hostB", 6)],  # 6: unknown
+    )
+    assert changed == 4
+    assert fw.change_routes() == 0
+    return len(commits), save(), fw.verify()
+
+
+def test_a_rotation_is_one_commit(netns: str) -> None:
+    commits, after, verify = nsutil.call_in(netns, _rotation_in_one_commit)
+    assert commits == 1
+    route_b9 = ROUTE_B8.replace("8b", "9b").replace("8a", "9a").replace("hostB:8", "hostB:9")
+    route_c9 = (ROUTE_C7.replace("7c", "9c").replace("7a", "9a").replace("hostC:7", "hostC:9"))
+    assert ours(after)[-9:] == [STREAM_B, STREAM_C, ROUTE_B8, guard(ROUTE_B8), route_b9,
+                                guard(route_b9), route_c9, guard(route_c9), ICMP_JUMP]
+    assert verify == []
