@@ -2,7 +2,7 @@
 
 Pure code: stdlib and ``cryptography`` only, no I/O. The wire layout is specified byte by byte in
 ``docs/PROTOCOL.md``; this module owns the 16-byte destination options header that carries the MT6D
-encryption option (type 0xDB) because the AEAD nonce and associated data are built from it.
+encryption option (type 0x1E) because the AEAD nonce and associated data are built from it.
 
 Why an AEAD with a counter nonce: the published MT6D used AES-CBC without authentication, so anyone who
 can inject packets can tamper with them. Here every tunnel payload is AES-256-GCM or ChaCha20-Poly1305
@@ -49,11 +49,15 @@ COUNTER_LIMIT: Final = 2**64 - 1  # never used as a nonce: sealing refuses once 
 IPPROTO_UDP: Final = 17
 OPT_PAD1: Final = 0x00
 OPT_PADN: Final = 0x01
-# 0xDB = 0b11_0_11011: action 11 (an unaware node discards the packet and, if the destination is
-# unicast, sends a Parameter Problem), C bit 0 (option data does not change en route). MT6D papers.
-OPT_ENC: Final = 0xDB
-# 0xCC = 0b11_0_01100: reserved for the in-band key exchange option (MT6D papers); parsed, not used.
-OPT_KEYX: Final = 0xCC
+# 0x1E = 0b00_0_11110, RFC 4727's experimental destination option with action 00: a node that does
+# not know it skips it. The MT6D papers used 219 (action 11: discard and send Parameter Problem),
+# which makes the receiving gateway's own kernel drop every tunnel packet once it parses the header
+# itself, as it does when tunnel packets are received on a UDP socket rather than a queue. C bit 0:
+# the option data does not change en route (it is covered by the AEAD's associated data anyway).
+OPT_ENC: Final = 0x1E
+# 0x3E = 0b00_1_11110, RFC 4727's experimental type with action 00 and C bit 1: reserved for the
+# in-band key exchange option; parsed, not used yet.
+OPT_KEYX: Final = 0x3E
 ENC_OPT_DATA_LEN: Final = 12
 DSTOPTS_LEN: Final = 16
 DSTOPTS_HDREXTLEN: Final = 1  # (1 + 1) * 8 = 16 bytes

@@ -237,7 +237,7 @@ class TunnelView(NamedTuple):
     key_phase: int
     lane: int
     counter: int
-    keyx: bytes | None  # raw data of the key exchange option (0xCC), not interpreted
+    keyx: bytes | None  # raw data of the key exchange option (0x3E), not interpreted
 
 
 _ENC_FIELDS = struct.Struct("!BBHQ")

@@ -45,7 +45,7 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 
 
 def expected_dstopts(alg: int, phase: int, lane: int, counter: int) -> bytes:
-    return bytes([17, 1, 0xDB, 12, alg, phase]) + lane.to_bytes(2, "big") + counter.to_bytes(8, "big")
+    return bytes([17, 1, 0x1E, 12, alg, phase]) + lane.to_bytes(2, "big") + counter.to_bytes(8, "big")
 
 
 def test_crypt_types() -> None:

@@ -111,13 +111,13 @@ def test_encapsulate_aead_matches_scapy_and_reference_aead(alg: int) -> None:
     sealer.seal(b"skip", bytes(36))  # counter now 1
     got = encapsulate(inner, HA, HB, SPORT, DPORT, sealer)
     optdata = bytes([alg, 0, 0, 3]) + (1).to_bytes(8, "big")
-    dstopts = bytes([17, 1, 0xDB, 12]) + optdata
+    dstopts = bytes([17, 1, 0x1E, 12]) + optdata
     aad = HA + HB + SPORT.to_bytes(2, "big") + DPORT.to_bytes(2, "big") + dstopts
     nonce = b"\x00\x00\x00\x03" + (1).to_bytes(8, "big")
     ct = AEADS[alg](KEY).encrypt(nonce, inner[:8] + inner[40:], aad)
     want = (
         IPv6(src=HASH_A, dst=HASH_B, tc=0x28, hlim=61)
-        / IPv6ExtHdrDestOpt(nh=17, options=[HBHOptUnknown(otype=0xDB, optdata=optdata)])
+        / IPv6ExtHdrDestOpt(nh=17, options=[HBHOptUnknown(otype=0x1E, optdata=optdata)])
         / UDP(sport=SPORT, dport=DPORT)
         / Raw(ct)
     )
@@ -171,10 +171,10 @@ def test_parse_plain_and_trailing_bytes() -> None:
 def test_parse_options_padding_keyx_and_skippable_unknown() -> None:
     opts = [
         Pad1(),
-        HBHOptUnknown(otype=0x1E, optdata=b"zz"),  # action 00: skip
-        HBHOptUnknown(otype=0xCC, optdata=b"key-exchange"),
+        HBHOptUnknown(otype=0x1D, optdata=b"zz"),  # unknown, action 00: skip
+        HBHOptUnknown(otype=0x3E, optdata=b"key-exchange"),
         PadN(optdata=b"\x00\x00"),
-        HBHOptUnknown(otype=0xDB, optdata=bytes([1, 2]) + (7).to_bytes(2, "big") + (9).to_bytes(8, "big")),
+        HBHOptUnknown(otype=0x1E, optdata=bytes([1, 2]) + (7).to_bytes(2, "big") + (9).to_bytes(8, "big")),
     ]
     pkt = raw(
         IPv6(src=HASH_A, dst=HASH_B)
@@ -186,7 +186,7 @@ def test_parse_options_padding_keyx_and_skippable_unknown() -> None:
     v = parse_tunnel(pkt)
     assert v.keyx == b"key-exchange"
     assert (v.alg, v.key_phase, v.lane, v.counter) == (1, 2, 7, 9)
-    assert v.dstopts is not None and v.dstopts[v.enc_offset] == 0xDB
+    assert v.dstopts is not None and v.dstopts[v.enc_offset] == 0x1E
     assert pkt[v.payload_offset : v.payload_end] == b"payload"
 
 
@@ -196,10 +196,10 @@ def test_parse_options_padding_keyx_and_skippable_unknown() -> None:
         (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x5E, optdata=b"a")]), "unknown_option"),
         (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x9E, optdata=b"a")]), "unknown_option"),
         (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xDE, optdata=b"a")]), "unknown_option"),
-        (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xDB, optdata=b"a")]), "bad_option"),
+        (IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optdata=b"a")]), "bad_option"),
         (IPv6ExtHdrFragment(), "fragment"),
         (
-            IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xDB, optdata=bytes(12))]) / IPv6ExtHdrRouting(),
+            IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0x1E, optdata=bytes(12))]) / IPv6ExtHdrRouting(),
             "bad_option",
         ),
         (IPv6ExtHdrDestOpt() / IPv6ExtHdrHopByHop(), "bad_ext_header"),
