@@ -270,12 +270,11 @@ class Supervisor:
         t0 = time.perf_counter()
         add, remove = [], []
         for stream, changes in all_changes.items():
-            queue = self.stream_states[stream].queue
             for r in changes.added:
                 if c.routes:
                     self.nl.add_address(c.bridging, r.local.address)
                 self.bound_routes[(stream, r.epoch)] = r
-                add.append((stream, r.epoch, r.remote.address, r.local.address, queue))
+                add.append((stream, r.epoch, r.remote.address, r.local.address, r.local.port))
             remove += [(stream, r.epoch) for r in changes.released]
         t1 = time.perf_counter()
         if self.fw is not None:

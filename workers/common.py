@@ -85,8 +85,22 @@ class Worker:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.bus = BusClient(self.runtime_dir, self.name)
+        self.poller = self.bus.poller()
+        self.handlers: dict[int, Callable[[], None]] = {}
         self.nfq = NetfilterQueue()
         self.started = time.time()
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call ``handler`` from the loop whenever ``fd`` is readable."""
+        self.handlers[fd] = handler
+        self.poller.watch(fd)
+
+    def unwatch(self, fd: int) -> None:
+        self.poller.unwatch(fd)
+        del self.handlers[fd]
+
+    def _run_queue(self) -> None:
+        self.nfq.run(block=False)  # every packet waiting, one callback (one verdict) each
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.running = False
@@ -139,17 +153,16 @@ class Worker:
             log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
                       self.queue_num, e)
             return 4
-        fd = self.nfq.get_fd()
-        poll = self.bus.poller(fd)
+        self.watch(self.nfq.get_fd(), self._run_queue)
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
                  self.queue_num)
         next_stats = time.monotonic()
         try:
             while self.running:
-                queue_ready, updates_ready, control_ready = poll(200)
-                if queue_ready:
-                    self.nfq.run(block=False)
+                ready, updates_ready, control_ready = self.poller.poll(200)
+                for fd in ready:
+                    self.handlers[fd]()
                 changed = False
                 if updates_ready:
                     changed |= self.bus.poll_updates()

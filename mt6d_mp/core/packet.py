@@ -416,6 +416,38 @@ def open_tunnel(packet: Buffer, opener: Opener | None) -> tuple[TunnelView, byte
     return view, plain
 
 
+def open_payload(
+    opener: Opener | None, aad_prefix36: bytes, dstopts: bytes | None, payload: Buffer
+) -> Buffer:
+    """Authenticate and decrypt a tunnel payload received on a UDP socket.
+
+    The kernel has already walked the extension headers and checked the UDP checksum; it hands
+    over the destination options header (``IPV6_RECVDSTOPTS``, RFC 3542 section 4) and the UDP
+    payload. ``aad_prefix36`` is the route's outer source, destination and ports, known from the
+    socket the datagram arrived on. Returns the inner packet without its addresses.
+    """
+    encrypted = opener is not None and opener.crypt_type != CRYPT_NONE
+    if dstopts is None:
+        if encrypted:
+            raise PacketError("not_encrypted")
+        check_inner_plain(payload)
+        return payload
+    if opener is None or not encrypted:
+        raise PacketError("alg_mismatch", "encrypted packet, encryption off")
+    n = len(dstopts)
+    if n < 8 or n != (dstopts[1] + 1) * 8:
+        raise PacketError("bad_ext_header", "destination options length")
+    if n == DSTOPTS_LEN and dstopts[2] == OPT_ENC and dstopts[3] == ENC_OPT_DATA_LEN:
+        enc = 2  # what our senders always send: the option right after the header
+    else:
+        enc = _parse_options(dstopts, 2, n)[0]
+        if enc < 0:
+            raise PacketError("not_encrypted")
+    plain = opener.open(aad_prefix36, dstopts, payload, enc)
+    check_inner_plain(plain)
+    return plain
+
+
 def decapsulate_pieces(
     packet: Buffer, opener: Opener | None, true_src16: bytes, true_dst16: bytes
 ) -> tuple[Buffer, bytes, bytes, Buffer]:

@@ -241,27 +241,45 @@ class BusClient:
         """Wait up to ``timeout`` seconds for a reply on the control socket."""
         return bool(self.control.poll(int(timeout * 1000), zmq.POLLIN))
 
-    def poller(self, fd: int) -> Callable[[int], tuple[bool, bool, bool]]:
-        """One poll over a file descriptor (a netfilter queue) and both bus sockets.
-
-        Returns ``poll(timeout_ms) -> (fd ready, updates ready, control ready)``: the worker's
-        whole event loop waits here, so it stays one thread.
-        """
-        p = zmq.Poller()
-        p.register(fd, zmq.POLLIN)
-        p.register(self.sub, zmq.POLLIN)
-        p.register(self.control, zmq.POLLIN)
-        sub, control = self.sub, self.control
-
-        def poll(timeout_ms: int) -> tuple[bool, bool, bool]:
-            events = dict(p.poll(timeout_ms))
-            return fd in events, sub in events, control in events
-
-        return poll
+    def poller(self) -> Poller:
+        """A poller over this client's two sockets, to which the worker adds its own fds."""
+        return Poller(self)
 
     def close(self) -> None:
         self.sub.close()
         self.control.close()
+
+
+class Poller:
+    """One poll over file descriptors (a netfilter queue, UDP sockets) and the bus sockets.
+
+    The worker's whole event loop waits here, so it stays one thread.
+    """
+
+    def __init__(self, client: BusClient) -> None:
+        self._poller = zmq.Poller()
+        self._sub, self._control = client.sub, client.control
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._control, zmq.POLLIN)
+
+    def watch(self, fd: int) -> None:
+        self._poller.register(fd, zmq.POLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        self._poller.unregister(fd)
+
+    def poll(self, timeout_ms: int) -> tuple[list[int], bool, bool]:
+        """(ready file descriptors, updates waiting, control reply waiting)."""
+        fds: list[int] = []
+        updates = control = False
+        for item, _ in self._poller.poll(timeout_ms):
+            if item is self._sub:
+                updates = True
+            elif item is self._control:
+                control = True
+            else:
+                fds.append(item)
+        return fds, updates, control
 
 
 def request(runtime_dir: Path, command: bytes, *args: bytes, timeout: float = 3.0) -> Any:

@@ -9,9 +9,12 @@ Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``)::
 
     INPUT       position 1: -j P-INPUT                                       "prefix:jump"
     P-INPUT     stream rules  -s local_true/128 -d remote_true/128 -j NFQUEUE  "prefix:stream:NAME"
-                route rules   -s remote_hashed/128 -d local_hashed/128 -p udp -j NFQUEUE
-                                                                    "prefix:route:NAME:EPOCH"
+                route rules, two per route                          "prefix:route:NAME:EPOCH"
+                  -s remote_hashed/128 -d local_hashed/128 -p udp --dport PORT -m socket -j ACCEPT
+                  -d local_hashed/128 -j P-GUARD
                 last:         -p ipv6-icmp -j P-ICMP                             "prefix:icmp"
+    P-GUARD     RETURN neighbour discovery (135, 136) and ICMPv6 errors (1-4); DROP the rest:
+                a hashed address answers nobody but its peer's tunnel packets.
     P-ICMP      RETURN neighbour solicitation/advertisement (135, 136), then NFQUEUE router
                 advertisements (134) from the external interface, router solicitations (133) from
                 the internal one and errors (1-4) from the external one; RETURN everything else.
@@ -22,7 +25,9 @@ a killed run can be found and removed by owner, never by guesswork (the wg-quick
 Fail closed, on purpose: no rule uses ``--queue-bypass``. When no process is bound to a queue the
 kernel drops the packets queued to it (``nf_queue()`` finds no listener and, without
 ``NFQ_FLAG_BYPASS``, the verdict is NF_DROP). A dead worker therefore stops its traffic instead of
-letting true addresses leak onto the wire unhidden.
+letting true addresses leak onto the wire unhidden. Tunnel packets are received on UDP sockets
+bound per route; ``-m socket`` accepts them only while such a socket exists, and otherwise the
+guard drops them, so the kernel never answers a dead worker's peer with a port unreachable.
 
 Every change is a transaction: refresh the table (a fresh snapshot), apply the operations to the
 snapshot, ``commit()`` the whole table at once. The kernel refuses the replacement with EAGAIN when
@@ -118,6 +123,8 @@ class Rule:
     proto: int | None = None
     icmp6_type: int | None = None
     queue: int | None = None
+    dport: int | None = None  # -m udp --dport
+    socket: bool = False  # -m socket: only if a local socket would receive the packet
 
     def text(self) -> str:
         """The rule exactly as ``ip6tables-legacy -S`` prints it."""
@@ -132,6 +139,10 @@ class Rule:
             parts += ["-p", _PROTO_NAMES.get(self.proto, str(self.proto))]
         if self.icmp6_type is not None:
             parts += ["-m", "icmp6", "--icmpv6-type", str(self.icmp6_type)]
+        if self.dport is not None:
+            parts += ["-m", "udp", "--dport", str(self.dport)]
+        if self.socket:
+            parts += ["-m", "socket"]
         parts += ["-m", "comment", "--comment", f'"{self.comment}"', "-j", self.target]
         if self.queue is not None:
             parts += ["--queue-num", str(self.queue)]
@@ -151,6 +162,10 @@ class Rule:
         if self.icmp6_type is not None:
             match = rule.create_match("icmp6")
             match.icmpv6_type = str(self.icmp6_type)
+        if self.dport is not None:
+            rule.create_match("udp").dport = str(self.dport)
+        if self.socket:
+            rule.create_match("socket")
         rule.create_match("comment").comment = self.comment
         target = rule.create_target(self.target)
         if self.queue is not None:
@@ -173,6 +188,8 @@ def _read_rule(chain: str, rule: iptc.Rule6) -> str:
     for match in rule.matches:
         if match.name == "icmp6":
             parts += ["-m", "icmp6", "--icmpv6-type", str(match.icmpv6_type)]
+        elif match.name == "udp" and match.dport:
+            parts += ["-m", "udp", "--dport", str(match.dport)]
         elif match.name == "comment":
             parts += ["-m", "comment", "--comment", f'"{match.comment}"']
         else:
@@ -208,6 +225,12 @@ def _queue(queue: int, what: str = "queue") -> int:
     if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue <= 65535:
         raise FirewallInputError(f"{what}: expected a queue number 0..65535, got {queue!r}")
     return queue
+
+
+def _port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise FirewallInputError(f"port: expected 1..65535, got {port!r}")
+    return port
 
 
 def _name(name: str, what: str) -> str:
@@ -622,13 +645,13 @@ class Firewall:
         epoch: int,
         remote_hashed: AddressLike,
         local_hashed: AddressLike,
-        queue: int,
+        port: int,
     ) -> bool:
-        """Queue UDP from ``remote_hashed`` to ``local_hashed`` (a stream's epoch) to ``queue``.
+        """Let UDP from ``remote_hashed`` to ``local_hashed``, port ``port`` (a stream's epoch) in.
 
         The stream must exist. Returns False if the identical route rule is already there.
         """
-        return self.change_routes(add=[(stream, epoch, remote_hashed, local_hashed, queue)]) > 0
+        return self.change_routes(add=[(stream, epoch, remote_hashed, local_hashed, port)]) > 0
 
     def remove_route(self, stream: str, epoch: int) -> bool:
         """Remove one route's rules; False if there were none."""
@@ -641,6 +664,11 @@ class Firewall:
     ) -> int:
         """Add and remove route rules in ONE commit; return how many routes changed.
 
+        A route's first rule ACCEPTs UDP from the peer's hashed address to ours on the route's
+        port, but only while a socket is bound to it (``-m socket``): the stream worker receives
+        tunnel packets on a UDP socket per route. Without a worker the packet falls through to
+        the guard and is dropped without an answer (no port unreachable), so restarts stay silent.
+
         A rotation changes every stream's routes at once. python-iptables replaces the whole
         table on each commit, so one commit per route made a rotation cost grow with the square
         of the number of streams; one commit per rotation keeps it linear. Each route is two
@@ -648,18 +676,19 @@ class Firewall:
         """
         self._require_active()
         new: dict[tuple[str, int], tuple[Rule, Rule]] = {}
-        for stream, epoch, remote_hashed, local_hashed, queue in add:
+        for stream, epoch, remote_hashed, local_hashed, port in add:
             _name(stream, "stream")
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
                 raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
             rule = Rule(
                 self.input_chain,
                 self._tag("route", stream, epoch),
-                "NFQUEUE",
+                "ACCEPT",
                 src=_host(remote_hashed, "remote_hashed"),
                 dst=_host(local_hashed, "local_hashed"),
                 proto=IPPROTO_UDP,
-                queue=_queue(queue),
+                dport=_port(port),
+                socket=True,
             )
             if stream not in self._streams:
                 raise SystemSetupError(f"firewall: route for unknown stream {stream}")

@@ -57,16 +57,16 @@ STREAM_C = (
     '-m comment --comment "mt6d:stream:hostA-hostC" -j NFQUEUE --queue-num 2'
 )
 ROUTE_B7 = (
-    "-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -p udp "
-    '-m comment --comment "mt6d:route:hostA-hostB:7" -j NFQUEUE --queue-num 1'
+    "-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -p udp -m udp --dport 1 -m socket "
+    '-m comment --comment "mt6d:route:hostA-hostB:7" -j ACCEPT'
 )
 ROUTE_C7 = (
-    "-A MT6D-INPUT -s fd00:c::7c/128 -d fd00:a::7a/128 -p udp "
-    '-m comment --comment "mt6d:route:hostA-hostC:7" -j NFQUEUE --queue-num 2'
+    "-A MT6D-INPUT -s fd00:c::7c/128 -d fd00:a::7a/128 -p udp -m udp --dport 2 -m socket "
+    '-m comment --comment "mt6d:route:hostA-hostC:7" -j ACCEPT'
 )
 ROUTE_B8 = (
-    "-A MT6D-INPUT -s fd00:b::8b/128 -d fd00:a::8a/128 -p udp "
-    '-m comment --comment "mt6d:route:hostA-hostB:8" -j NFQUEUE --queue-num 1'
+    "-A MT6D-INPUT -s fd00:b::8b/128 -d fd00:a::8a/128 -p udp -m udp --dport 1 -m socket "
+    '-m comment --comment "mt6d:route:hostA-hostB:8" -j ACCEPT'
 )
 ICMP_JUMP = f"-A MT6D-INPUT -p ipv6-icmp {C} -j MT6D-ICMP"
 G = '-m comment --comment "mt6d:guard"'
@@ -175,8 +175,8 @@ def test_removal_keeps_order(netns: str) -> None:
         '-m comment --comment "mt6d:stream:hostA-hostD" -j NFQUEUE --queue-num 3'
     )
     route_d1 = (
-        "-A MT6D-INPUT -s fd00:d::11/128 -d fd00:a::11/128 -p udp "
-        '-m comment --comment "mt6d:route:hostA-hostD:1" -j NFQUEUE --queue-num 3'
+        "-A MT6D-INPUT -s fd00:d::11/128 -d fd00:a::11/128 -p udp -m udp --dport 3 -m socket "
+        '-m comment --comment "mt6d:route:hostA-hostD:1" -j ACCEPT'
     )
     assert ours(after_adds)[-7:] == [
         STREAM_B, stream_d, ROUTE_B8, guard(ROUTE_B8), route_d1, guard(route_d1), ICMP_JUMP]
@@ -470,7 +470,7 @@ def _timing(n: int) -> dict[str, float]:
         fw.add_stream(f"s{i}", f"fd00:a::{i + 1:x}", f"fd00:b::{i + 1:x}", i % 4)
     t2 = time.perf_counter()
     for i in range(n):
-        fw.add_route(f"s{i}", 1, f"fd00:b::1:{i + 1:x}", f"fd00:a::1:{i + 1:x}", i % 4)
+        fw.add_route(f"s{i}", 1, f"fd00:b::1:{i + 1:x}", f"fd00:a::1:{i + 1:x}", i % 4 + 1)
     t3 = time.perf_counter()
     for i in range(n):
         fw.remove_route(f"s{i}", 1)

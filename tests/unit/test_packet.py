@@ -41,6 +41,7 @@ from mt6d_mp.core.packet import (
     decapsulate_pieces,
     encapsulate,
     icmpv6_checksum,
+    open_payload,
     parse_tunnel,
     tunnel_mtu,
     tunnel_overhead,
@@ -411,3 +412,51 @@ def test_protocol_doc_examples() -> None:
     opener = Opener(CRYPT_AES_256_GCM, key)
     assert doc["te-out"] == translate_icmp_error(te, lambda s, d: (ta, tb, opener))
     assert decapsulate(aes, opener, ta, tb) == inner
+
+
+# --- receiving on a UDP socket: the kernel hands over the options header and the payload ----------
+def _socket_view(alg: int) -> tuple[bytes, bytes | None, bytes, bytes]:
+    """(inner, dstopts as IPV6_DSTOPTS would deliver it, UDP payload, associated data prefix)."""
+    inner = inner_packet(300)
+    pkt = encapsulate(inner, a16(HASH_A), a16(HASH_B), SPORT, DPORT,
+                      Sealer(alg, KEY) if alg != CRYPT_NONE else None)
+    v = parse_tunnel(pkt)
+    aad = a16(HASH_A) + a16(HASH_B) + SPORT.to_bytes(2, "big") + DPORT.to_bytes(2, "big")
+    return inner, v.dstopts, pkt[v.payload_offset:v.payload_end], aad
+
+
+@pytest.mark.parametrize("alg", ALL_TYPES)
+def test_open_payload_round_trip(alg: int) -> None:
+    inner, dstopts, payload, aad = _socket_view(alg)
+    opener = Opener(alg, KEY)
+    plain = open_payload(opener, aad, dstopts, payload)
+    assert bytes(plain) == inner[:8] + inner[40:]
+    if alg != CRYPT_NONE:
+        with pytest.raises(PacketError, match="replay"):
+            open_payload(opener, aad, dstopts, payload)
+        bad_aad = bytearray(aad)
+        bad_aad[-1] ^= 1  # another port: the route's associated data no longer matches
+        with pytest.raises(PacketError, match="auth_failed"):
+            open_payload(Opener(alg, KEY), bytes(bad_aad), dstopts, payload)
+        with pytest.raises(PacketError, match="not_encrypted"):
+            open_payload(Opener(alg, KEY), aad, None, payload)
+    else:
+        with pytest.raises(PacketError, match="alg_mismatch"):
+            open_payload(opener, aad, bytes(16), payload)
+
+
+def test_open_payload_walks_a_longer_options_header() -> None:
+    """A header with padding before the option is walked to find it; being associated data, it
+    must still be exactly the header the sender sealed, so a rewritten one fails authentication."""
+    _inner, dstopts, payload, aad = _socket_view(CRYPT_AES_256_GCM)
+    assert dstopts is not None
+    padded = raw(IPv6ExtHdrDestOpt(nh=17, options=[PadN(optdata=b"\x00" * 4),
+                                                  HBHOptUnknown(otype=0x1E, optdata=dstopts[4:16])]))
+    assert len(padded) == 24
+    with pytest.raises(PacketError, match="auth_failed"):  # the header is associated data
+        open_payload(Opener(CRYPT_AES_256_GCM, KEY), aad, padded, payload)
+    with pytest.raises(PacketError, match="bad_ext_header"):
+        open_payload(Opener(CRYPT_AES_256_GCM, KEY), aad, dstopts[:12], payload)
+    no_option = raw(IPv6ExtHdrDestOpt(nh=17, options=[PadN(optdata=b"\x00" * 4)]))
+    with pytest.raises(PacketError, match="not_encrypted"):
+        open_payload(Opener(CRYPT_AES_256_GCM, KEY), aad, no_option, payload)
