@@ -15,8 +15,9 @@ before the queue, see mt6d_mp.io.firewall):
   addresses, decrypted quote, Packet Too Big's MTU lowered) and sent to the host. Errors that
   quote no route of ours are not MT6D's and pass untouched.
 
-Usage (the supervisor starts it): ``python -m workers.icmp --runtime-dir DIR --name icmp --queue N
---internal IF --external IF --overhead BYTES``.
+Usage (the supervisor starts it, with the interfaces' indexes, MACs and link-local addresses
+looked up by itself): ``python -m workers.icmp --runtime-dir DIR --name icmp --queue N
+--internal-index I --internal-mac M --internal-ll A --external-index ... --overhead BYTES``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from mt6d_mp.core.icmp import (
 )
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
-from mt6d_mp.io.netlink import Netlink
 from workers.common import Worker, main
 
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
@@ -52,13 +52,14 @@ Lookup = tuple[bytes, bytes, crypto.PrefixDecryptor | None]
 class IcmpWorker(Worker):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        with Netlink() as nl:
-            self.int_index = nl.ifindex(args.internal)
-            self.ext_index = nl.ifindex(args.external)
-            self.int_mac = nl.mac(args.internal)
-            self.ext_mac = nl.mac(args.external)
-            self.int_ll = nl.link_local(args.internal)
-            self.ext_ll = nl.link_local(args.external)
+        self.int_index: int = args.internal_index
+        self.ext_index: int = args.external_index
+        self.int_mac = bytes.fromhex(args.internal_mac)
+        self.ext_mac = bytes.fromhex(args.external_mac)
+        # Link-local addresses may be missing when the supervisor starts (an interface still
+        # coming up); then RAs and RSs are counted as dropped rather than sent from ::.
+        self.int_ll = bytes.fromhex(args.internal_ll) if args.internal_ll else None
+        self.ext_ll = bytes.fromhex(args.external_ll) if args.external_ll else None
         self.overhead: int = args.overhead
         self.host = sockets.host_socket()
         self.lookup_table: dict[tuple[bytes, bytes], Lookup] = {}
@@ -135,8 +136,10 @@ class IcmpWorker(Worker):
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--internal", required=True, help="internal interface name")
-    p.add_argument("--external", required=True, help="external interface name")
+    for side in ("internal", "external"):
+        p.add_argument(f"--{side}-index", required=True, type=int, help=f"{side} ifindex")
+        p.add_argument(f"--{side}-mac", required=True, help=f"{side} MAC, 12 hex digits")
+        p.add_argument(f"--{side}-ll", default="", help=f"{side} link-local address, 32 hex digits")
     p.add_argument("--overhead", required=True, type=int, help="tunnel overhead in bytes")
 
 
