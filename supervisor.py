@@ -54,11 +54,12 @@ from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
 from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity, next_boundary
-from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError
+from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError, SystemSetupError
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
 from mt6d_mp.logs import setup_logging
+from mt6d_mp.metrics import MetricsServer
 
 log = logging.getLogger("mt6d.supervisor")
 
@@ -103,6 +104,7 @@ class Supervisor:
         self.nl: Netlink | None = None
         self.fw: Firewall | None = None
         self.bus: BusServer | None = None
+        self.metrics: MetricsServer | None = None
         self.route_lists: dict[str, RouteList] = {}
         self.stream_states: dict[str, StreamState] = {}
         self.streams_done: list[cfgmod.StreamConfig] = []
@@ -186,6 +188,12 @@ class Supervisor:
             self.fw = Firewall()
             self.fw.setup(c.icmp_queue, c.internal, c.external)
         self.bus = BusServer(self.runtime_dir)
+        if c.metrics_listen:
+            try:
+                self.metrics = MetricsServer(c.metrics_listen)
+            except OSError as e:
+                raise SystemSetupError(f"metrics: cannot listen on {c.metrics_listen}: {e}") from e
+            self.metrics.start()
         for command in ctl.COMMANDS.values():
             if command.daemon:
                 self.bus.handlers[command.name.encode()] = functools.partial(command.dispatch,
@@ -556,6 +564,7 @@ class Supervisor:
         c = self.config
         boundary = next_boundary(self.clock(), c.rotation_time)
         ready_written = False
+        next_metrics = 0.0
         while self.running:
             wait = max(0.0, min(0.2, boundary - self.clock()))
             if self.bus.control.poll(int(wait * 1000) + 1):
@@ -568,6 +577,9 @@ class Supervisor:
                 with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays
                     self.reload()
             self.supervise()
+            if self.metrics is not None and self.monotonic() >= next_metrics:
+                next_metrics = self.monotonic() + 1.0
+                self.metrics.update(self.status_data())
             if not ready_written and all(w.lc.state is State.RUNNING
                                          for w in self.workers.values()):
                 (self.runtime_dir / "ready").write_text(f"{os.getpid()}\n")
@@ -589,6 +601,8 @@ class Supervisor:
                 for s in reversed(self.streams_done):
                     steps.append((f"stream {s.name}",
                                   functools.partial(self.remove_stream_system, s)))
+        if self.metrics is not None:
+            steps.append(("metrics", self.metrics.close))
         if self.bus is not None:
             steps.append(("bus", self.bus.close))
         if self.nl is not None:

@@ -112,6 +112,7 @@ class Config:
     runtime_dir: Path
     link_mtu: int
     streams: tuple[StreamConfig, ...]
+    metrics_listen: str = ""
 
     @property
     def effective_crypt(self) -> str:
@@ -157,6 +158,20 @@ def _mtu(v: Any) -> str | None:
 
 def _ifname(v: Any) -> str | None:
     return None if 0 < len(v) < 16 and "/" not in v and " " not in v else "an interface name"
+
+
+def _listen(v: Any) -> str | None:
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        sep = ""
+    if sep and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return "empty (off) or ADDRESS:PORT, for example 127.0.0.1:9469 or [::1]:9469"
 
 
 def _optional_ifname(v: Any) -> str | None:
@@ -222,6 +237,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "runtime": {
         "dir": Key(str, "/run/mt6d", "root-only directory for sockets, pid and state files"),
+    },
+    "metrics": {
+        "listen": Key(str, "", "serve Prometheus metrics on ADDRESS:PORT; empty = off", _listen),
     },
     "tunnel": {
         "link_mtu": Key(
@@ -568,4 +586,5 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         runtime_dir=Path(get("runtime.dir")),
         link_mtu=get("tunnel.link_mtu"),
         streams=streams,
+        metrics_listen=get("metrics.listen"),
     )

@@ -461,3 +461,40 @@ def test_no_key_is_ever_logged(oplab: tuple[Lab, LabInfo]) -> None:
         for line in t.splitlines():
             if " proc=" in line:
                 assert re.search(r" proc=\S+ pid=\d+ ", line), line
+
+
+def test_prometheus_metrics_when_configured(oplab: tuple[Lab, LabInfo]) -> None:
+    """Off by default; with [metrics] listen set, GET /metrics shows the workers' counters."""
+    lab, info = oplab
+    gw_a, gw_b = gateways(info)
+    assert gw_a.config
+    config = Path(gw_a.config)
+    original = config.read_text()
+    config.write_text(original + '\n[metrics]\nlisten = "[::1]:9469"\n')
+    pids = []
+    try:
+        pids = [start_supervisor(lab, gw_a), start_supervisor(lab, gw_b)]
+        s = info.streams[0]
+        ping_ok(lab, s.host_a_ns, s.host_b_address, count=5)
+        deadline = time.monotonic() + 10
+        while True:
+            r = lab.exec(gw_a.name, ["curl", "-sS", "http://[::1]:9469/metrics"], check=False)
+            sample = f'mt6d_worker_packets_total{{worker="{s.name}",direction="out"}} '
+            found = [x for x in r.stdout.splitlines() if x.startswith(sample)]
+            if found and float(found[0].split()[-1]) >= 5:
+                break
+            assert time.monotonic() < deadline, r.stdout + r.stderr
+            time.sleep(0.3)
+        assert "# TYPE mt6d_worker_up gauge" in r.stdout
+        assert f'mt6d_worker_up{{worker="{s.name}"}} 1' in r.stdout
+        key = Path(gw_a.dir or "", s.key_file).read_text().strip()
+        assert key not in r.stdout and s.host_a_address not in r.stdout
+        r = lab.exec(gw_a.name, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                 "http://[::1]:9469/other"], check=False)
+        assert r.stdout == "404"
+        # Off by default: gateway B's config has no [metrics] section and listens nowhere.
+        r = lab.exec(gw_b.name, ["curl", "-sS", "http://[::1]:9469/metrics"], check=False)
+        assert r.returncode != 0
+    finally:
+        stop_all(lab, pids)
+        config.write_text(original)

@@ -73,3 +73,31 @@ def test_dispatch_never_raises() -> None:
 
     reply = ctl.COMMANDS["status"].dispatch(Broken(), [])  # type: ignore[arg-type]
     assert reply["code"] == 1 and "boom" in reply["error"]
+
+
+def test_metrics_render_the_status_reply() -> None:
+    from mt6d_mp.metrics import parse_listen, render
+
+    text = render({
+        "uptime": 12.5, "tunnel_mtu": 1452,
+        "workers": [{"name": "a-b", "state": "running", "restarts": 1, "packets_out": 10,
+                     "packets_in": 9, "bytes_out": 1000, "bytes_in": 900,
+                     "drops": {"replay": 2}, "counters": {"ptb_sent": 3}},
+                    {"name": "icmp", "state": "backoff", "restarts": 0, "drops": {}}],
+        "streams": [{"name": "a-b", "active": {"epoch": 42}}],
+    })
+    lines = text.splitlines()
+    assert "# TYPE mt6d_worker_packets_total counter" in lines
+    assert 'mt6d_worker_packets_total{worker="a-b",direction="out"} 10' in lines
+    assert 'mt6d_worker_drops_total{worker="a-b",reason="replay"} 2' in lines
+    assert 'mt6d_worker_up{worker="icmp"} 0' in lines
+    assert 'mt6d_worker_packet_too_big_sent_total{worker="a-b"} 3' in lines
+    assert 'mt6d_stream_epoch{stream="a-b"} 42' in lines
+    assert "mt6d_tunnel_mtu_bytes 1452" in lines
+    # every family is declared once, before its samples
+    assert sum(1 for x in lines if x.startswith("# TYPE mt6d_worker_packets_total ")) == 1
+    assert parse_listen("[::1]:9469") == ("::1", 9469)
+    assert parse_listen("127.0.0.1:80") == ("127.0.0.1", 80)
+    for bad in ("localhost:80", "::1:80x", "127.0.0.1", "[::1]:0"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
