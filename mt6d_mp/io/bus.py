@@ -65,9 +65,8 @@ class BusServer:
     def __init__(self, runtime_dir: Path, context: zmq.Context[Any] | None = None) -> None:
         self.ctx = context or zmq.Context.instance()
         self.runtime_dir = runtime_dir
-        self.seq = 0
-        self.streams: dict[str, StreamState] = {}
-        self.routes: dict[tuple[str, int], RouteUpdate] = {}
+        self.state = Replica()  # what a snapshot sends; the source every replica copies
+        self.state.seq = 0
         self.ready: set[str] = set()
         self.stats: dict[str, dict[str, Any]] = {}
         self.pub = self.ctx.socket(zmq.PUB)
@@ -85,22 +84,18 @@ class BusServer:
         self.handlers: dict[bytes, Callable[[list[bytes]], Any]] = {}
 
     def publish(self, item: StreamState | RouteUpdate | str) -> None:
-        self.seq += 1
-        if isinstance(item, StreamState):
-            self.streams[item.name] = item
-        elif isinstance(item, RouteUpdate):
-            if item.state == "released":
-                self.routes.pop((item.stream, item.epoch), None)
-            else:
-                self.routes[(item.stream, item.epoch)] = item
-        else:
-            self.streams.pop(item, None)
-            for key in [k for k in self.routes if k[0] == item]:
-                del self.routes[key]
-        self.pub.send(pack(Update(self.seq, item).to_wire()))
+        """Apply one change to the published state and send it, with the next sequence number."""
+        update = Update(self.state.seq + 1, item)
+        self.state.apply(update)  # the same rules every worker's replica applies
+        self.pub.send(pack(update.to_wire()))
+
+    @property
+    def seq(self) -> int:
+        return self.state.seq
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.seq, tuple(self.streams.values()), tuple(self.routes.values()))
+        st = self.state
+        return Snapshot(st.seq, tuple(st.streams.values()), tuple(st.routes.values()))
 
     def handle_control(self) -> None:
         """Answer every request waiting on the control socket (never blocks)."""

@@ -104,8 +104,7 @@ def test_clone_pattern_over_ipc(tmp_path: Path) -> None:
         server.publish(route(2))
         wait_for(lambda: (client.poll_updates(), (STREAM.name, 2) in client.replica.routes)[1])
         # A lost update (simulated by bumping the sequence) makes the client ask again.
-        server.seq += 1
-        server.routes[(STREAM.name, 3)] = route(3)
+        server.state.apply(Update(server.seq + 1, route(3)))
         server.publish(route(4))
 
         def resynced() -> bool:
