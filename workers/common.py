@@ -1,7 +1,8 @@
 """What every worker process shares: parent-death handling, the bus, the poll loop, counters.
 
-A worker is one thread with one poll loop over its netfilter queue's fd and its two bus sockets.
-Every queued packet gets exactly one verdict inside the queue callback. The queues are
+A worker is one thread with one poll loop over its netfilter queue's fd, its two bus sockets and
+whatever sockets it adds (a stream worker's per-route UDP sockets). Every queued packet gets
+exactly one verdict inside the queue callback. The queues are
 fail-closed on purpose: the firewall rules carry no ``--queue-bypass``, so while no worker is
 bound (not started yet, restarting, crashed) the kernel drops what the rules send to the queue.
 """
