@@ -223,7 +223,7 @@ class Supervisor:
             tx_key=derive_direction_key(secret, local, remote),
             rx_key=derive_direction_key(secret, remote, local),
             key_phase=0, internal_ifindex=self.int_index, external_ifindex=self.ext_index,
-            tunnel_mtu=self.tunnel_mtu, rotation_time=c.rotation_time,
+            tunnel_mtu=self.tunnel_mtu, rotation_time=c.rotation_time, flow_label=c.flow_label,
         )
         self.stream_states[s.name] = state
         self.bus.publish(state)

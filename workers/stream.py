@@ -21,6 +21,7 @@ Usage (the supervisor starts it): ``python -m workers.stream --runtime-dir DIR -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import socket
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 from netfilterqueue import Packet
 
 from mt6d_mp.core import crypto
+from mt6d_mp.core.addressing import flow_label
 from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import Buffer, open_payload, tunnel_pieces
@@ -95,6 +97,7 @@ class StreamWorker(Worker):
         self.remote = b""
         self.true_pair = b""  # local + remote: what an outbound packet carries at offset 8
         self.replay_floor: list[tuple[int, int, int]] = []
+        self.leased_label = 0
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -182,7 +185,26 @@ class StreamWorker(Worker):
         self.active_until = (epoch + 1) * st.rotation_time
         if route is not None:
             self.tx_pktinfo = sockets.pktinfo_cmsg(route.local, st.external_ifindex)
-            self.tx_addr = sockets.sockaddr(route.remote)
+            self.tx_addr = sockets.sockaddr(route.remote, flow_label=self.label_for(route))
+
+    def label_for(self, route: RouteUpdate) -> int:
+        """The route's flow label when the switch is on (leased once per route), else 0."""
+        st = self.state
+        if st is None or not st.flow_label:
+            return 0
+        label = flow_label(route.local, route.remote)
+        if label != self.leased_label:
+            try:
+                sockets.lease_flow_label(self.tx, route.remote, label)
+            except OSError as e:
+                self.counters["flow_label_lease_failed"] += 1
+                log.warning("event=flow_label_lease_failed worker=%s error=%s", self.name, e)
+                return 0
+            if self.leased_label:
+                with contextlib.suppress(OSError):
+                    sockets.release_flow_label(self.tx, self.leased_label)
+            self.leased_label = label
+        return label
 
     def on_packet(self, pkt: Packet) -> None:
         """A packet from the queue: the local host's packet to the remote host, or nothing else."""

@@ -112,6 +112,18 @@ def salt_for(t: float, rotation_time: float, offset: int = 0) -> int:
     return math.floor(t / rotation_time) + offset
 
 
+def flow_label(source16: bytes, destination16: bytes) -> int:
+    """The outer flow label of a route (``[switches] flow_label``): 20 bits, never 0.
+
+    A function of the route's two hashed addresses only, so it changes with every rotation
+    exactly as they do and links nothing that the addresses do not already link (RFC 6437 asks
+    for labels that are uniformly distributed and not guessable across flows, which a hash of
+    addresses that are themselves unpredictable gives).
+    """
+    digest = hashlib.sha256(b"mt6d-mp flow label" + source16 + destination16).digest()
+    return int.from_bytes(digest[:3], "big") & 0xFFFFF or 1
+
+
 class Endpoint(NamedTuple):
     """One side of a route: hashed address (16 bytes) and obscured port."""
 

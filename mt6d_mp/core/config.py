@@ -541,11 +541,6 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
             f"{path}: crypto.regen_interval = {get('crypto.regen_interval')}: in-band rekeying is "
             "not implemented yet; expected 0"
         )
-    if get("switches.flow_label"):
-        problems.append(
-            f"{path}: switches.flow_label = true: per-route flow labels are not implemented yet; "
-            "expected false"
-        )
     if "file" in get("log.handlers") and not get("log.file"):
         problems.append(f"{path}: log.handlers has 'file' but log.file is empty")
     if problems:

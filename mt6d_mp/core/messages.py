@@ -8,7 +8,7 @@ knows the shapes. Never pickle across the bus.
 Wire shapes (msgpack arrays; the first element is the message version):
 
 * StreamState  ``[1, name, queue, local16, remote16, crypt, tx_key32, rx_key32, key_phase,
-  internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, hop_limit]``
+  internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, hop_limit, flow_label]``
 * RouteUpdate  ``[1, stream, epoch, state, local16, local_port, remote16, remote_port,
   key_phase]`` where state is ``"accepted"`` or ``"expired"`` or ``"released"``
 * Snapshot     ``[1, seq, [StreamState...], [RouteUpdate...]]``
@@ -82,6 +82,7 @@ class StreamState:
     tunnel_mtu: int
     rotation_time: float
     hop_limit: int = 0  # 0: copy the inner packet's hop limit
+    flow_label: bool = False  # put addressing.flow_label() of the route on tunnel packets
 
     def __repr__(self) -> str:  # never show keys
         return f"StreamState({self.name} queue={self.queue} crypt={self.crypt} phase={self.key_phase})"
@@ -89,11 +90,12 @@ class StreamState:
     def to_wire(self) -> list[Any]:
         return [VERSION, self.name, self.queue, self.local, self.remote, self.crypt, self.tx_key,
                 self.rx_key, self.key_phase, self.internal_ifindex, self.external_ifindex,
-                self.tunnel_mtu, self.rotation_time, self.hop_limit]
+                self.tunnel_mtu, self.rotation_time, self.hop_limit, self.flow_label]
 
     @classmethod
     def from_wire(cls, v: Any) -> StreamState:
-        a = _array(v, 14, "stream")
+        a = _array(v, 15, "stream")
+        _expect(isinstance(a[14], bool), "flow label switch: expected true or false")
         crypt = _str(a[5], "stream crypt")
         _expect(crypt in ("aes-256-gcm", "chacha20-poly1305", "none"), f"unknown crypt {crypt!r}")
         return cls(_str(a[1], "stream name"), _int(a[2], 0, 65535, "queue"),
@@ -101,7 +103,8 @@ class StreamState:
                    _bytes(a[6], 32, "tx key"), _bytes(a[7], 32, "rx key"),
                    _int(a[8], 0, 255, "key phase"), _int(a[9], 1, 2**31, "internal ifindex"),
                    _int(a[10], 1, 2**31, "external ifindex"), _int(a[11], 1, 65535, "mtu"),
-                   _float(a[12], "rotation time"), _int(a[13], 0, 255, "hop limit"))
+                   _float(a[12], "rotation time"), _int(a[13], 0, 255, "hop limit"),
+                   bool(a[14]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,31 @@ def host_socket() -> socket.socket:
     return sock
 
 
-def sockaddr(address16: bytes, scope_id: int = 0) -> tuple[str, int, int, int]:
+def sockaddr(
+    address16: bytes, scope_id: int = 0, flow_label: int = 0
+) -> tuple[str, int, int, int]:
     """A sendmsg address for a raw socket (the port must be 0 or the socket's protocol)."""
-    return (socket.inet_ntop(socket.AF_INET6, address16), 0, 0, scope_id)
+    return (socket.inet_ntop(socket.AF_INET6, address16), 0, flow_label, scope_id)
+
+
+IPV6_FLOWLABEL_MGR = 32
+_FLOWLABEL_REQ = struct.Struct("!16sI")  # struct in6_flowlabel_req: flr_dst, flr_label, then:
+_FLOWLABEL_REST = struct.Struct("=BBHHHI")  # action, share, flags, expires, linger, pad
+IPV6_FL_A_GET, IPV6_FL_A_PUT = 0, 1
+IPV6_FL_S_ANY = 255
+IPV6_FL_F_CREATE = 1
+
+
+def lease_flow_label(sock: socket.socket, destination16: bytes, label: int) -> None:
+    """Take a flow label lease, which Linux requires before a socket may send a non-zero label
+    (net/ipv6/ip6_flowlabel.c), and make the socket take labels from sendmsg's address."""
+    req = _FLOWLABEL_REQ.pack(destination16, label) + _FLOWLABEL_REST.pack(
+        IPV6_FL_A_GET, IPV6_FL_S_ANY, IPV6_FL_F_CREATE, 0, 0, 0)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, req)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWINFO_SEND, 1)
+
+
+def release_flow_label(sock: socket.socket, label: int) -> None:
+    req = _FLOWLABEL_REQ.pack(bytes(16), label) + _FLOWLABEL_REST.pack(
+        IPV6_FL_A_PUT, 0, 0, 0, 0, 0)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, req)

@@ -498,3 +498,35 @@ def test_prometheus_metrics_when_configured(oplab: tuple[Lab, LabInfo]) -> None:
     finally:
         stop_all(lab, pids)
         config.write_text(original)
+
+
+def test_flow_label_switch_puts_the_routes_label_on_tunnel_packets(
+    oplab: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    from mt6d_mp.core.addressing import flow_label
+    from tests.lab.test_mt6d import frames
+
+    lab, info = oplab
+    configs = [Path(gw.config or "") for gw in gateways(info)]
+    originals = [c.read_text() for c in configs]
+    for c, text in zip(configs, originals, strict=True):
+        c.write_text(text + "\n[switches]\nflow_label = true\n")
+    pids = []
+    try:
+        pids = [start_supervisor(lab, gw) for gw in gateways(info)]
+        s = info.streams[0]
+        with capture(lab, info.capture_ns, info.capture_if, tmp_path / "fl.pcap") as pcap:
+            ping_ok(lab, s.host_a_ns, s.host_b_address, count=10)
+        tunnel = 0
+        for _, frame in frames(pcap):
+            ip = frame[14:]
+            if frame[12:14] == b"\x86\xdd" and ip[6] in (17, 60):
+                label = int.from_bytes(ip[1:4], "big") & 0xFFFFF
+                assert label == flow_label(ip[8:24], ip[24:40]) != 0
+                tunnel += 1
+        assert tunnel >= 20
+        check_external_capture(info, pcap)
+    finally:
+        stop_all(lab, pids)
+        for c, text in zip(configs, originals, strict=True):
+            c.write_text(text)

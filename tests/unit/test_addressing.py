@@ -85,3 +85,13 @@ def test_ports_come_from_hash_bits_64_to_79_and_avoid_low_ports() -> None:
     ).digest()
     assert ep.port == 1024 + int.from_bytes(digest[8:10], "big") % 64512
     assert ep.address == by_hand(TRUE_A, KEY, 9, mac)
+
+
+def test_flow_label_is_20_bits_never_zero_and_per_route() -> None:
+    from mt6d_mp.core.addressing import flow_label
+
+    a, b = bytes(range(16)), bytes(range(16, 32))
+    digest = hashlib.sha256(b"mt6d-mp flow label" + a + b).digest()
+    assert flow_label(a, b) == (int.from_bytes(digest[:3], "big") & 0xFFFFF or 1)
+    assert 0 < flow_label(a, b) < 1 << 20
+    assert flow_label(a, b) != flow_label(b, a)

@@ -205,7 +205,5 @@ def test_no_streams(gw: Path) -> None:
 
 
 def test_features_not_built_yet_are_refused(gw: Path) -> None:
-    gw.write_text(gw.read_text() + "\n[switches]\nflow_label = true\n")
     msg = problems(gw, overrides={"crypto.regen_interval": 3600})
     assert "crypto.regen_interval = 3600.0: in-band rekeying is not implemented yet" in msg
-    assert "switches.flow_label = true: per-route flow labels are not implemented yet" in msg
