@@ -307,7 +307,8 @@ class Supervisor:
         c = self.config
         return [sys.executable, "-m", module, "--runtime-dir", str(self.runtime_dir),
                 "--name", name, "--queue", str(queue), "--log-level", c.log_level,
-                "--log-file", c.log_file if "file" in c.log_handlers else "", *extra]
+                "--log-file", c.log_file if "file" in c.log_handlers else "",
+                "--supervisor-pid", str(os.getpid()), *extra]
 
     def new_worker(self, name: str, queue: int, argv: list[str]) -> WorkerProcess:
         return WorkerProcess(name, queue, argv, Lifecycle(name, POLICY, self.monotonic))

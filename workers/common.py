@@ -39,20 +39,22 @@ QUEUE_MAXLEN = 8192
 QUEUE_SOCK_LEN = 8 * 1024 * 1024
 
 
-def die_with_parent() -> int:
+def die_with_parent(supervisor: int | None) -> int:
     """Ask the kernel to SIGTERM us when the supervisor dies; return the supervisor's pid.
 
     PR_SET_PDEATHSIG fires when the parent *thread* exits, so the supervisor never spawns
-    workers from a helper thread. The getppid() check closes the race where the parent died
-    before prctl() ran (then we were already reparented).
+    workers from a helper thread. The supervisor passes its pid (``--supervisor-pid``): if our
+    parent is already someone else once prctl() is in place, the supervisor died before, and
+    we were reparented. (Comparing with pid 1 instead would be wrong: in a container without an
+    init the supervisor *is* pid 1.)
     """
-    parent = os.getppid()
+    expected = supervisor if supervisor is not None else os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         log.warning("event=prctl_failed errno=%d", ctypes.get_errno())
-    if os.getppid() != parent or parent == 1:
+    if os.getppid() != expected:
         sys.exit(0)
-    return parent
+    return expected
 
 
 def parse_args(
@@ -68,6 +70,8 @@ def parse_args(
     p.add_argument("--queue", required=True, type=int)
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-file", default="")
+    p.add_argument("--supervisor-pid", type=int, default=None,
+                   help="exit at once unless this process is our parent")
     return p.parse_args(argv)
 
 
@@ -80,7 +84,7 @@ class Worker:
         self.runtime_dir: Path = args.runtime_dir
         self.counters: Counter[str] = Counter()
         self.running = True
-        self.parent = die_with_parent()
+        self.parent = die_with_parent(args.supervisor_pid)
         setup_logging(args.log_level, ["console", "file"] if args.log_file else ["console"],
                       args.log_file, f"{self.name}")
         signal.signal(signal.SIGTERM, self._stop)
