@@ -114,9 +114,10 @@ class StreamWorker(Worker):
                 or old.crypt != st.crypt or self.sealer is None):
             self.sealer = crypto.Sealer(ctype, st.tx_key, phase=st.key_phase,
                                         counter=initial_counter())
-        if (old is None or old.rx_key != st.rx_key or old.crypt != st.crypt
-                or self.opener is None):
-            self.opener = crypto.Opener(ctype, st.rx_key)  # keeps its replay window otherwise
+        if (old is None or old.rx_key != st.rx_key or old.key_phase != st.key_phase
+                or old.crypt != st.crypt or self.opener is None):
+            # A new key starts a new replay window; the same key keeps its window.
+            self.opener = crypto.Opener(ctype, st.rx_key, phase=st.key_phase)
             for phase, lane, top in self.replay_floor:
                 if phase == st.key_phase:
                     self.opener.resume_above(lane, top)
