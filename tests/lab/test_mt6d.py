@@ -82,6 +82,17 @@ def worker(info: LabInfo, name: str, gateway: str = "gateway-a") -> dict[str, An
     raise AssertionError(f"no worker {name}")
 
 
+def wait_restarted(info: LabInfo, name: str, old_pid: int, gateway: str = "gateway-a") -> None:
+    """Until the supervisor reports the worker running again with a new pid."""
+    deadline = time.monotonic() + 20
+    while True:
+        w = worker(info, name, gateway)
+        if w["state"] == "running" and w["pid"] != old_pid:
+            return
+        assert time.monotonic() < deadline, f"worker not restarted: {w}"
+        time.sleep(0.2)
+
+
 def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
     return lab.exec(ns, ["ping", "-6", "-n", *args, address], check=False, timeout=120)
 
@@ -283,13 +294,7 @@ def test_fail_closed_while_a_worker_is_stopped_or_killed(
         os.kill(pid, signal.SIGKILL)
         ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.2", "-W", "1")
     check_external_capture(info, pcap)
-    deadline = time.monotonic() + 20
-    while True:
-        w = worker(info, s.name)
-        if w["state"] == "running" and w["pid"] != pid:
-            break
-        assert time.monotonic() < deadline, f"worker not restarted: {w}"
-        time.sleep(0.2)
+    wait_restarted(info, s.name, pid)
     assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "10", "-i", "0.2"))
 
 
@@ -508,13 +513,7 @@ def test_a_restarted_worker_refuses_replays_of_what_its_predecessor_took(
     hashed_b = ",".join(ipaddress.IPv6Address(r["local"]).packed.hex() for r in stream_b["installed"])
     before = worker(info, name_b, "gateway-b")
     os.kill(before["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while True:
-        w = worker(info, name_b, "gateway-b")
-        if w["state"] == "running" and w["pid"] != before["pid"]:
-            break
-        assert time.monotonic() < deadline, f"worker not restarted: {w}"
-        time.sleep(0.2)
+    wait_restarted(info, name_b, before["pid"], "gateway-b")
     port = next(i for i in info.ns("switch").interfaces if i.peer and i.peer.startswith(info.gb))
     import sys
 
