@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mt6d_mp.errors import PacketError
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview  # what the packet code accepts, defined once here
 
 # --- algorithm identifiers (the "alg" byte of the encryption option) ---------------------------------
 CRYPT_NONE: Final = 0

@@ -21,6 +21,7 @@ from mt6d_mp.core.packet import (
     IPV6_HDR,
     IPV6_HDR_LEN,
     IPV6_MIN_MTU,
+    Buffer,
     icmpv6_checksum,
     ipv6_payload_end,
     parse_tunnel,
@@ -29,8 +30,6 @@ from mt6d_mp.core.packet import (
     walk_extension_headers,
 )
 from mt6d_mp.errors import PacketError
-
-Buffer = bytes | bytearray | memoryview
 
 # --- ICMPv6 types (RFC 4443 section 2.1, RFC 4861 section 4) ----------------------------------------------
 ICMP6_DST_UNREACH: Final = 1

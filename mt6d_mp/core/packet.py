@@ -32,9 +32,10 @@ from mt6d_mp.core.crypto import (
     Opener,
     Sealer,
 )
+from mt6d_mp.core.crypto import (
+    Buffer as Buffer,
+)
 from mt6d_mp.errors import PacketError
-
-Buffer = bytes | bytearray | memoryview
 
 # --- IPv6 header (RFC 8200 section 3) ------------------------------------------------------------------
 IPV6_HDR: Final = struct.Struct("!IHBB16s16s")  # version/class/flow, payload length, nh, hop limit, src, dst
