@@ -113,6 +113,10 @@ class Supervisor:
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
+        # When the next rotation is due: the boundary after the epoch the last rotation brought
+        # the routes to (not after "now" when the loop gets there: a start or a slow step that
+        # crosses a boundary must rotate at once, or the newest route is not ready in time).
+        self.next_rotation = 0.0
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -163,12 +167,20 @@ class Supervisor:
                 self.nl.remove_neighbour(dev, addr)
             except Mt6dError as e:  # the interface may be gone: nothing to remove then
                 log.warning("event=leftover_not_removed what=neighbour dev=%s error=%s", dev, e)
+        # The hashed addresses first, while their guards still stand: a peer may still be
+        # sending to them, and an unguarded address would answer with Port Unreachable.
+        owned = list(self.nl.owned_addresses())
+        for ifname, addr in owned:
+            if ifname == self.config.bridging:
+                log.info("event=leftover_removed what=address dev=%s address=%s", ifname, addr)
+                self.nl.remove_address(ifname, addr.address, addr.prefixlen)
         if self.config.firewall:
             for line in firewall.cleanup():
                 log.info("event=leftover_removed what=firewall detail=%s", line)
-        for ifname, addr in self.nl.owned_addresses():
-            log.info("event=leftover_removed what=address dev=%s address=%s", ifname, addr)
-            self.nl.remove_address(ifname, addr.address, addr.prefixlen)
+        for ifname, addr in owned:
+            if ifname != self.config.bridging:
+                log.info("event=leftover_removed what=address dev=%s address=%s", ifname, addr)
+                self.nl.remove_address(ifname, addr.address, addr.prefixlen)
         for ifname, dst, plen in self.nl.owned_routes():
             if plen == 128 and ifname != "?":
                 log.info("event=leftover_removed what=route dev=%s dst=%s/128", ifname,
@@ -264,42 +276,52 @@ class Supervisor:
         changes = {name: routes.advance(now) for name, routes in self.route_lists.items()}
         t1 = time.perf_counter()
         self.apply(changes)
+        self.next_rotation = next_boundary(now, self.config.rotation_time)
         log.debug("event=rotated seconds=%.6f hash=%.6f", time.perf_counter() - t0, t1 - t0)
 
     def apply(self, all_changes: dict[str, RouteChanges]) -> None:
         """Apply one rotation's changes of every stream: make before break, one firewall commit.
 
-        Order: bind the new addresses, then one firewall transaction adds the new routes' rules
-        and removes the released ones, then the bus tells the workers (new routes usable,
-        expired ones no longer accepted, released ones gone), then the released addresses go.
+        The order keeps every hashed address guarded for as long as it exists (an address with
+        no rules would make the kernel answer stray datagrams with Port Unreachable):
+
+        1. released routes: the workers forget them (their sockets closed when they expired),
+           then their addresses go;
+        2. one firewall transaction adds the new routes' rules and guards and removes the
+           released ones;
+        3. the new addresses are bound, already behind their guards;
+        4. the bus tells the workers: new routes usable, expired ones no longer accepted.
         """
         c = self.config
         assert self.nl is not None and self.bus is not None
         t0 = time.perf_counter()
         add, remove = [], []
         for stream, changes in all_changes.items():
-            for r in changes.added:
+            for r in changes.released:
+                self.bus.publish(route_update(r, "released"))
                 if c.routes:
-                    self.nl.add_address(c.bridging, r.local.address)
-                self.bound_routes[(stream, r.epoch)] = r
-                add.append((stream, r.epoch, r.remote.address, r.local.address, r.local.port))
-            remove += [(stream, r.epoch) for r in changes.released]
+                    self.nl.remove_address(c.bridging, r.local.address)
+                self.bound_routes.pop((stream, r.epoch), None)
+                remove.append((stream, r.epoch))
+            add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port)
+                    for r in changes.added]
         t1 = time.perf_counter()
         if self.fw is not None:
             self.fw.change_routes(add, remove)
         t2 = time.perf_counter()
         for stream, changes in all_changes.items():
             for r in changes.added:
+                if c.routes:
+                    self.nl.add_address(c.bridging, r.local.address)
+                self.bound_routes[(stream, r.epoch)] = r
+        t3 = time.perf_counter()
+        for changes in all_changes.values():
+            for r in changes.added:
                 self.bus.publish(route_update(r, "accepted"))
             for r in changes.expired:
                 self.bus.publish(route_update(r, "expired"))
-            for r in changes.released:
-                self.bus.publish(route_update(r, "released"))
-                if c.routes:
-                    self.nl.remove_address(c.bridging, r.local.address)
-                self.bound_routes.pop((stream, r.epoch), None)
-        log.debug("event=routes_applied bind=%.6f firewall=%.6f publish_unbind=%.6f",
-                  t1 - t0, t2 - t1, time.perf_counter() - t2)
+        log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
+                  t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -563,16 +585,14 @@ class Supervisor:
     def loop(self) -> None:
         assert self.bus is not None
         c = self.config
-        boundary = next_boundary(self.clock(), c.rotation_time)
         ready_written = False
         next_metrics = 0.0
         while self.running:
-            wait = max(0.0, min(0.2, boundary - self.clock()))
+            wait = max(0.0, min(0.2, self.next_rotation - self.clock()))
             if self.bus.control.poll(int(wait * 1000) + 1):
                 self.bus.handle_control()
-            if self.clock() >= boundary:
+            if self.clock() >= self.next_rotation:
                 self.rotate()
-                boundary = next_boundary(self.clock(), c.rotation_time)
             if self.reload_pending:
                 self.reload_pending = False
                 with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays
@@ -591,17 +611,17 @@ class Supervisor:
         """Undo everything this run added, in reverse order; each step runs even if one fails."""
         (self.runtime_dir / "ready").unlink(missing_ok=True)
         steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers)]
+        nl, c = self.nl, self.config
+        if nl is not None and c.routes:
+            # Hashed addresses go while their guards still stand (see apply).
+            for (stream, _epoch), r in list(self.bound_routes.items()):
+                steps.append((f"route {stream}",
+                              functools.partial(nl.remove_address, c.bridging, r.local.address)))
         if self.fw is not None:
             steps.append(("firewall", self.fw.teardown))
-        if self.nl is not None:
-            nl, c = self.nl, self.config
-            if c.routes:
-                for (stream, _epoch), r in list(self.bound_routes.items()):
-                    steps.append((f"route {stream}",
-                                  functools.partial(nl.remove_address, c.bridging, r.local.address)))
-                for s in reversed(self.streams_done):
-                    steps.append((f"stream {s.name}",
-                                  functools.partial(self.remove_stream_system, s)))
+        if nl is not None and c.routes:
+            for s in reversed(self.streams_done):
+                steps.append((f"stream {s.name}", functools.partial(self.remove_stream_system, s)))
         if self.metrics is not None:
             steps.append(("metrics", self.metrics.close))
         if self.bus is not None:

@@ -218,8 +218,11 @@ def translate_icmp_error(packet: Buffer, lookup: RouteLookup) -> bytes:
     for the direction the quoted packet travelled (our Sealer, or an Opener with the same key), or None
     (``unknown_route``). The quote is decrypted without authentication (it is cut before the tag), the
     true addresses restored, and a new error of the same type and code is built from the same router
-    address to the true source, quoting the restored packet. Packet Too Big's MTU is lowered by the
-    tunnel overhead (never below 1280); Parameter Problem's pointer is mapped (see _map_pointer).
+    address to the true source, quoting the restored packet. Packet Too Big's MTU is lowered by
+    the tunnel overhead (never below 1280); Parameter Problem's pointer is mapped (see
+    _map_pointer). An error from the peer's hashed address itself is about the tunnel, not the
+    host's packet: Destination Unreachable is dropped (``peer_unreachable``), any other comes
+    from the remote host's true address instead.
     """
     itype, code, off = parse_icmpv6(packet)
     end = ipv6_payload_end(packet)
@@ -237,6 +240,14 @@ def translate_icmp_error(packet: Buffer, lookup: RouteLookup) -> bytes:
     if route is None:
         raise PacketError("unknown_route")
     true_src, true_dst, decryptor = route
+    router = bytes(packet[IP6_OFF_SRC:IP6_OFF_DST])
+    if router == view.dst:
+        # From the peer gateway's own stack, about the tunnel datagram itself (for example Port
+        # Unreachable for a route it no longer has): nothing the host could act on, and the
+        # hashed address must not reach the host as an error's source.
+        if itype == ICMP6_DST_UNREACH:
+            raise PacketError("peer_unreachable", f"code {code}")
+        router = true_dst
     body = quote[view.payload_offset : view.payload_end]
     if view.enc_offset >= 0:
         if decryptor is None:
@@ -259,5 +270,4 @@ def translate_icmp_error(packet: Buffer, lookup: RouteLookup) -> bytes:
     elif itype == ICMP6_PARAM_PROB:
         field = _map_pointer(field, view.payload_offset)
     original = restore_inner(plain, true_src, true_dst)
-    router = packet[IP6_OFF_SRC:IP6_OFF_DST]
     return _error(router, true_src, itype, code, field, original, ERROR_HOP_LIMIT)

@@ -295,3 +295,24 @@ def test_fuzz_mutated(base: bytes, edits: list[tuple[int, int]], cut: int, fix: 
         _fix_icmp_checksum(data)
     _try_all(bytes(data))
     _try_all(bytes(data[:cut]))
+
+
+def test_errors_from_the_peer_endpoint_never_show_its_hashed_address() -> None:
+    """The peer gateway's own stack answering about the tunnel datagram (seen in the lab when a
+    route's address was bound before its guard): Port Unreachable is dropped, others come from
+    the remote host's true address."""
+    sealer, decryptor = _route(CRYPT_AES_256_GCM)
+    inner = host_packet(300)
+    tunnel = encapsulate(inner, HA, HB, 40000, 50000, sealer)
+
+    def from_peer(icmp: Packet) -> bytes:
+        return raw(IPv6(src=HASH_B, dst=HASH_A) / icmp / Raw(tunnel[:1232]))
+
+    for code in (0, 1, 3, 4):
+        with pytest.raises(PacketError, match="peer_unreachable"):
+            translate_icmp_error(from_peer(ICMPv6DestUnreach(code=code)), _lookup(decryptor))
+    got = translate_icmp_error(from_peer(ICMPv6TimeExceeded()), _lookup(decryptor))
+    parsed = IPv6(got)
+    assert (parsed.src, parsed.dst) == (HOST_B, HOST_A)
+    assert got[48:] == inner
+    assert checksum_ok(got, ICMPv6TimeExceeded)

@@ -1,0 +1,113 @@
+"""The supervisor's rotation step, with a fake clock and recording stand-ins for netlink,
+the firewall and the bus (pure ordering logic; the real adapters are tested in tests/netns).
+
+Two properties the lab showed to matter (a ping lost to a Port Unreachable after start-up):
+- a boundary crossed between a rotation and the next look at the clock is never skipped, so
+  the newest route is always installed one rotation before it is used;
+- a hashed address exists only while its guard rule does: bound after the firewall commit that
+  adds its rules, unbound before the commit that removes them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import supervisor as supmod
+from mt6d_mp.core import config as cfg
+from mt6d_mp.core.messages import RouteUpdate
+from mt6d_mp.core.routes import RouteList, StreamIdentity
+from mt6d_mp.keygen import write_key
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+class Recorder:
+    """Stands in for Netlink, Firewall and BusServer; appends every call to one shared log."""
+
+    def __init__(self, log: list[tuple[Any, ...]]) -> None:
+        self.log = log
+
+    def add_address(self, dev: str, addr: bytes) -> bool:
+        self.log.append(("bind", bytes(addr)))
+        return True
+
+    def remove_address(self, dev: str, addr: bytes) -> None:
+        self.log.append(("unbind", bytes(addr)))
+
+    def change_routes(self, add: list[tuple[Any, ...]], remove: list[tuple[str, int]]) -> int:
+        self.log.append(("commit", {a[3]: a[1] for a in add}, tuple(r[1] for r in remove)))
+        return len(add) + len(remove)
+
+    def publish(self, msg: Any) -> None:
+        if isinstance(msg, RouteUpdate):
+            self.log.append(("publish", msg.state, msg.epoch))
+
+
+@pytest.fixture
+def sup(tmp_path: Path) -> tuple[supmod.Supervisor, list[tuple[Any, ...]], list[float]]:
+    d = tmp_path / "gw"
+    shutil.copytree(CONF / "gateway-a", d)
+    write_key(str(d / "keys" / "host-a-host-b.key"))
+    config = cfg.load(d / "mt6d.toml")
+    now = [0.0]
+    s = supmod.Supervisor(config, clock=lambda: now[0])
+    log: list[tuple[Any, ...]] = []
+    rec = Recorder(log)
+    s.nl = s.fw = s.bus = rec  # type: ignore[assignment]
+    (st,) = config.streams
+    ident = StreamIdentity(st.name, st.local.address.packed, st.local.mac,
+                           st.remote.address.packed, st.remote.mac, config.hash_type)
+    s.route_lists[st.name] = RouteList(ident, supmod.constant_key(st.key.secret),
+                                       config.rotation_time, config.route_lifetime)
+    return s, log, now
+
+
+def test_a_boundary_crossed_after_a_rotation_is_not_skipped(
+    sup: tuple[supmod.Supervisor, list[tuple[Any, ...]], list[float]]
+) -> None:
+    s, _log, now = sup
+    rt = s.config.rotation_time
+    e = 179570375
+    now[0] = (e + 1) * rt - 0.01  # the first rotation runs just before a boundary ...
+    s.rotate()
+    assert s.next_rotation == (e + 1) * rt
+    now[0] = (e + 1) * rt + 0.003  # ... and the loop looks at the clock just after it
+    assert now[0] >= s.next_rotation, "the rotation for epoch e+1 is due at once"
+    s.rotate()
+    newest = max(r.epoch for r in s.route_lists[next(iter(s.route_lists))].installed())
+    assert newest == e + 2, "the newest route is one epoch ahead of the active one"
+    assert s.next_rotation == (e + 2) * rt
+
+
+def test_hashed_addresses_exist_only_behind_their_guards(
+    sup: tuple[supmod.Supervisor, list[tuple[Any, ...]], list[float]]
+) -> None:
+    s, log, now = sup
+    rt = s.config.rotation_time
+    for k in range(8):
+        now[0] = (1000 + k) * rt + 0.5
+        s.rotate()
+    commits = [i for i, ev in enumerate(log) if ev[0] == "commit"]
+    assert len(commits) == 8
+    address_of = {epoch: addr for i in commits for addr, epoch in log[i][1].items()}
+    bound: set[bytes] = set()
+    released = 0
+    for i, ev in enumerate(log):
+        if ev[0] == "bind":
+            guard = max(c for c in commits if c < i)
+            assert ev[1] in log[guard][1], "bound after the commit that adds its guard"
+            bound.add(ev[1])
+        elif ev[0] == "unbind":
+            released += 1
+            nxt = min(c for c in commits if c > i)
+            assert log[nxt][2], "unbound before the commit that removes its rules"
+            bound.discard(ev[1])
+        elif ev[0] == "publish" and ev[1] == "accepted":
+            assert address_of[ev[2]] in bound, "workers learn a route only once it is bound"
+    assert released >= 4
+    routes = s.route_lists[next(iter(s.route_lists))]
+    assert len(routes.installed()) == routes.lifetime + 3  # accepted e-L..e+1, and lingering
