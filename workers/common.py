@@ -2,7 +2,8 @@
 
 A worker is one thread with one poll loop over its netfilter queue's fd, its two bus sockets and
 whatever sockets it adds (a stream worker's per-route UDP sockets). Every queued packet gets
-exactly one verdict inside the queue callback. The queues are
+exactly one verdict: in the queue callback, or (a stream worker's drops) in a batch sent once
+the queue is drained or BATCH_MAX packets are waiting (see DropBatch). The queues are
 fail-closed on purpose: the firewall rules carry no ``--queue-bypass``, so while no worker is
 bound (not started yet, restarting, crashed) the kernel drops what the rules send to the queue.
 """
@@ -12,9 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -37,6 +41,56 @@ SNAPSHOT_RETRY = 0.5
 QUEUE_MAXLEN = 8192
 # Receive buffer of the queue's netlink socket: bursts of full-size packets fit.
 QUEUE_SOCK_LEN = 8 * 1024 * 1024
+
+# nfnetlink_queue's batch verdict (linux/netfilter/nfnetlink_queue.h): one message gives the
+# verdict for every packet still queued with an id up to the given one.
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_VERDICT_BATCH = 3
+NFQA_VERDICT_HDR = 2
+NLM_F_REQUEST = 1
+NF_DROP = 0
+# Most drop verdicts one batch waits for: bounds what the kernel holds under a steady flood.
+BATCH_MAX = 64
+
+
+def verdict_batch_message(queue: int, verdict: int, top_id: int) -> bytes:
+    """nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR: ``verdict`` for queued ids <= ``top_id``."""
+    attr = struct.pack("=HH", 12, NFQA_VERDICT_HDR) + struct.pack("!II", verdict, top_id)
+    nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))
+    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH
+    return struct.pack("=IHHII", 16 + len(nfgen) + len(attr), kind, NLM_F_REQUEST, 0, 0) + nfgen + attr
+
+
+class DropBatch:
+    """Drop verdicts in batches, written on the queue's own netlink socket.
+
+    NetfilterQueue 1.1 gives one verdict per call (one system call per packet); the kernel also
+    takes a batch verdict that covers every queued id up to the last one. Ids grow in the order
+    packets are delivered, so after the callbacks for ids up to ``top`` one message drops them
+    all. A failed write leaves them queued; the next batch, with a higher id, covers them too.
+    """
+
+    def __init__(self, fd: int, queue: int, counters: Counter[str]) -> None:
+        self.fd, self.queue, self.counters = fd, queue, counters
+        self.top = -1
+        self.waiting = 0
+
+    def add(self, packet_id: int) -> None:
+        self.top = packet_id
+        self.waiting += 1
+        if self.waiting >= BATCH_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.waiting:
+            return
+        try:
+            os.write(self.fd, verdict_batch_message(self.queue, NF_DROP, self.top))
+        except OSError as e:
+            self.counters["verdict_batch_failed_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            return
+        self.waiting = 0
+        self.counters["verdict_batches"] += 1
 
 
 def die_with_parent(supervisor: int | None) -> int:
@@ -93,6 +147,7 @@ class Worker:
         self.poller = self.bus.poller()
         self.handlers: dict[int, Callable[[], None]] = {}
         self.nfq = NetfilterQueue()
+        self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
@@ -105,7 +160,8 @@ class Worker:
         del self.handlers[fd]
 
     def _run_queue(self) -> None:
-        self.nfq.run(block=False)  # every packet waiting, one callback (one verdict) each
+        self.nfq.run(block=False)  # every packet waiting, one callback each
+        self.drops.flush()
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.running = False
@@ -158,7 +214,8 @@ class Worker:
             log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
                       self.queue_num, e)
             return 4
-        self.watch(self.nfq.get_fd(), self._run_queue)
+        self.drops.fd = self.nfq.get_fd()
+        self.watch(self.drops.fd, self._run_queue)
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
                  self.queue_num)

@@ -220,7 +220,7 @@ class StreamWorker(Worker):
         except PacketError as e:
             self.counters["drop_" + e.reason] += 1
         finally:
-            pkt.drop()
+            self.drops.add(pkt.id)  # the original never leaves: dropped in the next batch
 
     def outbound(self, data: bytes) -> None:
         st = self.state
