@@ -250,6 +250,13 @@ def test_http_downloads_are_byte_identical_across_rotations(
                 assert hashlib.sha256(out.read_bytes()).hexdigest() == digest, name
         summary = check_external_capture(info, pcap)
         assert summary["tunnel"] > 50_000_000 // 1500
+        # Every original got its (batched) drop verdict: the kernel holds none of them.
+        time.sleep(1.5)  # the workers have reported their counters since
+        for gateway, name in (("gateway-a", s.name), ("gateway-b", f"{s.host_b_name}-{s.host_a_name}")):
+            w = worker(info, name, gateway)
+            assert w["kernel_queue"]["waiting"] == 0, w
+            assert w["kernel_queue"]["queue_dropped"] == 0, w
+            assert w["counters"]["verdict_batches"] > 0, w
     finally:
         lab.stop(server)
 
