@@ -10,7 +10,9 @@
   host. Receiving on sockets instead of the queue saves the netlink copy, the verdict and the
   header walk for every inbound packet (the kernel has checked the headers and the UDP checksum);
   see results/ for the measurements. The firewall accepts a route's packets only while its
-  socket exists, so with no worker they are dropped without an answer.
+  socket exists, so with no worker they are dropped without an answer. Each accepted counter is
+  journaled (mt6d_mp.io.journal) before the packet is delivered, so a restarted worker refuses
+  replays of everything its predecessor took, up to the last packet.
 
 Malformed and unauthenticated packets are counted by reason and never answered.
 
@@ -39,6 +41,8 @@ from mt6d_mp.core.packet import Buffer, open_payload, tunnel_pieces
 from mt6d_mp.core.routes import epoch_at
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
+from mt6d_mp.io.journal import ReplayJournal
+from mt6d_mp.io.journal import fingerprint as journal_fingerprint
 from workers.common import Worker, main
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,7 @@ class StreamWorker(Worker):
         self.remote = b""
         self.true_pair = b""  # local + remote: what an outbound packet carries at offset 8
         self.replay_floor: list[tuple[int, int, int]] = []
+        self.journal: ReplayJournal | None = None
         self.leased_label = 0
 
     def rebuild(self) -> None:
@@ -121,12 +126,31 @@ class StreamWorker(Worker):
             for phase, lane, top in self.replay_floor:
                 if phase == st.key_phase:
                     self.opener.resume_above(lane, top)
+            self.open_journal(st)
         self.local, self.remote = st.local, st.remote
         self.true_pair = st.local + st.remote
         self.host_addr = sockets.sockaddr(st.local)
         self.routes = {r.epoch: r for r in self.bus.replica.routes.values() if r.stream == self.name}
         self.update_sockets()
         self.active_until = 0.0  # choose the active route again on the next packet
+
+    def open_journal(self, st: StreamState) -> None:
+        """Resume above what the journal of this key holds, then journal every accepted packet."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        if self.opener is None or st.crypt == "none":
+            return  # no authentication, no replay window
+        path = self.runtime_dir / f"replay-{self.name}.bin"
+        try:
+            self.journal = ReplayJournal(path, journal_fingerprint(st.rx_key, st.key_phase))
+        except OSError as e:
+            self.counters["replay_journal_failed"] += 1
+            log.warning("event=replay_journal_failed worker=%s path=%s error=%s", self.name, path, e)
+            return
+        for lane, top in self.journal.floors():
+            self.opener.resume_above(lane, top)
+        self.opener.on_commit = self.journal.record
 
     def update_sockets(self) -> None:
         """One bound UDP socket per accepted route; close those of routes no longer accepted."""

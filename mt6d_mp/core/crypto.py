@@ -15,6 +15,7 @@ do, RFC 4303 section 3.4.3).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -299,7 +300,8 @@ class ReplayWindow:
 class Opener:
     """Opens tunnel payloads of one direction (one key), with one replay window per lane."""
 
-    __slots__ = ("_aad", "_aead", "_key", "_windows", "crypt_type", "phase", "window_size")
+    __slots__ = ("_aad", "_aead", "_key", "_windows", "crypt_type", "on_commit", "phase",
+                 "window_size")
 
     def __init__(
         self,
@@ -317,6 +319,9 @@ class Opener:
         self.window_size = window_size
         self._windows: dict[int, ReplayWindow] = {}
         self._aad = bytearray(AAD_PREFIX_LEN + DSTOPTS_LEN)
+        # Called with (lane, new top) after every accepted packet, before it is returned: where
+        # a worker journals its replay floor (mt6d_mp.io.journal).
+        self.on_commit: Callable[[int, int], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -391,6 +396,8 @@ class Opener:
         elif not window.check(counter):  # pragma: no cover - single-threaded: cannot change
             raise PacketError("replay", f"lane {lane} counter {counter}")
         window.commit(counter)
+        if self.on_commit is not None:
+            self.on_commit(lane, window.top)
         return plain
 
     def decrypt_unauthenticated_prefix(

@@ -511,15 +511,16 @@ def test_a_restarted_worker_refuses_replays_of_what_its_predecessor_took(
     pid = lab.spawn(info.capture_ns, ["tcpdump", "-i", info.capture_if, "-n", "-U", "--immediate-mode",
                                       "-s", "0", "-w", str(full), "ip6"], name="tcpdump-full")
     time.sleep(1.0)
-    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.2"))
-    time.sleep(0.5)
-    lab.stop(pid)
-    time.sleep(1.5)  # the receiving worker has reported the counters it accepted
     stream_b = status(info, "gateway-b")["streams"][0]
     name_b = stream_b["name"]  # gateway B's view: host-b-host-a
     hashed_b = ",".join(ipaddress.IPv6Address(r["local"]).packed.hex() for r in stream_b["installed"])
     before = worker(info, name_b, "gateway-b")
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.05"))
+    # Killed at once, before its next stats report could tell the supervisor what it accepted:
+    # the successor must learn it from the worker's replay journal.
     os.kill(before["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    lab.stop(pid)
     wait_restarted(info, name_b, before["pid"], "gateway-b")
     port = next(i for i in info.ns("switch").interfaces if i.peer and i.peer.startswith(info.gb))
     import sys
