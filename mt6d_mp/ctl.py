@@ -334,8 +334,10 @@ class Doctor(Command):
 
     Checks: root; the configuration loads; the legacy ip6tables backend works and the NFQUEUE
     target and netfilter queue support exist; the configured interfaces exist (in this network
-    namespace); the runtime directory is root-only; clock synchronisation (both gateways derive
-    the addresses from the time: they must agree within ``route_lifetime``). Prints one line per
+    namespace); the runtime directory is root-only; IPv6 forwarding is off (MT6D does not need
+    it; with it on, a stopped or restarting supervisor leaves the gateway routing the hosts'
+    packets in clear); clock synchronisation (both gateways derive the addresses from the time:
+    they must agree within ``route_lifetime``). Prints one line per
     check: ``ok``, ``WARN`` or ``FAIL``. Exit: 0 no check failed, 1 some check failed.
     """
 
@@ -412,6 +414,13 @@ def doctor(config_path: Path) -> dict[str, Any]:
         check("runtime dir", "ok", f"{runtime}: absent (the supervisor creates it, mode 0700)")
     except OSError as e:
         check("runtime dir", "FAIL", f"{runtime}: {e.strerror}")
+    forwarding = (_read("/proc/sys/net/ipv6/conf/all/forwarding") or "").strip()
+    check("forwarding", "ok" if forwarding == "0" else "WARN",
+          "IPv6 forwarding off: while the supervisor is stopped, hosts' packets go nowhere"
+          if forwarding == "0" else
+          f"net.ipv6.conf.all.forwarding={forwarding or '?'}: MT6D does not need it, and while the "
+          "supervisor is stopped or restarting the gateway would route hosts' packets in clear "
+          "(sysctl -w net.ipv6.conf.all.forwarding=0)")
     check("clock", *_clock_hint(cfg.route_lifetime if cfg else None))
     return {"checks": checks}
 

@@ -492,15 +492,20 @@ class Lab:
             "net.ipv6.conf.all.accept_dad=0",
             "net.ipv6.conf.default.accept_dad=0",
         ]
-        fwd = [
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv6.conf.default.forwarding=1",
-            "net.ipv6.conf.all.accept_ra=0",
-            "net.ipv6.conf.default.accept_ra=0",
-        ]
+        # MT6D needs no forwarding (the hosts' packets are local to the gateway, the tunnel
+        # packets are its own), and with forwarding on a gateway whose supervisor is stopped or
+        # restarting would route the hosts' packets in clear. The baseline and the other
+        # tunnels of the benchmark route, so they get it.
+        def forwarding(on: bool) -> list[str]:
+            return [
+                f"net.ipv6.conf.all.forwarding={int(on)}",
+                f"net.ipv6.conf.default.forwarding={int(on)}",
+                "net.ipv6.conf.all.accept_ra=0",
+                "net.ipv6.conf.default.accept_ra=0",
+            ]
         ra = "1" if self.host_accept_ra else "0"
         host_sys = [*dad, f"net.ipv6.conf.all.accept_ra={ra}", f"net.ipv6.conf.default.accept_ra={ra}"]
-        gw_sys = [*dad, *fwd]
+        gw_sys = [*dad, *forwarding(not self.mt6d)]
         if not self.mt6d:
             gw_sys += ["net.ipv6.conf.all.proxy_ndp=1", "net.ipv6.conf.default.proxy_ndp=1"]
 
@@ -548,7 +553,7 @@ class Lab:
             ]
             p.bridge_namespaces.add(mid)
         else:
-            p.sysctls[mid] = [*dad, *fwd]
+            p.sysctls[mid] = [*dad, *forwarding(True)]  # the router routes, MT6D or not
         if many:
             p.bridge_namespaces.update((ga, gb))
 

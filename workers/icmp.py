@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import socket
 import sys
 
 from netfilterqueue import Packet
@@ -46,6 +48,8 @@ ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
 DST = slice(24, 40)
 
+log = logging.getLogger(__name__)
+
 Lookup = tuple[bytes, bytes, crypto.PrefixDecryptor | None]
 
 
@@ -63,6 +67,16 @@ class IcmpWorker(Worker):
         self.overhead: int = args.overhead
         self.host = sockets.host_socket()
         self.lookup_table: dict[tuple[bytes, bytes], Lookup] = {}
+        # The hosts solicit routers at ff02::2. A gateway without IPv6 forwarding (as it should
+        # run: see the README) is not a router and would not listen there, so the kernel would
+        # drop the solicitations before our queue; this membership, held while the worker runs,
+        # lets them in.
+        self.all_routers: socket.socket | None = None
+        try:
+            self.all_routers = sockets.join_group(ALL_ROUTERS, self.int_index)
+        except OSError as e:
+            self.counters["all_routers_join_failed"] += 1
+            log.warning("event=all_routers_join_failed ifindex=%d error=%s", self.int_index, e)
 
     def rebuild(self) -> None:
         """Map each route's (hashed source, hashed destination) to the stream's true addresses.

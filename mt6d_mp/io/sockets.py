@@ -118,3 +118,20 @@ def release_flow_label(sock: socket.socket, label: int) -> None:
     req = _FLOWLABEL_REQ.pack(bytes(16), label) + _FLOWLABEL_REST.pack(
         IPV6_FL_A_PUT, 0, 0, 0, 0, 0)
     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, req)
+
+
+def join_group(group16: bytes, ifindex: int) -> socket.socket:
+    """A socket that holds membership of an IPv6 multicast group on one interface.
+
+    Membership is the interface's, not the protocol's: while the socket is open the kernel
+    accepts every packet to the group there (for example ICMPv6 to ff02::2). The socket itself
+    is never read.
+    """
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                        group16 + struct.pack("@I", ifindex))
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -154,12 +154,12 @@ def received(ping_output: str) -> tuple[int, int]:
 # --- teardown and crash recovery ----------------------------------------------------------------
 
 
-def test_sigterm_leaves_every_gateway_as_before(oplab: tuple[Lab, LabInfo]) -> None:
+def test_sigterm_leaves_every_gateway_as_before(oplab: tuple[Lab, LabInfo], tmp_path: Path) -> None:
     lab, info = oplab
     before = {gw.name: snapshot(lab, gw.name) for gw in gateways(info)}
     pids = [start_supervisor(lab, gw) for gw in gateways(info)]
+    s = info.streams[0]
     try:
-        s = info.streams[0]
         ping_ok(lab, s.host_a_ns, s.host_b_address)
         during = snapshot(lab, info.ga)
         assert during["firewall"] != before[info.ga]["firewall"]
@@ -169,6 +169,16 @@ def test_sigterm_leaves_every_gateway_as_before(oplab: tuple[Lab, LabInfo]) -> N
     for gw in gateways(info):
         assert snapshot(lab, gw.name) == before[gw.name], gw.name
         assert not (Path(gw.runtime_dir or "") / "state.json").exists()
+    # Stopped, the gateway routes nothing: host A still has host B's address in its neighbour
+    # cache (the gateway's MAC), yet neither the packet nor a solicitation for host B's address
+    # may appear outside (the lab's gateways run without IPv6 forwarding, as the README says).
+    with capture(lab, info.capture_ns, info.capture_if, tmp_path / "stopped.pcap") as pcap:
+        r = lab.exec(s.host_a_ns, ["ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "1",
+                                   s.host_b_address], check=False)
+    assert r.returncode != 0, r.stdout
+    frames = pcap.read_bytes()
+    for true in (s.host_a_address, s.host_b_address):
+        assert ipaddress.IPv6Address(true).packed not in frames, f"{true} seen outside"
 
 
 def test_sigkill_supervisor_workers_exit_and_next_start_cleans_up(
@@ -369,6 +379,7 @@ def test_doctor_in_a_gateway(oplab: tuple[Lab, LabInfo]) -> None:
                  "interface external", "runtime dir"):
         assert checks[name]["result"] == "ok", checks[name]
     assert checks["clock"]["result"] in ("ok", "WARN")
+    assert checks["forwarding"]["result"] == "ok", checks["forwarding"]  # the lab turns it off
     # Outside the gateway namespace the interfaces are missing: a failed check, exit 1.
     r = subprocess.run([*CTL, "-c", ga.config or "", "doctor"], capture_output=True, text=True,
                        cwd=REPO)
