@@ -97,8 +97,25 @@ def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedPro
     return lab.exec(ns, ["ping", "-6", "-n", *args, address], check=False, timeout=120)
 
 
-def assert_no_loss(r: subprocess.CompletedProcess[str]) -> None:
-    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+def datapath_report(info: LabInfo) -> str:
+    """Both gateways' worker counters, drops and kernel queue figures: what a lost packet left."""
+    lines = []
+    for gateway in ("gateway-a", "gateway-b"):
+        try:
+            for w in status(info, gateway)["workers"]:
+                counters = {k: v for k, v in w["counters"].items() if k != "rx_tops"}
+                lines.append(f"{gateway} {w['name']}: {counters} drops={w['drops']} "
+                             f"queue={w['kernel_queue']}")
+        except AssertionError as e:
+            lines.append(f"{gateway}: no status ({e})")
+    return "\n".join(lines)
+
+
+def assert_no_loss(r: subprocess.CompletedProcess[str], info: LabInfo | None = None) -> None:
+    if r.returncode == 0 and " 0% packet loss" in r.stdout:
+        return
+    report = datapath_report(info) if info is not None else ""
+    raise AssertionError(r.stdout + r.stderr + report)
 
 
 @contextmanager
@@ -219,9 +236,11 @@ def test_ping_both_ways_across_rotations_and_capture(switched: tuple[Lab, LabInf
         ]
         outs = [p.communicate(timeout=60)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0 and " 0% packet loss" in out, out
+        assert p.returncode == 0 and " 0% packet loss" in out, out + datapath_report(info)
     summary = check_external_capture(info, pcap)
     assert summary["tunnel"] >= 3 * 35 * 2  # every echo request and reply crossed as a tunnel packet
+    report = datapath_report(info)  # what a failed assertion above would have shown
+    assert s1.name in report and "gateway-b icmp" in report, report
     assert len(summary["epochs"]) >= 6, "outer addresses changed at every rotation"
 
 
@@ -302,7 +321,7 @@ def test_fail_closed_while_a_worker_is_stopped_or_killed(
         ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.2", "-W", "1")
     check_external_capture(info, pcap)
     wait_restarted(info, s.name, pid)
-    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "10", "-i", "0.2"))
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "10", "-i", "0.2"), info)
 
 
 def test_a_packet_too_big_for_the_tunnel_gets_packet_too_big_from_the_gateway(
@@ -314,7 +333,7 @@ def test_a_packet_too_big_for_the_tunnel_gets_packet_too_big_from_the_gateway(
     r = ping(lab, s.host_a_ns, s.host_b_address, "-c", "2", "-s", "1452", "-M", "do", "-W", "1")
     out = r.stdout + r.stderr
     assert "Packet too big" in out and "mtu=1452" in out, out
-    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-s", "1404", "-i", "0.2"))
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-s", "1404", "-i", "0.2"), info)
     time.sleep(1.5)
     assert worker(info, s.name)["counters"]["ptb_sent"] >= 1
 
@@ -322,7 +341,7 @@ def test_a_packet_too_big_for_the_tunnel_gets_packet_too_big_from_the_gateway(
 def test_workers_count_what_they_carry(switched: tuple[Lab, LabInfo]) -> None:
     lab, info = switched
     s = info.streams[1]
-    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "5", "-i", "0.2"))
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "5", "-i", "0.2"), info)
     time.sleep(1.5)  # workers report every second
     counters = worker(info, s.name)["counters"]
     assert counters["tunnelled_packets"] >= 5 and counters["extracted_packets"] >= 5
@@ -343,7 +362,7 @@ def test_router_packet_too_big_reaches_the_host(routed: tuple[Lab, LabInfo]) -> 
     router = info.ns("router").interfaces[0].addresses[0].split("/")[0]
     assert f"From {router}" in out, out
     # Afterwards the host sends packets that fit, and they arrive.
-    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-s", "1300", "-i", "0.2"))
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-s", "1300", "-i", "0.2"), info)
 
 
 def test_router_time_exceeded_reaches_the_host(routed: tuple[Lab, LabInfo]) -> None:
@@ -434,8 +453,8 @@ def test_routed_topology_carries_traffic_and_hides_addresses(
     lab, info = routed
     s = info.streams[0]
     with capture(lab, info.capture_ns, info.capture_if, tmp_path / "routed.pcap") as pcap:
-        assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "20", "-i", "0.2"))
-        assert_no_loss(ping(lab, s.host_b_ns, s.host_a_address, "-c", "20", "-i", "0.2"))
+        assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "20", "-i", "0.2"), info)
+        assert_no_loss(ping(lab, s.host_b_ns, s.host_a_address, "-c", "20", "-i", "0.2"), info)
     summary = check_external_capture(info, pcap)
     assert len(summary["epochs"]) >= 3
 
@@ -515,7 +534,7 @@ def test_a_restarted_worker_refuses_replays_of_what_its_predecessor_took(
     name_b = stream_b["name"]  # gateway B's view: host-b-host-a
     hashed_b = ",".join(ipaddress.IPv6Address(r["local"]).packed.hex() for r in stream_b["installed"])
     before = worker(info, name_b, "gateway-b")
-    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.05"))
+    assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "3", "-i", "0.05"), info)
     # Killed at once, before its next stats report could tell the supervisor what it accepted:
     # the successor must learn it from the worker's replay journal.
     os.kill(before["pid"], signal.SIGKILL)
