@@ -49,6 +49,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import platform
 import re
@@ -1099,72 +1100,43 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if m is None:
         return out
 
-    def add(name: str, mt6d: float | None, ref: float | None, ok: bool | None, unit: str) -> None:
+    def add(name: str, mt6d: float | None, ref: float | None, unit: str,
+            met: Callable[[float, float], bool] = operator.le) -> None:
+        """One target; ``met(mt6d, ref)`` decides it, unknown (None) when either figure is missing."""
+        ok = None if mt6d is None or ref is None else met(mt6d, ref)
         out.append(
             {"target": name, "mt6d": _finite(mt6d), "reference": _finite(ref), "unit": unit, "met": ok}
         )
 
-    tcp_m = _get(m, "tcp", "gbit_s", "median")
     peers = [
         x for x in (_get(o, "tcp", "gbit_s", "median"), _get(w, "tcp", "gbit_s", "median")) if x is not None
     ]
-    ref = max(peers) if peers else None
-    add(
-        "TCP throughput >= faster of OpenVPN and wireguard-go",
-        tcp_m,
-        ref,
-        None if tcp_m is None or ref is None else tcp_m >= ref,
-        "Gbit/s",
-    )
-    pm, po = _get(m, "ping", "rtt_ms", "avg"), _get(o, "ping", "rtt_ms", "avg")
-    add("standard ping average <= OpenVPN's", pm, po, None if pm is None or po is None else pm <= po, "ms")
-    lp = _get(m, "ping", "loss_pct")
-    add("zero loss, standard ping (rotations included)", lp, 0.0, None if lp is None else lp == 0.0, "%")
+    add("TCP throughput >= faster of OpenVPN and wireguard-go", _get(m, "tcp", "gbit_s", "median"),
+        max(peers) if peers else None, "Gbit/s", operator.ge)
+    add("standard ping average <= OpenVPN's", _get(m, "ping", "rtt_ms", "avg"),
+        _get(o, "ping", "rtt_ms", "avg"), "ms")
+    add("zero loss, standard ping (rotations included)", _get(m, "ping", "loss_pct"), 0.0, "%",
+        operator.eq)
     if results["plan"]["floods"]:
         nf = min(results["plan"]["floods"])
-        lf = _get(_flood(m, nf), "loss_pct")
-        add(f"zero loss, flood of {nf}", lf, 0.0, None if lf is None else lf == 0.0, "%")
-    jm, jn = _get(m, "udp", "jitter_ms", "median"), _get(n, "udp", "jitter_ms", "median")
-    jref = None if jn is None else 2 * jn + 0.05
-    add(
-        "UDP jitter <= 2 x no-MT6D + 0.05 ms",
-        jm,
-        jref,
-        None if jm is None or jref is None else jm <= jref,
-        "ms",
-    )
-    cm, co = _get(m, "host", "cpu_s_per_gb_tcp"), _get(o, "host", "cpu_s_per_gb_tcp")
-    add(
-        "CPU seconds per GB (TCP) <= OpenVPN's",
-        cm,
-        co,
-        None if cm is None or co is None else cm <= co,
-        "s/GB",
-    )
-    um, uw = _get(m, "host", "uss_mb_per_gateway_end"), _get(w, "host", "uss_mb_per_gateway_end")
-    add(
-        "private memory (USS) per gateway <= wireguard-go's",
-        um,
-        uw,
-        None if um is None or uw is None else um <= uw,
-        "MB",
-    )
-    g = _get(m, "host", "uss_growth_mb_max")
-    add("USS growth over the run < 1 MB", g, 1.0, None if g is None else g < 1.0, "MB")
+        add(f"zero loss, flood of {nf}", _get(_flood(m, nf), "loss_pct"), 0.0, "%", operator.eq)
+    jn = _get(n, "udp", "jitter_ms", "median")
+    add("UDP jitter <= 2 x no-MT6D + 0.05 ms", _get(m, "udp", "jitter_ms", "median"),
+        None if jn is None else 2 * jn + 0.05, "ms")
+    add("CPU seconds per GB (TCP) <= OpenVPN's", _get(m, "host", "cpu_s_per_gb_tcp"),
+        _get(o, "host", "cpu_s_per_gb_tcp"), "s/GB")
+    add("private memory (USS) per gateway <= wireguard-go's",
+        _get(m, "host", "uss_mb_per_gateway_end"), _get(w, "host", "uss_mb_per_gateway_end"), "MB")
+    add("USS growth over the run < 1 MB", _get(m, "host", "uss_growth_mb_max"), 1.0, "MB",
+        operator.lt)
     sysr = {r["streams"]: _get(r, "seconds", "median") for r in _get(results, "rotation", "system") or []}
     ks = sorted(k for k, v in sysr.items() if v is not None)
     if len(ks) >= 2:
         lo, hi = ks[0], ks[-1]
-        per_lo, per_hi = sysr[lo] / lo, sysr[hi] / hi
         # linear or better: the cost per stream must not grow with the number of streams
         # (25 % tolerance for a noisy machine)
-        add(
-            f"rotation cost per stream, {hi} vs {lo} streams (linear: ratio <= 1)",
-            per_hi / per_lo,
-            1.0,
-            per_hi / per_lo <= 1.25,
-            "ratio",
-        )
+        add(f"rotation cost per stream, {hi} vs {lo} streams (linear: ratio <= 1)",
+            (sysr[hi] / hi) / (sysr[lo] / lo), 1.0, "ratio", lambda ratio, _: ratio <= 1.25)
     return out
 
 

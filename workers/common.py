@@ -246,15 +246,10 @@ class Worker:
         log.info("event=worker_stopped worker=%s pid=%d", self.name, os.getpid())
         return 0
 
-    def extra_stats(self) -> dict[str, Any]:
-        """State beyond the counters that the supervisor should keep (none by default)."""
-        return {}
-
     def report(self) -> None:
         stats: dict[str, Any] = dict(self.counters)
         stats["pid"] = os.getpid()
         stats["started"] = self.started
-        stats.update(self.extra_stats())
         self.bus.send_stats(stats)
 
 

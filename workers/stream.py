@@ -29,7 +29,7 @@ import logging
 import socket
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from netfilterqueue import Packet
 
@@ -100,7 +100,6 @@ class StreamWorker(Worker):
         self.local = b""
         self.remote = b""
         self.true_pair = b""  # local + remote: what an outbound packet carries at offset 8
-        self.replay_floor: list[tuple[int, int, int]] = []
         self.journal: ReplayJournal | None = None
         self.leased_label = 0
 
@@ -123,9 +122,6 @@ class StreamWorker(Worker):
                 or old.crypt != st.crypt or self.opener is None):
             # A new key starts a new replay window; the same key keeps its window.
             self.opener = crypto.Opener(ctype, st.rx_key, phase=st.key_phase)
-            for phase, lane, top in self.replay_floor:
-                if phase == st.key_phase:
-                    self.opener.resume_above(lane, top)
             self.open_journal(st)
         self.local, self.remote = st.local, st.remote
         self.true_pair = st.local + st.remote
@@ -146,7 +142,8 @@ class StreamWorker(Worker):
             self.journal = ReplayJournal(path, journal_fingerprint(st.rx_key, st.key_phase))
         except OSError as e:
             self.counters["replay_journal_failed"] += 1
-            log.warning("event=replay_journal_failed worker=%s path=%s error=%s", self.name, path, e)
+            log.warning("event=replay_journal_failed worker=%s path=%s error=%s note=a successor "
+                        "will not know what this worker accepted", self.name, path, e)
             return
         for lane, top in self.journal.floors():
             self.opener.resume_above(lane, top)
@@ -187,20 +184,6 @@ class StreamWorker(Worker):
         rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port, aad)
         self.sockets[(r.local, r.local_port)] = rs
         self.watch(sock.fileno(), self.receive_all)
-
-    def sync(self) -> None:
-        """Take the snapshot, then the replay floor our predecessor left (see Opener.resume_above)."""
-        super().sync()
-        self.replay_floor = self.bus.replay_floor()
-        if self.replay_floor:
-            self.opener = None
-            self.rebuild()
-
-    def extra_stats(self) -> dict[str, Any]:
-        if self.opener is None or self.state is None:
-            return {}
-        phase = self.state.key_phase
-        return {"rx_tops": [[phase, lane, top] for lane, top in self.opener.tops() if top >= 0]}
 
     def _select_active(self, now: float) -> None:
         st = self.state

@@ -6,8 +6,7 @@ and ``tcp://127.0.0.1`` do not, see MACHINE-FACTS):
 
 * ``updates.sock``: PUB. Every state change is one msgpack frame ``Update(seq, item)``.
 * ``control.sock``: ROUTER. Workers send ``[b"snapshot"]`` and get ``Snapshot``; they send
-  ``[b"ready", name]`` once their queue is bound, ``[b"stats", name, msgpack]`` periodically,
-  and ``[b"replay_floor", name]`` when they start (the counters their predecessor reported).
+  ``[b"ready", name]`` once their queue is bound and ``[b"stats", name, msgpack]`` periodically.
 
 The client follows the ZeroMQ guide's Clone pattern: subscribe first, then ask for a snapshot,
 then apply only updates newer than it; a sequence gap means a lost update, so ask again.
@@ -122,10 +121,6 @@ class BusServer:
             self.ready.add(name)
             log.info("event=worker_ready worker=%s", name)
             return None
-        if command == b"replay_floor" and args:
-            # The last counters the worker of that name reported: a restarted receiver refuses
-            # everything up to them instead of starting with an empty replay window.
-            return self.stats.get(args[0].decode("utf-8", "replace"), {}).get("rx_tops", [])
         if command == b"stats" and len(args) == 2:
             stats = unpack(args[1])
             if isinstance(stats, dict):
@@ -213,24 +208,6 @@ class BusClient:
             if snap.seq >= self.replica.seq:
                 self.replica.apply_snapshot(snap)
                 changed = True
-
-    def replay_floor(self, timeout: float = 2.0) -> list[tuple[int, int, int]]:
-        """Ask for the (key phase, lane, top counter) triples this worker's predecessor reported.
-
-        Call only when no snapshot request is outstanding (the reply shares the socket).
-        """
-        self.send(b"replay_floor", self.name.encode())
-        if not self.wait_control(timeout):
-            return []
-        reply = unpack(self.control.recv())
-        if not isinstance(reply, list):
-            return []
-        out = []
-        for item in reply:
-            if (isinstance(item, list) and len(item) == 3
-                    and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in item)):
-                out.append((item[0], item[1], item[2]))
-        return out
 
     def wait_control(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a reply on the control socket."""

@@ -3,8 +3,8 @@
 The highest counter accepted on each lane is stored, before the packet is delivered, in a small
 file mapped shared into the worker (``MAP_SHARED``). A store lands in the page cache at once, so
 it outlives a SIGKILL of the process, and a restarted worker resumes its replay windows above
-exactly what its predecessor accepted. (The supervisor's copy, from the stats reports, can be up
-to a second old: packets accepted in that second could otherwise be replayed once.)
+exactly what its predecessor accepted. (A copy taken from the periodic stats reports would be up
+to a second old, and packets accepted in that second could be replayed once.)
 
 The file is bound to one receive key and key phase by a fingerprint in its header (a one-way
 hash, never the key); a file with another fingerprint is started afresh. It lives in the

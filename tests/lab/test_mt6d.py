@@ -103,8 +103,7 @@ def datapath_report(info: LabInfo) -> str:
     for gateway in ("gateway-a", "gateway-b"):
         try:
             for w in status(info, gateway)["workers"]:
-                counters = {k: v for k, v in w["counters"].items() if k != "rx_tops"}
-                lines.append(f"{gateway} {w['name']}: {counters} drops={w['drops']} "
+                lines.append(f"{gateway} {w['name']}: {w['counters']} drops={w['drops']} "
                              f"queue={w['kernel_queue']}")
         except AssertionError as e:
             lines.append(f"{gateway}: no status ({e})")
