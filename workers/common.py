@@ -175,6 +175,9 @@ class Worker:
         """Recompute derived state after the replica changed."""
         raise NotImplementedError
 
+    def on_bound(self) -> None:
+        """Called once the queue is bound (``self.drops.fd`` is its netlink socket)."""
+
     # --- the loop -----------------------------------------------------------------------------
 
     def _callback(self, pkt: Packet) -> None:
@@ -215,6 +218,7 @@ class Worker:
                       self.queue_num, e)
             return 4
         self.drops.fd = self.nfq.get_fd()
+        self.on_bound()
         self.watch(self.drops.fd, self._run_queue)
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),

@@ -5,6 +5,10 @@
   packet is local and hits INPUT). Too big for the tunnel -> ICMPv6 Packet Too Big back to the
   host. Otherwise strip the addresses, seal, send on the active route from its hashed source
   address. The original always gets the verdict drop: it must never leave as it is (fail closed).
+  The queue is read with mt6d_mp.io.nfqueue, which takes a host's TCP super-packets (TSO, up to
+  64 KB) whole: each is sealed once and sent as a message in chunks with one UDP GSO sendmsg
+  (docs/PROTOCOL.md 1.6), and the receiving worker hands it to its host whole, as GSO, through
+  a packet socket. Per 64 KB that is one of each step instead of some 45.
 * Inbound, on one UDP socket per accepted route, bound to the route's hashed address and port:
   authenticate and decrypt, drop replays, restore the true addresses and send the packet to the
   host. Receiving on sockets instead of the queue saves the netlink copy, the verdict and the
@@ -25,8 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import logging
 import socket
+import struct
 import sys
 import time
 from typing import NamedTuple
@@ -37,12 +43,27 @@ from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
 from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
-from mt6d_mp.core.packet import Buffer, open_payload, tunnel_pieces
+from mt6d_mp.core.packet import (
+    IPPROTO_TCP,
+    Buffer,
+    Reassembly,
+    check_inner_plain,
+    chunk_segment_size,
+    complete_checksum,
+    open_payload,
+    restore_inner,
+    seal_message,
+    segment_tcp,
+    tcp_pseudo_sum,
+    tunnel_pieces,
+    udp_header,
+)
 from mt6d_mp.core.routes import epoch_at
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
+from mt6d_mp.io.nfqueue import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader
 from workers.common import Worker, main
 
 log = logging.getLogger(__name__)
@@ -58,6 +79,19 @@ RECEIVE_BUFFER = 4 * 1024 * 1024
 TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
 LEVEL_IPV6 = int(socket.IPPROTO_IPV6)
 DSTOPTS = int(socket.IPV6_DSTOPTS)
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h: send one buffer as datagrams of this size (UDP GSO)
+IPV6_DONTFRAG = 62
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
+SIOCGIFHWADDR = 0x8927
+# struct virtio_net_hdr (linux/virtio_net.h), little endian on a packet socket on x86: flags,
+# gso_type, hdr_len, gso_size, csum_start, csum_offset.
+VNET_HDR = struct.Struct("<BBHHHH")
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+ETH_HLEN = 14
+ETH_P_IPV6 = b"\x86\xdd"
 
 
 class RouteSocket(NamedTuple):
@@ -67,6 +101,7 @@ class RouteSocket(NamedTuple):
     remote: str  # the peer's hashed address as the socket module reports sources
     remote_port: int
     aad: bytes  # outer source, destination and ports: the AEAD's associated data prefix
+    chunks: Reassembly  # messages in chunks not yet complete
 
 
 def initial_counter() -> int:
@@ -102,6 +137,13 @@ class StreamWorker(Worker):
         self.true_pair = b""  # local + remote: what an outbound packet carries at offset 8
         self.journal: ReplayJournal | None = None
         self.leased_label = 0
+        self.reader: QueueReader | None = None
+        # Delivery of whole TCP super-packets to the host (see deliver_large): the host's MAC,
+        # learned from its own packets in the queue, ours, and a packet socket on that link.
+        self.host_mac = b""
+        self.own_mac = b""
+        self.link: socket.socket | None = None
+        self.link_ifindex = 0
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -170,6 +212,9 @@ class StreamWorker(Worker):
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            # Chunks of messages go out on this socket too (outbound_large).
+            sockets.big_send_buffer(sock)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
             sock.bind((sockets.sockaddr(r.local)[0], r.local_port))
             sock.setblocking(False)
         except OSError as e:
@@ -181,7 +226,7 @@ class StreamWorker(Worker):
                         r.epoch, e)
             return
         aad = r.remote + r.local + r.remote_port.to_bytes(2, "big") + r.local_port.to_bytes(2, "big")
-        rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port, aad)
+        rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port, aad, Reassembly())
         self.sockets[(r.local, r.local_port)] = rs
         self.watch(sock.fileno(), self.receive_all)
 
@@ -214,34 +259,67 @@ class StreamWorker(Worker):
             self.leased_label = label
         return label
 
-    def on_packet(self, pkt: Packet) -> None:
-        """A packet from the queue: the local host's packet to the remote host, or nothing else."""
+    def on_bound(self) -> None:
+        """Read the queue ourselves, with GSO packets queued whole (mt6d_mp.io.nfqueue)."""
+        self.reader = QueueReader(self.drops.fd, self.queue_num, self.counters)
+        self.reader.configure(gso=True)
+
+    def _run_queue(self) -> None:
+        assert self.reader is not None
+        self.reader.read(self.on_message)
+        self.drops.flush()
+
+    def on_packet(self, pkt: Packet) -> None:  # pragma: no cover - the queue is read by on_message
+        raise NotImplementedError("the stream worker reads its queue with QueueReader")
+
+    def on_message(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None:
+        """A packet from the queue: the local host's packet to the remote host, or nothing else.
+
+        ``data`` is only valid during the call. GSO packets (a host's TCP super-packets) arrive
+        whole: they go as one message in chunks (outbound_large).
+        """
         try:
-            data = pkt.get_payload()
-            if self.state is None:
+            st = self.state
+            if st is None:
                 self.counters["drop_no_stream"] += 1
-            elif data.startswith(self.true_pair, ADDRESSES):
-                self.outbound(data)
+            elif data[ADDRESSES:40] == self.true_pair:
+                if mac and indev == st.internal_ifindex:
+                    self.host_mac = mac
+                if info & (NFQA_SKB_GSO | TRUNCATED_COPY):
+                    self.outbound_large(data, info)
+                elif info & NFQA_SKB_CSUMNOTREADY:  # the host left its checksum to the NIC
+                    self.outbound(complete_checksum(data))
+                else:
+                    self.outbound(data)
             else:  # the rules queue nothing else; count it rather than trust that
                 self.counters["drop_not_stream"] += 1
         except PacketError as e:
             self.counters["drop_" + e.reason] += 1
+        except Exception:  # never let one packet kill the worker; count it, the drop follows
+            self.counters["drop_internal_error"] += 1
+            if self.counters["drop_internal_error"] == 1:
+                log.exception("event=internal_error worker=%s (logged once; counted after)",
+                              self.name)
         finally:
-            self.drops.add(pkt.id)  # the original never leaves: dropped in the next batch
+            self.drops.add(pkt_id)  # the original never leaves: dropped in the next batch
 
-    def outbound(self, data: bytes) -> None:
-        st = self.state
-        assert st is not None
-        if len(data) > st.tunnel_mtu:
-            self._send_host(packet_too_big(data, st.tunnel_mtu, self.remote), "ptb")
-            self.counters["ptb_sent"] += 1
-            return
+    def current_route(self) -> RouteUpdate | None:
         now = time.time()
         if now >= self.active_until:
             self._select_active(now)
-        route = self.active
-        if route is None:
+        if self.active is None:
             self.counters["drop_no_route"] += 1
+        return self.active
+
+    def outbound(self, data: Buffer) -> None:
+        st = self.state
+        assert st is not None
+        if len(data) > st.tunnel_mtu:
+            self._send_host(packet_too_big(bytes(data), st.tunnel_mtu, self.remote), "ptb")
+            self.counters["ptb_sent"] += 1
+            return
+        route = self.current_route()
+        if route is None:
             return
         dstopts, udp, payload = tunnel_pieces(
             data, route.local, route.remote, route.local_port, route.remote_port, self.sealer
@@ -256,6 +334,51 @@ class StreamWorker(Worker):
             return
         self.counters["tunnelled_packets"] += 1
         self.counters["tunnelled_bytes"] += len(data)
+
+    def outbound_large(self, data: memoryview, info: int) -> None:
+        """A GSO packet: sealed once and sent as chunks in one UDP GSO sendmsg (PROTOCOL.md 1.6).
+
+        Without encryption there is no option to mark chunks with, so the packet is cut into
+        TCP segments that each fit the tunnel, as a NIC would, and each goes as usual.
+        """
+        st = self.state
+        assert st is not None
+        if info & TRUNCATED_COPY:
+            raise PacketError("queue_truncated", "the queue copied only part of the packet")
+        sealer = self.sealer
+        if sealer is None or sealer.crypt_type == crypto.CRYPT_NONE:
+            doff = (data[40 + 12] >> 4) * 4 if len(data) > 52 else 20
+            for segment in segment_tcp(data, st.tunnel_mtu - 40 - doff):
+                self.outbound(segment)
+            return
+        if data[6] != IPPROTO_TCP:
+            raise PacketError("gso_not_tcp", f"next header {data[6]}")
+        route = self.current_route()
+        if route is None:
+            return
+        segment_size = chunk_segment_size(st.tunnel_mtu)
+        dstopts, iov = seal_message(data, route.local, route.remote, route.local_port,
+                                    route.remote_port, sealer, segment_size)
+        hop = sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]]
+        rs = self.sockets.get((route.local, route.local_port))
+        try:
+            if rs is not None and not self.tx_addr[2]:
+                rs.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment_size)),
+                                      hop, sockets.dstopts_cmsg(dstopts)], 0,
+                                (rs.remote, rs.remote_port))
+            else:  # a flow label is leased on the raw socket only: one datagram per chunk
+                cmsg = [self.tx_pktinfo, hop, sockets.dstopts_cmsg(dstopts)]
+                for i in range(0, len(iov), 2):
+                    size = len(iov[i]) + len(iov[i + 1])
+                    self.tx.sendmsg((udp_header(route.local_port, route.remote_port, size),
+                                     iov[i], iov[i + 1]), cmsg, 0, self.tx_addr)
+        except OSError as e:
+            self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+            return
+        self.counters["tunnelled_packets"] += 1
+        self.counters["tunnelled_bytes"] += len(data)
+        self.counters["messages_sent"] += 1
+        self.counters["chunks_sent"] += len(iov) // 2
 
     def receive_all(self) -> None:
         """Drain the route sockets oldest route first, so that a rotation does not reorder.
@@ -288,10 +411,100 @@ class StreamWorker(Worker):
                 for level, kind, value in ancillary:
                     if level == LEVEL_IPV6 and kind == DSTOPTS:
                         dstopts = value
-                self.inbound(open_payload(self.opener, rs.aad, dstopts, data))
+                if dstopts is not None and len(dstopts) > 4 and dstopts[4] & crypto.ALG_CHUNKED:
+                    self.receive_chunk(rs, dstopts, data)
+                else:
+                    self.inbound(open_payload(self.opener, rs.aad, dstopts, data))
             except PacketError as e:
                 self.counters["drop_" + e.reason] += 1
         return True
+
+    def receive_chunk(self, rs: RouteSocket, dstopts: bytes, data: bytes) -> None:
+        """One chunk of a message; the message is opened and delivered once complete."""
+        chunks = rs.chunks
+        message = chunks.add(dstopts, data)
+        if chunks.evicted:
+            self.counters["drop_chunks_evicted"] += chunks.evicted
+            chunks.evicted = 0
+        if message is None:
+            return
+        if self.opener is None or len(dstopts) != crypto.DSTOPTS_LEN:
+            raise PacketError("bad_option", "a message needs the standard options header")
+        plain = self.opener.open(rs.aad, dstopts, message, crypto.ENC_OPT_OFFSET, chunked=True)
+        check_inner_plain(plain)
+        self.counters["messages_received"] += 1
+        self.deliver_large(plain)
+
+    def deliver_large(self, plain: bytes) -> None:
+        """A TCP super-packet to the host: whole, as GSO, through a packet socket; else in segments.
+
+        A packet socket with a virtio-net header (PACKET_VNET_HDR) hands the kernel the packet as
+        GSO with its checksum to complete, as a NIC driver would: the host's TCP takes 64 KB in
+        one pass and the link's segmentation (in hardware, or none on a veth) is the kernel's.
+        That needs the host's MAC, learned from its packets in our queue; until then, or if the
+        socket cannot be had, the packet is cut into segments here and sent on the raw socket.
+        """
+        st = self.state
+        assert st is not None
+        if len(plain) < 8 + 20 or plain[6] != IPPROTO_TCP:
+            raise PacketError("gso_not_tcp", "a message must carry TCP")
+        doff = (plain[8 + 12] >> 4) * 4
+        mss = st.tunnel_mtu - 40 - doff
+        if len(plain) + 32 <= st.tunnel_mtu:
+            self.inbound(plain)
+            return
+        link = self.link_socket(st.internal_ifindex) if self.host_mac else None
+        if link is not None:
+            mv = memoryview(plain)
+            tcp_len = len(plain) - 8
+            vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6,
+                                 ETH_HLEN + 40 + doff, mss, ETH_HLEN + 40, 16)
+            csum = tcp_pseudo_sum(self.remote, self.local, tcp_len).to_bytes(2, "big")
+            try:
+                link.sendmsg((vnet, self.host_mac + self.own_mac + ETH_P_IPV6, mv[:8],
+                              self.remote, self.local, mv[8:24], csum, mv[26:]))
+            except OSError as e:
+                self.counters["drop_send_link_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+                return
+            self.counters["extracted_packets"] += 1
+            self.counters["extracted_bytes"] += len(plain) + 32
+            return
+        self.counters["segmented_for_host"] += 1
+        for segment in segment_tcp(restore_inner(plain, self.remote, self.local), mss):
+            try:
+                self.host.sendto(segment, self.host_addr)
+            except OSError as e:
+                self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+                return
+        self.counters["extracted_packets"] += 1
+        self.counters["extracted_bytes"] += len(plain) + 32
+
+    def link_socket(self, ifindex: int) -> socket.socket | None:
+        """A packet socket on the internal link that takes a virtio-net header (never reads)."""
+        if self.link is not None and self.link_ifindex == ifindex:
+            return self.link
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        try:
+            name = socket.if_indextoname(ifindex)
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                sock.bind((name, 0))
+                ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()))
+            except OSError:
+                sock.close()
+                raise
+        except OSError as e:
+            self.counters["link_socket_failed"] += 1
+            if self.counters["link_socket_failed"] == 1:
+                log.warning("event=link_socket_failed worker=%s ifindex=%d error=%s", self.name,
+                            ifindex, e)
+            return None
+        self.own_mac = ifreq[18:24]
+        self.link, self.link_ifindex = sock, ifindex
+        return sock
 
     def inbound(self, plain: Buffer) -> None:
         mv = memoryview(plain)

@@ -66,6 +66,10 @@ DSTOPTS_HDREXTLEN: Final = 1  # (1 + 1) * 8 = 16 bytes
 DSTOPTS: Final = struct.Struct("!BBBBBBHQ")
 # Offsets inside an encryption option (relative to its type byte).
 ENC_OFF_ALG: Final = 2
+# High bit of the alg byte: the payload is one chunk of a message (docs/PROTOCOL.md 1.6), i.e. a
+# large inner packet sealed once and carried in several datagrams. The byte is associated data, so
+# a chunk can never be taken for a whole packet or the reverse.
+ALG_CHUNKED: Final = 0x80
 ENC_OFF_PHASE: Final = 3
 ENC_OFF_LANE: Final = 4
 ENC_OFF_COUNTER: Final = 6
@@ -213,8 +217,11 @@ class Sealer:
         """Bytes this sealer adds to the plaintext, header included (0 or 16 + 16)."""
         return 0 if self._aead is None else DSTOPTS_LEN + TAG_LEN
 
-    def seal(self, plain: Buffer, aad_prefix36: Buffer) -> tuple[bytes, bytes]:
-        """Return (dstopts header, ciphertext || tag); ``(b"", plain)`` for crypt type none."""
+    def seal(self, plain: Buffer, aad_prefix36: Buffer, chunked: bool = False) -> tuple[bytes, bytes]:
+        """Return (dstopts header, ciphertext || tag); ``(b"", plain)`` for crypt type none.
+
+        ``chunked`` sets ALG_CHUNKED: the result will travel as a message in chunks.
+        """
         aead = self._aead
         if aead is None:
             return b"", bytes(plain)
@@ -226,6 +233,7 @@ class Sealer:
         self._counter = counter + 1
         hdr = self._dstopts
         _COUNTER.pack_into(hdr, ENC_OPT_OFFSET + ENC_OFF_COUNTER, counter)
+        hdr[ENC_OPT_OFFSET + ENC_OFF_ALG] = self.crypt_type | ALG_CHUNKED if chunked else self.crypt_type
         aad = self._aad
         aad[:AAD_PREFIX_LEN] = aad_prefix36
         aad[AAD_PREFIX_LEN:] = hdr
@@ -237,6 +245,8 @@ class Sealer:
     ) -> bytes:
         """Decrypt the quoted prefix of a packet this sealer sealed (see Opener's method)."""
         alg = _enc_fields(dstopts, enc_offset)[0]
+        if alg & ALG_CHUNKED:
+            raise PacketError("chunk_quote", "a chunk does not start with the inner packet")
         if alg != self.crypt_type:
             raise PacketError("alg_mismatch", f"got {alg}, expected {self.crypt_type}")
         return _stream_decrypt(alg, self._key, _nonce(dstopts, enc_offset), ciphertext_prefix)
@@ -352,8 +362,12 @@ class Opener:
         dstopts: Buffer | None,
         ciphertext: Buffer,
         enc_offset: int = ENC_OPT_OFFSET,
+        chunked: bool = False,
     ) -> bytes:
         """Authenticate and decrypt; commit the counter to the lane's replay window only on success.
+
+        ``chunked``: the ciphertext is a message reassembled from chunks, whose option must carry
+        ALG_CHUNKED; a single packet's must not.
 
         ``dstopts`` is the whole destination options header that precedes UDP (it is associated data)
         and ``enc_offset`` the offset of the encryption option inside it. For crypt type none,
@@ -367,6 +381,9 @@ class Opener:
         if not dstopts:
             raise PacketError("not_encrypted")
         alg, phase, lane, counter = _enc_fields(dstopts, enc_offset)
+        if bool(alg & ALG_CHUNKED) != chunked:
+            raise PacketError("chunk_mismatch", "chunk flag does not match how it arrived")
+        alg &= ~ALG_CHUNKED
         if alg != self.crypt_type:
             if alg not in (CRYPT_AES_256_GCM, CRYPT_CHACHA20_POLY1305):
                 raise PacketError("unknown_alg", str(alg))
@@ -411,6 +428,8 @@ class Opener:
         replay window is not touched.
         """
         alg = _enc_fields(dstopts, enc_offset)[0]
+        if alg & ALG_CHUNKED:
+            raise PacketError("chunk_quote", "a chunk does not start with the inner packet")
         if alg != self.crypt_type:
             raise PacketError("alg_mismatch", f"got {alg}, expected {self.crypt_type}")
         return _stream_decrypt(alg, self._key, _nonce(dstopts, enc_offset), ciphertext_prefix)

@@ -470,3 +470,177 @@ def restore_inner(plain: Buffer, true_src16: bytes, true_dst16: bytes) -> bytes:
     """plain[0:8] + true source + true destination + plain[8:] (no validation)."""
     mv = memoryview(plain)
     return b"".join((mv[:INNER_KEEP], true_src16, true_dst16, mv[INNER_KEEP:]))
+
+
+# --- messages in chunks (docs/PROTOCOL.md 1.6) ---------------------------------------------------------
+# A large inner packet (a TCP super-packet that a host's TSO or a gateway's GRO built, up to 64 KB) is
+# sealed once, as a message, and the ciphertext travels in chunks: each datagram's UDP payload is a
+# 2-byte chunk header (index, count) and one slice of the message. All chunks of a message carry the
+# same destination options (the counter is the message's), so one sendmsg with UDP_SEGMENT sends them
+# all, and the receiver joins them back and opens the message once.
+CHUNK_HDR_LEN: Final = 2
+MAX_CHUNKS: Final = 64
+# CHUNK_HEADERS[count][index]: every chunk header, built once.
+CHUNK_HEADERS: Final = tuple(tuple(bytes((i, n)) for i in range(n)) for n in range(MAX_CHUNKS + 1))
+IPPROTO_TCP: Final = 6
+TCP_OFF_SEQ: Final = 4
+TCP_OFF_FLAGS: Final = 13
+TCP_OFF_CSUM: Final = 16
+TCP_FIN: Final = 0x01
+TCP_PSH: Final = 0x08
+TCP_CWR: Final = 0x80
+TCP_MIN_HDR: Final = 20
+
+
+def chunk_segment_size(tunnel_mtu_: int) -> int:
+    """UDP payload of each chunk datagram: the datagram fills the link MTU exactly.
+
+    The link MTU is ``tunnel_mtu + 48`` and a chunk datagram has 40 + 16 + 8 bytes of headers, so
+    the segment is ``tunnel_mtu - 16`` bytes: 2 of chunk header and ``tunnel_mtu - 18`` of message.
+    """
+    return tunnel_mtu_ - TAG_LEN
+
+
+def seal_message(
+    inner: Buffer,
+    src16: bytes,
+    dst16: bytes,
+    sport: int,
+    dport: int,
+    sealer: Sealer,
+    segment: int,
+) -> tuple[bytes, list[Buffer]]:
+    """(dstopts with ALG_CHUNKED, UDP payloads of all chunks as an iovec: header, slice, header, ...).
+
+    Every chunk's UDP payload is ``segment`` bytes except the last, so the list can go out in one
+    ``sendmsg`` with ``UDP_SEGMENT`` = ``segment``.
+    """
+    _check_inner(inner)
+    aad = src16 + dst16 + _U16.pack(sport) + _U16.pack(dport)
+    dstopts, message = sealer.seal(_strip(inner), aad, chunked=True)
+    step = segment - CHUNK_HDR_LEN
+    count = -(-len(message) // step)
+    if not 2 <= count <= MAX_CHUNKS:
+        raise PacketError("chunk_count", f"{count} chunks")
+    mv = memoryview(message)
+    iov: list[Buffer] = []
+    for i, hdr in enumerate(CHUNK_HEADERS[count]):
+        iov.append(hdr)
+        iov.append(mv[i * step : (i + 1) * step])
+    return dstopts, iov
+
+
+class Reassembly:
+    """Chunks of messages not yet complete, for one route; the oldest message goes first when full.
+
+    Nothing here is authenticated: the message is opened (and its counter checked against the
+    replay window) once all chunks are in, and a forged or altered chunk makes that fail. A chunk
+    only ever takes a slot of its own (index, count) under its own options, so forged chunks can
+    at worst evict partial messages, as dropping them on the path would.
+    """
+
+    __slots__ = ("evicted", "limit", "partial")
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self.partial: dict[bytes, list[Buffer | None]] = {}
+        self.evicted = 0
+
+    def add(self, dstopts: bytes, payload: Buffer) -> bytes | None:
+        """Store one chunk; return the whole message once its last missing chunk arrives."""
+        if len(payload) <= CHUNK_HDR_LEN:
+            raise PacketError("bad_chunk", "empty chunk")
+        index, count = payload[0], payload[1]
+        if not 2 <= count <= MAX_CHUNKS or index >= count:
+            raise PacketError("bad_chunk", f"chunk {index} of {count}")
+        parts = self.partial.get(dstopts)
+        if parts is None:
+            if len(self.partial) >= self.limit:
+                del self.partial[next(iter(self.partial))]
+                self.evicted += 1
+            parts = self.partial[dstopts] = [None] * count
+        elif len(parts) != count:
+            raise PacketError("bad_chunk", "chunk count differs within a message")
+        if parts[index] is not None:
+            raise PacketError("chunk_duplicate", f"chunk {index}")
+        parts[index] = payload[CHUNK_HDR_LEN:]
+        if None in parts:
+            return None
+        del self.partial[dstopts]
+        return b"".join(parts)  # type: ignore[arg-type]  # no None left
+
+    def split(self, data: Buffer, segment: int) -> list[memoryview]:
+        """The datagrams of a UDP GRO read: ``segment`` bytes each, the last one possibly shorter."""
+        mv = memoryview(data)
+        return [mv[i : i + segment] for i in range(0, len(mv), segment)]
+
+
+def tcp_pseudo_sum(src16: Buffer, dst16: Buffer, tcp_len: int) -> int:
+    """The folded (not complemented) pseudo-header sum that a checksum-offload TCP field holds."""
+    total = int.from_bytes(src16, "big") + int.from_bytes(dst16, "big") + tcp_len + IPPROTO_TCP
+    return total % 0xFFFF or 0xFFFF
+
+
+def segment_tcp(inner: Buffer, mss: int) -> list[bytes]:
+    """Split a TCP/IPv6 super-packet into packets with at most ``mss`` bytes of data each.
+
+    What a NIC's TSO does (and the kernel's GSO in software): every segment gets the IPv6 and TCP
+    headers with its own payload length, sequence number and a full checksum; FIN and PSH stay
+    on the last segment only and CWR on the first only. The TCP header must follow the IPv6
+    header directly (``bad_inner`` otherwise).
+    """
+    _check_inner(inner)
+    if inner[IP6_OFF_NH] != IPPROTO_TCP:
+        raise PacketError("gso_not_tcp", f"next header {inner[IP6_OFF_NH]}")
+    mv = memoryview(inner)
+    if len(mv) < IPV6_HDR_LEN + TCP_MIN_HDR:
+        raise PacketError("bad_inner", "short TCP header")
+    doff = (mv[IPV6_HDR_LEN + 12] >> 4) * 4
+    data_start = IPV6_HDR_LEN + doff
+    if doff < TCP_MIN_HDR or data_start > len(mv) or mss < 1:
+        raise PacketError("bad_inner", "TCP header length")
+    src, dst = mv[IP6_OFF_SRC:IP6_OFF_DST], mv[IP6_OFF_DST:IPV6_HDR_LEN]
+    seq = _U32.unpack_from(mv, IPV6_HDR_LEN + TCP_OFF_SEQ)[0]
+    flags = mv[IPV6_HDR_LEN + TCP_OFF_FLAGS]
+    total = len(mv) - data_start
+    out = []
+    for off in range(0, max(total, 1), mss):
+        part = mv[data_start + off : data_start + min(off + mss, total)]
+        pkt = bytearray(mv[:data_start])
+        pkt += part
+        _U16.pack_into(pkt, IP6_OFF_PLEN, doff + len(part))
+        _U32.pack_into(pkt, IPV6_HDR_LEN + TCP_OFF_SEQ, (seq + off) & 0xFFFFFFFF)
+        f = flags
+        if off + mss < total:
+            f &= ~(TCP_FIN | TCP_PSH)
+        if off:
+            f &= ~TCP_CWR
+        pkt[IPV6_HDR_LEN + TCP_OFF_FLAGS] = f
+        segment = memoryview(pkt)[IPV6_HDR_LEN:]
+        _U16.pack_into(pkt, IPV6_HDR_LEN + TCP_OFF_CSUM,
+                       _checksum(src, dst, IPPROTO_TCP, segment, TCP_OFF_CSUM))
+        out.append(bytes(pkt))
+    return out
+
+
+def complete_checksum(packet: Buffer) -> bytes:
+    """A copy of ``packet`` with its TCP or UDP checksum filled in.
+
+    A host that offloads checksums to its NIC (every veth does) leaves the TCP or UDP checksum
+    field holding only the pseudo-header sum; a netfilter queue with GSO packets whole passes
+    such packets on as they are (``NFQA_SKB_CSUMNOTREADY``) instead of completing them. Only a
+    transport header right after the IPv6 header is handled; anything else raises
+    ``csum_not_ready``.
+    """
+    nh = packet[IP6_OFF_NH] if len(packet) >= IPV6_HDR_LEN else -1
+    off = TCP_OFF_CSUM if nh == IPPROTO_TCP else UDP_OFF_CSUM if nh == IPPROTO_UDP else -1
+    if off < 0 or len(packet) < IPV6_HDR_LEN + off + 2:
+        raise PacketError("csum_not_ready", f"checksum to complete for next header {nh}")
+    out = bytearray(packet)
+    mv = memoryview(out)
+    csum = _checksum(mv[IP6_OFF_SRC:IP6_OFF_DST], mv[IP6_OFF_DST:IPV6_HDR_LEN], nh,
+                     mv[IPV6_HDR_LEN:], off)
+    if nh == IPPROTO_UDP and csum == 0:
+        csum = 0xFFFF
+    _U16.pack_into(out, IPV6_HDR_LEN + off, csum)
+    return bytes(out)

@@ -69,7 +69,7 @@ def _reject_all_input(sock: socket.socket) -> None:
         raise OSError(ctypes.get_errno(), "SO_ATTACH_FILTER failed")
 
 
-def _big_send_buffer(sock: socket.socket) -> None:
+def big_send_buffer(sock: socket.socket) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SEND_BUFFER)
     except OSError:
@@ -80,13 +80,13 @@ def tunnel_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, UDP_CHECKSUM_OFFSET)
     _reject_all_input(sock)
-    _big_send_buffer(sock)
+    big_send_buffer(sock)
     return sock
 
 
 def host_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    _big_send_buffer(sock)
+    big_send_buffer(sock)
     return sock
 
 

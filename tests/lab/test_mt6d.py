@@ -275,6 +275,14 @@ def test_http_downloads_are_byte_identical_across_rotations(
             assert w["kernel_queue"]["waiting"] == 0, w
             assert w["kernel_queue"]["queue_dropped"] == 0, w
             assert w["counters"]["verdict_batches"] > 0, w
+        # Host B's TCP super-packets crossed as messages in chunks (PROTOCOL.md 1.6) and reached
+        # host A whole, through the packet socket (host A's MAC was learned from its request).
+        sender = worker(info, f"{s.host_b_name}-{s.host_a_name}", "gateway-b")["counters"]
+        receiver = worker(info, s.name, "gateway-a")["counters"]
+        assert sender["messages_sent"] > 0 and sender["chunks_sent"] > sender["messages_sent"], sender
+        assert receiver["messages_received"] > 0, receiver
+        assert "segmented_for_host" not in receiver, receiver
+        assert not [k for k in receiver if k.startswith("drop_")], receiver
     finally:
         lab.stop(server)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -84,3 +85,86 @@ def test_without_the_final_batch_the_kernel_still_holds_the_rest(netns: str) -> 
     """The control: what the last flush is for (and proof the check above can fail)."""
     waiting, delivered, batches, left = nsutil.call_in(netns, _run, 150, False)
     assert (waiting, delivered, batches, left) == (150 - 128, 0, 2, 22)
+
+
+# --- QueueReader: whole GSO packets (mt6d_mp.io.nfqueue) ----------------------------------------------
+TCP_PORT = 5001
+
+
+def _read_tcp_messages(sender_ns: str, gso: bool) -> list[tuple[int, int]]:
+    """(length, skb info) of every data-carrying TCP packet queued while a peer sends 1 MB.
+
+    Runs in the receiving namespace: the handshake passes (only packets longer than 200 bytes
+    are queued), the data is dropped in batches, so the sender keeps retransmitting.
+    """
+    import subprocess
+    import time
+
+    from netfilterqueue import NetfilterQueue
+
+    from mt6d_mp.io.nfqueue import QueueReader
+    from workers.common import DropBatch
+
+    nsutil.run(["ip6tables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", str(TCP_PORT),
+                "-m", "length", "--length", "200:65535", "-j", "NFQUEUE", "--queue-num", str(QUEUE)])
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.bind(("fd00:7::2", TCP_PORT))
+    listener.listen()
+    counters: Counter[str] = Counter()
+    nfq = NetfilterQueue()
+    nfq.bind(QUEUE, lambda pkt: None)
+    seen: list[tuple[int, int]] = []
+    sender = subprocess.Popen(
+        ["ip", "netns", "exec", sender_ns, "python3", "-c",
+         f"import socket; s = socket.create_connection(('fd00:7::2', {TCP_PORT})); "
+         "s.sendall(bytes(1 << 20))"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        drops = DropBatch(nfq.get_fd(), QUEUE, counters)
+        reader = QueueReader(nfq.get_fd(), QUEUE, counters)
+        reader.configure(gso)
+
+        def handle(pkt_id: int, payload: memoryview, info: int, indev: int, mac: bytes) -> None:
+            seen.append((len(payload), info))
+            drops.add(pkt_id)
+
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(seen) < 40:
+            reader.read(handle)
+            drops.flush()
+            time.sleep(0.01)
+        reader.close()
+        return seen
+    finally:
+        sender.kill()
+        sender.wait()
+        nfq.unbind()
+        listener.close()
+
+
+def _two_namespaces(make: Callable[[str], str]) -> tuple[str, str]:
+    host, gateway = make("h"), make("g")
+    nsutil.veth(host, "vh", gateway, "vg")
+    nsutil.run_in(host, ["ip", "addr", "add", "fd00:7::1/64", "dev", "vh", "nodad"])
+    nsutil.run_in(gateway, ["ip", "addr", "add", "fd00:7::2/64", "dev", "vg", "nodad"])
+    return host, gateway
+
+
+def test_the_reader_gets_a_hosts_tcp_super_packets_whole(netns_factory: Callable[[str], str]) -> None:
+    from mt6d_mp.io.nfqueue import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO
+
+    host, gateway = _two_namespaces(netns_factory)
+    seen = nsutil.call_in(gateway, _read_tcp_messages, host, True)
+    assert seen, "no TCP data was queued"
+    big = [(n, info) for n, info in seen if n > 1500]
+    assert big, f"no packet above the MTU: {seen[:10]}"
+    assert all(info & NFQA_SKB_GSO and info & NFQA_SKB_CSUMNOTREADY for _, info in big)
+
+
+def test_without_the_gso_flag_the_kernel_segments_before_queueing(
+    netns_factory: Callable[[str], str],
+) -> None:
+    """The control: the same traffic, queue flag off, never shows a packet above the MTU."""
+    host, gateway = _two_namespaces(netns_factory)
+    seen = nsutil.call_in(gateway, _read_tcp_messages, host, False)
+    assert seen, "no TCP data was queued"
+    assert max(n for n, _ in seen) <= 1500
