@@ -33,6 +33,7 @@ from netfilterqueue import Packet
 from mt6d_mp.core import crypto
 from mt6d_mp.core.icmp import (
     ICMP6_ERROR_TYPES,
+    ICMP6_PACKET_TOO_BIG,
     ND_ROUTER_ADVERT,
     ND_ROUTER_SOLICIT,
     parse_icmpv6,
@@ -132,8 +133,13 @@ class IcmpWorker(Worker):
             else:
                 self.counters["passed"] += 1
         except PacketError as e:
-            verdict_accept = False  # about our tunnel but unusable: nothing of it reaches a host
-            self.counters["drop_" + e.reason] += 1
+            if e.reason == "chunk_quote" and itype == ICMP6_PACKET_TOO_BIG:
+                # About a chunk of a message (PROTOCOL.md 1.6): no host packet to tell, but the
+                # kernel takes the path MTU from it, and the stream worker cuts chunks to that.
+                self.counters["chunk_ptb_passed"] += 1
+            else:
+                verdict_accept = False  # about our tunnel but unusable: nothing reaches a host
+                self.counters["drop_" + e.reason] += 1
         finally:
             if verdict_accept:
                 pkt.accept()

@@ -45,9 +45,11 @@ from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import (
     IPPROTO_TCP,
+    IPV6_MIN_MTU,
     Buffer,
     Reassembly,
     check_inner_plain,
+    chunk_iov,
     chunk_segment_size,
     complete_checksum,
     open_payload,
@@ -55,6 +57,7 @@ from mt6d_mp.core.packet import (
     seal_message,
     segment_tcp,
     tcp_pseudo_sum,
+    tunnel_overhead,
     tunnel_pieces,
     udp_header,
 )
@@ -82,6 +85,8 @@ DSTOPTS = int(socket.IPV6_DSTOPTS)
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: send one buffer as datagrams of this size (UDP GSO)
 IPV6_DONTFRAG = 62
+IPV6_MTU = 24  # getsockopt on a connected socket: the path MTU the kernel knows
+CHUNK_HEADERS_LEN = 40 + 16 + 8  # outer IPv6, destination options, UDP
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 SIOCGIFHWADDR = 0x8927
@@ -144,6 +149,8 @@ class StreamWorker(Worker):
         self.own_mac = b""
         self.link: socket.socket | None = None
         self.link_ifindex = 0
+        # UDP payload per chunk, per route socket, once the kernel reported a narrower path.
+        self.chunk_segments: dict[tuple[bytes, int], int] = {}
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -195,6 +202,7 @@ class StreamWorker(Worker):
         """One bound UDP socket per accepted route; close those of routes no longer accepted."""
         wanted = {(r.local, r.local_port): r for r in self.routes.values() if r.state == "accepted"}
         for key in [k for k in self.sockets if k not in wanted]:
+            self.chunk_segments.pop(key, None)
             rs = self.sockets.pop(key)
             self.unwatch(rs.sock.fileno())
             rs.sock.close()
@@ -216,6 +224,9 @@ class StreamWorker(Worker):
             sockets.big_send_buffer(sock)
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
             sock.bind((sockets.sockaddr(r.local)[0], r.local_port))
+            # Connected to the peer's end of the route: only its datagrams are queued here, and
+            # the kernel keeps the path MTU for it (IPV6_MTU), which chunk sizes follow.
+            sock.connect((sockets.sockaddr(r.remote)[0], r.remote_port))
             sock.setblocking(False)
         except OSError as e:
             # The supervisor binds the address before it publishes the route, so this is a bug
@@ -331,9 +342,30 @@ class StreamWorker(Worker):
             self.tx.sendmsg((udp, payload), cmsg, 0, self.tx_addr)
         except OSError as e:
             self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+            if e.errno == errno.EMSGSIZE:
+                self.too_big_for_path(data, route)
             return
         self.counters["tunnelled_packets"] += 1
         self.counters["tunnelled_bytes"] += len(data)
+
+    def too_big_for_path(self, data: Buffer, route: RouteUpdate) -> None:
+        """The kernel knows a narrower path to the peer than the link: tell the host, as a router would.
+
+        The path MTU comes from a Packet Too Big about a chunk of a message, which the ICMP
+        worker passes to the kernel (PROTOCOL.md 1.6); the route's connected socket reports it.
+        """
+        st = self.state
+        rs = self.sockets.get((route.local, route.local_port))
+        if st is None or rs is None:
+            return
+        try:
+            path_mtu = rs.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+        except OSError:
+            return
+        inner_mtu = max(path_mtu - tunnel_overhead(crypto.CRYPT_TYPES[st.crypt]), IPV6_MIN_MTU)
+        if len(data) > inner_mtu:
+            self._send_host(packet_too_big(bytes(data), inner_mtu, self.remote), "ptb")
+            self.counters["ptb_sent_path_mtu"] += 1
 
     def outbound_large(self, data: memoryview, info: int) -> None:
         """A GSO packet: sealed once and sent as chunks in one UDP GSO sendmsg (PROTOCOL.md 1.6).
@@ -356,29 +388,77 @@ class StreamWorker(Worker):
         route = self.current_route()
         if route is None:
             return
-        segment_size = chunk_segment_size(st.tunnel_mtu)
-        dstopts, iov = seal_message(data, route.local, route.remote, route.local_port,
-                                    route.remote_port, sealer, segment_size)
+        dstopts, message = seal_message(data, route.local, route.remote, route.local_port,
+                                        route.remote_port, sealer)
         hop = sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]]
-        rs = self.sockets.get((route.local, route.local_port))
-        try:
-            if rs is not None and not self.tx_addr[2]:
-                rs.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment_size)),
-                                      hop, sockets.dstopts_cmsg(dstopts)], 0,
-                                (rs.remote, rs.remote_port))
-            else:  # a flow label is leased on the raw socket only: one datagram per chunk
-                cmsg = [self.tx_pktinfo, hop, sockets.dstopts_cmsg(dstopts)]
+        key = (route.local, route.local_port)
+        rs = self.sockets.get(key)
+        if rs is None or self.tx_addr[2]:  # a flow label is leased on the raw socket only
+            iov = chunk_iov(message, chunk_segment_size(st.tunnel_mtu))
+            cmsg = [self.tx_pktinfo, hop, sockets.dstopts_cmsg(dstopts)]
+            try:
                 for i in range(0, len(iov), 2):
                     size = len(iov[i]) + len(iov[i + 1])
                     self.tx.sendmsg((udp_header(route.local_port, route.remote_port, size),
                                      iov[i], iov[i + 1]), cmsg, 0, self.tx_addr)
-        except OSError as e:
-            self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
-            return
+            except OSError as e:
+                self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+                return
+        else:
+            iov = self.send_chunks(rs, key, message, dstopts, st.hop_limit or data[7])
+            if not iov:
+                return
         self.counters["tunnelled_packets"] += 1
         self.counters["tunnelled_bytes"] += len(data)
         self.counters["messages_sent"] += 1
         self.counters["chunks_sent"] += len(iov) // 2
+
+    def send_chunks(self, rs: RouteSocket, key: tuple[bytes, int], message: bytes,
+                    dstopts: bytes, hop_limit: int) -> list[Buffer]:
+        """All chunks in one UDP GSO sendmsg on the route's socket; the iovec sent, or [] if none.
+
+        Chunks fill the link MTU the gateways assume, unless the kernel learned a narrower path
+        to the peer (Packet Too Big about a chunk, which the ICMP worker lets through to the
+        kernel): the kernel then refuses the send, and the same message is cut to the path MTU
+        and sent again; later messages on the route use that size at once.
+        """
+        st = self.state
+        assert st is not None
+        # Options and hop limit as socket options, not ancillary data: with IPv6 ancillary data
+        # the kernel treats a connected socket as unconnected and keeps no route for it, and
+        # IPV6_MTU below needs that route.
+        try:
+            rs.sock.setsockopt(socket.IPPROTO_IPV6, DSTOPTS, dstopts)
+            rs.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
+        except OSError as e:
+            self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+            return []
+        for attempt in (1, 2, 3):
+            segment = self.chunk_segments.get(key, chunk_segment_size(st.tunnel_mtu))
+            iov = chunk_iov(message, segment)
+            try:
+                rs.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))])
+                return iov
+            except OSError as e:
+                if attempt == 3 or e.errno not in (errno.EMSGSIZE, errno.EINVAL):
+                    self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+                    return []
+                try:
+                    path_mtu = rs.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+                except OSError:
+                    path_mtu = 0
+                narrower = path_mtu - CHUNK_HEADERS_LEN
+                if 0 < narrower < segment:
+                    self.chunk_segments[key] = narrower
+                    self.counters["chunk_path_mtu_lowered"] += 1
+                    log.info("event=chunk_path_mtu worker=%s path_mtu=%d segment=%d",
+                             self.name, path_mtu, narrower)
+                else:
+                    # The size fits: this was a Packet Too Big that the connected socket reports
+                    # once as an error (sk_err), about chunks already sent. Send again.
+                    self.counters["route_socket_error_"
+                                  + errno.errorcode.get(e.errno or 0, "error").lower()] += 1
+        return []  # pragma: no cover - the loop returns
 
     def receive_all(self) -> None:
         """Drain the route sockets oldest route first, so that a rotation does not reorder.
@@ -400,6 +480,11 @@ class StreamWorker(Worker):
             except BlockingIOError:
                 return False
             except OSError as e:
+                if e.errno == errno.EMSGSIZE:
+                    # A Packet Too Big about our chunks, reported once on the connected socket
+                    # (sk_err); nothing was lost, the datagrams still wait.
+                    self.counters["route_socket_error_emsgsize"] += 1
+                    continue
                 self.counters["drop_recv_" + errno.errorcode.get(e.errno or 0, "error").lower()] += 1
                 return False
             try:

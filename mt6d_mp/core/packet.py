@@ -508,26 +508,30 @@ def seal_message(
     sport: int,
     dport: int,
     sealer: Sealer,
-    segment: int,
-) -> tuple[bytes, list[Buffer]]:
-    """(dstopts with ALG_CHUNKED, UDP payloads of all chunks as an iovec: header, slice, header, ...).
-
-    Every chunk's UDP payload is ``segment`` bytes except the last, so the list can go out in one
-    ``sendmsg`` with ``UDP_SEGMENT`` = ``segment``.
-    """
+) -> tuple[bytes, bytes]:
+    """(dstopts with ALG_CHUNKED, the message: ciphertext || tag) for ``chunk_iov``."""
     _check_inner(inner)
     aad = src16 + dst16 + _U16.pack(sport) + _U16.pack(dport)
-    dstopts, message = sealer.seal(_strip(inner), aad, chunked=True)
+    return sealer.seal(_strip(inner), aad, chunked=True)
+
+
+def chunk_iov(message: bytes, segment: int) -> list[Buffer]:
+    """The UDP payloads of all chunks of ``message`` as one iovec: header, slice, header, ...
+
+    Every chunk's UDP payload is ``segment`` bytes except the last, so the list can go out in one
+    ``sendmsg`` with ``UDP_SEGMENT`` = ``segment``. The split is not authenticated (the receiver
+    joins the slices back before opening), so a message can be cut again, smaller, and resent.
+    """
     step = segment - CHUNK_HDR_LEN
-    count = -(-len(message) // step)
+    count = -(-len(message) // step) if step > 0 else 0
     if not 2 <= count <= MAX_CHUNKS:
-        raise PacketError("chunk_count", f"{count} chunks")
+        raise PacketError("chunk_count", f"{count} chunks of {segment} bytes")
     mv = memoryview(message)
     iov: list[Buffer] = []
     for i, hdr in enumerate(CHUNK_HEADERS[count]):
         iov.append(hdr)
         iov.append(mv[i * step : (i + 1) * step])
-    return dstopts, iov
+    return iov
 
 
 class Reassembly:
@@ -623,7 +627,7 @@ def segment_tcp(inner: Buffer, mss: int) -> list[bytes]:
     return out
 
 
-def complete_checksum(packet: Buffer) -> bytes:
+def complete_checksum(packet: Buffer) -> bytearray:
     """A copy of ``packet`` with its TCP or UDP checksum filled in.
 
     A host that offloads checksums to its NIC (every veth does) leaves the TCP or UDP checksum
@@ -643,4 +647,5 @@ def complete_checksum(packet: Buffer) -> bytes:
     if nh == IPPROTO_UDP and csum == 0:
         csum = 0xFFFF
     _U16.pack_into(out, IPV6_HDR_LEN + off, csum)
-    return bytes(out)
+    mv.release()
+    return out

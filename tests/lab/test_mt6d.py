@@ -466,6 +466,64 @@ def test_routed_topology_carries_traffic_and_hides_addresses(
     assert len(summary["epochs"]) >= 3
 
 
+SINK = """
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5202))
+s.listen(1)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while data := c.recv(1 << 16):
+    h.update(data)
+    n += len(data)
+open(sys.argv[2], "w").write(f"{n} {h.hexdigest()}")
+"""
+SOURCE = """
+import socket, sys
+data = open(sys.argv[2], "rb").read()
+c = socket.create_connection((sys.argv[1], 5202), timeout=30)
+c.sendall(data)
+c.close()
+"""
+
+
+def test_bulk_tcp_adapts_its_chunks_to_a_narrower_path(routed: tuple[Lab, LabInfo], tmp_path: Path) -> None:
+    """The router's link toward gateway B has an MTU of 1400; gateway A's own link has 1500.
+
+    Host A's TCP super-packets travel as messages whose chunks fill 1500 bytes: the router
+    answers Packet Too Big about a chunk, the ICMP worker lets the kernel take it (a chunk does not
+    quote the host's packet), and gateway A cuts the message again, and the next ones, to the path
+    MTU. 20 MB sent by host A must arrive whole at host B.
+    """
+    lab, info = routed
+    s = info.streams[0]
+    data = os.urandom(20_000_000)
+    (tmp_path / "data").write_bytes(data)
+    tmp_path.chmod(0o777)
+    result = tmp_path / "sink"
+    sink = lab.spawn(s.host_b_ns, ["python3", "-c", SINK, s.host_b_address, str(result)],
+                     name="tcp-sink")
+    try:
+        lab.wait_listening(sink, 5202, what="tcp sink")
+        try:
+            r = lab.exec(s.host_a_ns, ["python3", "-c", SOURCE, s.host_b_address,
+                                       str(tmp_path / "data")], timeout=60)
+        except labmod.LabError as e:
+            raise AssertionError(f"{e}\n{datapath_report(info)}") from e
+        assert r.returncode == 0, r.stderr + datapath_report(info)
+        deadline = time.monotonic() + 10
+        while not result.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert result.read_text() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+    finally:
+        lab.stop(sink)
+    time.sleep(1.5)  # the workers have reported their counters since
+    sender = worker(info, s.name, "gateway-a")["counters"]
+    assert sender["messages_sent"] > 0 and sender.get("chunk_path_mtu_lowered", 0) >= 1, sender
+    assert worker(info, "icmp", "gateway-a")["counters"].get("chunk_ptb_passed", 0) >= 1
+
+
 def test_the_demo_command_runs_end_to_end() -> None:
     """README command 1, as an operator runs it (a lab of its own, torn down at the end)."""
     import sys

@@ -26,6 +26,7 @@ from mt6d_mp.core.packet import (
     Buffer,
     Reassembly,
     check_inner_plain,
+    chunk_iov,
     chunk_segment_size,
     complete_checksum,
     encapsulate,
@@ -62,7 +63,8 @@ def datagrams(iov: list[Buffer]) -> list[bytes]:
 def test_message_round_trip_in_any_order(alg: int) -> None:
     inner = super_packet(60000)
     segment = chunk_segment_size(TUNNEL_MTU)
-    dstopts, iov = seal_message(inner, HA, HB, SPORT, DPORT, Sealer(alg, KEY), segment)
+    dstopts, message = seal_message(inner, HA, HB, SPORT, DPORT, Sealer(alg, KEY))
+    iov = chunk_iov(message, segment)
     assert dstopts[4] == alg | ALG_CHUNKED
     grams = datagrams(iov)
     assert all(len(g) == segment for g in grams[:-1]) and 0 < len(grams[-1]) <= segment
@@ -85,9 +87,7 @@ def test_message_round_trip_in_any_order(alg: int) -> None:
 def test_chunk_flag_is_authenticated_both_ways() -> None:
     """A message cannot be opened as a packet, nor a packet as a message, nor a chunk quoted."""
     inner = super_packet(3000)
-    dstopts, iov = seal_message(inner, HA, HB, SPORT, DPORT, Sealer(CRYPT_AES_256_GCM, KEY),
-                                chunk_segment_size(TUNNEL_MTU))
-    message = b"".join(bytes(iov[i]) for i in range(1, len(iov), 2))
+    dstopts, message = seal_message(inner, HA, HB, SPORT, DPORT, Sealer(CRYPT_AES_256_GCM, KEY))
     with pytest.raises(PacketError, match="chunk_mismatch"):
         Opener(CRYPT_AES_256_GCM, KEY).open(AAD, dstopts, message)
     cleared = bytearray(dstopts)
@@ -104,9 +104,8 @@ def test_chunk_flag_is_authenticated_both_ways() -> None:
 
 def test_a_tampered_chunk_fails_authentication() -> None:
     inner = super_packet(5000)
-    dstopts, iov = seal_message(inner, HA, HB, SPORT, DPORT, Sealer(CRYPT_AES_256_GCM, KEY),
-                                chunk_segment_size(TUNNEL_MTU))
-    grams = datagrams(iov)
+    dstopts, message = seal_message(inner, HA, HB, SPORT, DPORT, Sealer(CRYPT_AES_256_GCM, KEY))
+    grams = datagrams(chunk_iov(message, chunk_segment_size(TUNNEL_MTU)))
     grams[1] = grams[1][:50] + bytes([grams[1][50] ^ 1]) + grams[1][51:]
     chunks = Reassembly()
     message = [chunks.add(dstopts, g) for g in grams][-1]
@@ -138,12 +137,23 @@ def test_reassembly_refuses_bad_chunks_and_evicts_the_oldest() -> None:
     assert chunks.add(opts[2], b"\x01\x02e") == b"de"
 
 
-def test_seal_message_refuses_what_does_not_need_or_fit_chunks() -> None:
-    sealer = Sealer(CRYPT_AES_256_GCM, KEY)
+def test_chunk_iov_refuses_what_does_not_need_or_fit_chunks() -> None:
     with pytest.raises(PacketError, match="chunk_count"):
-        seal_message(super_packet(100), HA, HB, SPORT, DPORT, sealer, 1436)
+        chunk_iov(bytes(1000), 1436)
     with pytest.raises(PacketError, match="chunk_count"):
-        seal_message(super_packet(65000), HA, HB, SPORT, DPORT, sealer, 600)
+        chunk_iov(bytes(65000), 600)
+    with pytest.raises(PacketError, match="chunk_count"):
+        chunk_iov(bytes(65000), 2)
+
+
+def test_a_message_cut_again_smaller_opens_the_same() -> None:
+    """What a sender does when the path turns out narrower: same message, smaller chunks."""
+    dstopts, message = seal_message(super_packet(20000), HA, HB, SPORT, DPORT,
+                                    Sealer(CRYPT_AES_256_GCM, KEY))
+    for segment in (1436, 1336):
+        chunks = Reassembly()
+        got = [chunks.add(dstopts, g) for g in datagrams(chunk_iov(message, segment))]
+        assert got[-1] == message
 
 
 def _scapy_recomputed(parsed: IPv6) -> int:
