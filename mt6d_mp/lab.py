@@ -412,6 +412,7 @@ class Lab:
         rotation_time: float = 2.0,
         mt6d: bool = True,
         router_mtu: int = 1500,
+        encrypt: bool = True,
         ready_timeout: float = 20.0,
         start_supervisors: bool = True,
         host_accept_ra: bool = False,
@@ -431,6 +432,7 @@ class Lab:
         self.rotation_time = float(rotation_time)
         self.mt6d = mt6d
         self.router_mtu = router_mtu
+        self.encrypt = encrypt
         self.ready_timeout = ready_timeout
         self.start_supervisors = start_supervisors
         self.host_accept_ra = host_accept_ra
@@ -908,7 +910,7 @@ class Lab:
             f"route_lifetime = {rt}\n"
             'hash_type = "sha256"\n'
             "[crypto]\n"
-            "encrypt = true\n"
+            f"encrypt = {'true' if self.encrypt else 'false'}\n"
             'crypt_type = "aes-256-gcm"\n'
             "[files]\n"
             'users = "users"\n'

@@ -10,6 +10,7 @@ router's Packet Too Big, Time Exceeded, router advertisement and the hosts' rout
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -616,3 +617,41 @@ def test_a_restarted_worker_refuses_replays_of_what_its_predecessor_took(
     counters = worker(info, name_b, "gateway-b")["counters"]
     assert counters.get("drop_replay", 0) >= 3, counters
     assert counters.get("extracted_packets", 0) == 0, "a replay reached host B"
+
+
+# --- encryption off -------------------------------------------------------------------------------
+
+
+def test_without_encryption_bulk_tcp_is_cut_into_segments_and_arrives_whole(tmp_path: Path) -> None:
+    """``encrypt = false``: no option marks chunks, so a host's TCP super-packets are cut into
+    TCP segments that each fit the tunnel (with full checksums) and go as ordinary tunnel
+    packets; the download must be byte-identical and the capture must still hide the hosts."""
+    lab_iter = _lab("switched", encrypt=False)
+    lab, info = next(lab_iter)
+    try:
+        s = info.streams[0]
+        www = tmp_path / "www"
+        www.mkdir()
+        data = os.urandom(10_000_000)
+        (www / "10m").write_bytes(data)
+        for d in (tmp_path, www):
+            d.chmod(0o755)
+        server = lab.start_http_server(s.host_b_ns, www, s.host_b_address, 8080)
+        try:
+            with capture(lab, info.capture_ns, info.capture_if, tmp_path / "plain.pcap") as pcap:
+                out = tmp_path / "got"
+                r = lab.exec(s.host_a_ns, ["curl", "-sS", "--fail", "--max-time", "60", "-o", str(out),
+                                           f"http://[{s.host_b_address}]:8080/10m"], timeout=90)
+                assert r.returncode == 0, r.stderr + datapath_report(info)
+            assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+            summary = check_external_capture(info, pcap)
+            assert summary["tunnel"] > 10_000_000 // 1500
+        finally:
+            lab.stop(server)
+        time.sleep(1.5)  # the workers have reported their counters since
+        sender = worker(info, f"{s.host_b_name}-{s.host_a_name}", "gateway-b")["counters"]
+        assert "messages_sent" not in sender and sender["tunnelled_packets"] > 10_000_000 // 1500
+        assert not [k for k in sender if k.startswith("drop_")], sender
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(lab_iter)
