@@ -37,8 +37,6 @@ import sys
 import time
 from typing import NamedTuple
 
-from netfilterqueue import Packet
-
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
 from mt6d_mp.core.icmp import packet_too_big
@@ -53,6 +51,7 @@ from mt6d_mp.core.packet import (
     chunk_segment_size,
     complete_checksum,
     open_payload,
+    outer_traffic_class,
     restore_inner,
     seal_message,
     segment_tcp,
@@ -283,9 +282,6 @@ class StreamWorker(Worker):
         self.reader.read(self.on_message)
         self.drops.flush()
 
-    def on_packet(self, pkt: Packet) -> None:  # pragma: no cover - the queue is read by on_message
-        raise NotImplementedError("the stream worker reads its queue with QueueReader")
-
     def on_message(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None:
         """A packet from the queue: the local host's packet to the remote host, or nothing else.
 
@@ -339,8 +335,9 @@ class StreamWorker(Worker):
             data, route.local, route.remote, route.local_port, route.remote_port, self.sealer
         )
         hop = sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]]
-        cmsg = [self.tx_pktinfo, hop, sockets.dstopts_cmsg(dstopts)] if dstopts else [
-            self.tx_pktinfo, hop]
+        tclass = sockets.TCLASS_CMSG[outer_traffic_class(data)]
+        cmsg = [self.tx_pktinfo, hop, tclass, sockets.dstopts_cmsg(dstopts)] if dstopts else [
+            self.tx_pktinfo, hop, tclass]
         try:
             self.tx.sendmsg((udp, payload), cmsg, 0, self.tx_addr)
         except OSError as e:
@@ -393,12 +390,12 @@ class StreamWorker(Worker):
             return
         dstopts, message = seal_message(data, route.local, route.remote, route.local_port,
                                         route.remote_port, sealer)
-        hop = sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]]
         key = (route.local, route.local_port)
         rs = self.sockets.get(key)
         if rs is None or self.tx_addr[2]:  # a flow label is leased on the raw socket only
-            iov = chunk_iov(message, chunk_segment_size(st.tunnel_mtu))
-            cmsg = [self.tx_pktinfo, hop, sockets.dstopts_cmsg(dstopts)]
+            iov = chunk_iov(message, self.chunk_segments.get(key, chunk_segment_size(st.tunnel_mtu)))
+            cmsg = [self.tx_pktinfo, sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]],
+                    sockets.TCLASS_CMSG[outer_traffic_class(data)], sockets.dstopts_cmsg(dstopts)]
             try:
                 for i in range(0, len(iov), 2):
                     size = len(iov[i]) + len(iov[i + 1])
@@ -408,7 +405,8 @@ class StreamWorker(Worker):
                 self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
                 return
         else:
-            iov = self.send_chunks(rs, key, message, dstopts, st.hop_limit or data[7])
+            iov = self.send_chunks(rs, key, message, dstopts, st.hop_limit or data[7],
+                                   outer_traffic_class(data))
             if not iov:
                 return
         self.counters["tunnelled_packets"] += 1
@@ -417,7 +415,7 @@ class StreamWorker(Worker):
         self.counters["chunks_sent"] += len(iov) // 2
 
     def send_chunks(self, rs: RouteSocket, key: tuple[bytes, int], message: bytes,
-                    dstopts: bytes, hop_limit: int) -> list[Buffer]:
+                    dstopts: bytes, hop_limit: int, tclass: int) -> list[Buffer]:
         """All chunks in one UDP GSO sendmsg on the route's socket; the iovec sent, or [] if none.
 
         Chunks fill the link MTU the gateways assume, unless the kernel learned a narrower path
@@ -433,6 +431,7 @@ class StreamWorker(Worker):
         try:
             rs.sock.setsockopt(socket.IPPROTO_IPV6, DSTOPTS, dstopts)
             rs.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
+            rs.sock.setsockopt(socket.IPPROTO_IPV6, sockets.IPV6_TCLASS, tclass)
         except OSError as e:
             self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
             return []

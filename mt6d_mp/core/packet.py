@@ -333,6 +333,18 @@ def tunnel_pieces(
     return dstopts, udp_header(sport, dport, len(payload)), payload
 
 
+def outer_traffic_class(inner: Buffer) -> int:
+    """The inner packet's DSCP with the ECN field cleared (Not-ECT).
+
+    The DSCP is copied so that the network treats a tunnel packet like the packet it carries.
+    ECN is not: the receiving gateway does not look at the outer ECN field, so a router's
+    Congestion Experienced mark on the outer header would never reach the host, and RFC 6040
+    (section 4.1, compatibility mode) then requires an outer Not-ECT, which makes a congested
+    router drop instead of mark.
+    """
+    return (((inner[0] & 0x0F) << 4) | (inner[1] >> 4)) & 0xFC
+
+
 def encapsulate(
     inner: Buffer,
     src16: bytes,
@@ -344,8 +356,8 @@ def encapsulate(
 ) -> bytes:
     """Complete tunnel packet with a correct UDP checksum.
 
-    Outer hop limit = inner hop limit and outer traffic class = inner traffic class (so a tunnel
-    packet is treated like the packet it carries, and expires where it would have expired).
+    Outer hop limit = inner hop limit (the tunnel packet expires where the inner one would have)
+    and outer traffic class = ``outer_traffic_class(inner)`` (the inner DSCP, ECN Not-ECT).
     """
     if len(src16) != IP6_ADDR_LEN or len(dst16) != IP6_ADDR_LEN:
         raise ValueError("outer addresses must be 16 bytes")
@@ -353,7 +365,7 @@ def encapsulate(
     plen = len(dstopts) + len(udp_hdr) + len(payload)
     if plen > IP6_MAX_PAYLOAD:
         raise PacketError("too_big", f"outer payload {plen}")
-    tclass = (_U32.unpack_from(inner, 0)[0] >> 20) & 0xFF
+    tclass = outer_traffic_class(inner)
     nh = IPPROTO_DSTOPTS if dstopts else IPPROTO_UDP
     out = bytearray(IPV6_HDR_LEN + plen)
     IPV6_HDR.pack_into(

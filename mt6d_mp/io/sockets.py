@@ -24,6 +24,7 @@ IPV6_CHECKSUM = 7
 IPV6_DSTOPTS = 59
 IPV6_PKTINFO = 50
 IPV6_HOPLIMIT = 52
+IPV6_TCLASS = 67
 IPV6_FLOWINFO_SEND = 33
 SO_ATTACH_FILTER = 26
 SO_SNDBUFFORCE = 32  # missing from Python 3.11's socket module
@@ -33,9 +34,13 @@ SEND_BUFFER = 4 * 1024 * 1024
 _PKTINFO = struct.Struct("@16sI")  # struct in6_pktinfo
 _INT = struct.Struct("@i")
 
-# Ancillary data for every hop limit, built once (the outer hop limit copies the inner one).
+# Ancillary data for every hop limit and traffic class, built once (the outer hop limit copies
+# the inner one, the outer traffic class the inner DSCP: see packet.outer_traffic_class).
 HOPLIMIT_CMSG = tuple(
     (socket.IPPROTO_IPV6, IPV6_HOPLIMIT, _INT.pack(h)) for h in range(256)
+)
+TCLASS_CMSG = tuple(
+    (socket.IPPROTO_IPV6, IPV6_TCLASS, _INT.pack(t)) for t in range(256)
 )
 
 

@@ -20,6 +20,7 @@ import signal
 import struct
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,6 +243,25 @@ def test_ping_both_ways_across_rotations_and_capture(switched: tuple[Lab, LabInf
     report = datapath_report(info)  # what a failed assertion above would have shown
     assert s1.name in report and "gateway-b icmp" in report, report
     assert len(summary["epochs"]) >= 6, "outer addresses changed at every rotation"
+
+
+def test_tunnel_packets_carry_the_inner_dscp_and_never_ecn(
+    switched: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    """Host A pings with traffic class 0xb9 (DSCP 46, ECN ECT(1)): the tunnel packets that carry
+    its echo requests have traffic class 0xb8, the DSCP with the ECN field cleared (RFC 6040 4.1)."""
+    lab, info = switched
+    s = info.streams[0]
+    with capture(lab, info.capture_ns, info.capture_if, tmp_path / "tc.pcap") as pcap:
+        assert_no_loss(ping(lab, s.host_a_ns, s.host_b_address, "-c", "5", "-i", "0.2",
+                            "-Q", "0xb9", "-s", "300"), info)
+    classes: Counter[int] = Counter()
+    for _, frame in frames(pcap):
+        ip = frame[14:]
+        if frame[12:14] == b"\x86\xdd" and len(ip) >= 40 and ip[6] in (17, 60):
+            classes[((ip[0] & 0x0F) << 4) | (ip[1] >> 4)] += 1
+    assert classes[0xB8] >= 5, classes  # the five echo requests
+    assert all(tc & 0x03 == 0 for tc in classes), classes  # never ECN-capable on the outside
 
 
 def test_http_downloads_are_byte_identical_across_rotations(
