@@ -135,7 +135,9 @@ class Status(Command):
     "user_dropped"}, "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
     "next_rotation", "next_rotation_in"}]}``. ``packets_out`` counts tunnelled packets (host to
-    tunnel), ``packets_in`` extracted ones (tunnel to host).
+    tunnel), ``packets_in`` extracted ones (tunnel to host), as the hosts see them: a TCP
+    super-packet is one, whatever number of chunks carried it (``counters`` has
+    ``messages_sent``, ``chunks_sent`` and ``messages_received``, docs/PROTOCOL.md 1.6).
 
     Exit: 0 running with every worker RUNNING, 150 running but some worker is not, 3 not
     running, 1 dead with a stale pid file, 4 unknown.
