@@ -8,7 +8,8 @@
   The queue is read with mt6d_mp.io.nfqueue, which takes a host's TCP super-packets (TSO, up to
   64 KB) whole: each is sealed once and sent as a message in chunks with one UDP GSO sendmsg
   (docs/PROTOCOL.md 1.6), and the receiving worker hands it to its host whole, as GSO, through
-  a packet socket. Per 64 KB that is one of each step instead of some 45.
+  a packet socket. Per 64 KB that is one queue read, seal, send, open and delivery instead of
+  some 45 (the receiver still reads one datagram per chunk).
 * Inbound, on one UDP socket per accepted route, bound to the route's hashed address and port:
   authenticate and decrypt, drop replays, restore the true addresses and send the packet to the
   host. Receiving on sockets instead of the queue saves the netlink copy, the verdict and the
