@@ -53,10 +53,11 @@ from mt6d_mp.core.packet import (
     complete_checksum,
     open_payload,
     outer_traffic_class,
+    pseudo_header_sum,
     restore_inner,
     seal_message,
     segment_tcp,
-    tcp_pseudo_sum,
+    transport_checksum_offset,
     tunnel_overhead,
     tunnel_pieces,
     udp_header,
@@ -66,7 +67,7 @@ from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
-from mt6d_mp.io.nfqueue import NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader
+from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader
 from workers.common import Worker, main
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_TCPV6 = 4
 ETH_HLEN = 14
 ETH_P_IPV6 = b"\x86\xdd"
+CSUM_START = ETH_HLEN + 40  # where the TCP or UDP header starts in the frame
+# The virtio-net header of a single packet: TCP or UDP checksum to complete at offset 16 or 6
+# (CHECKSUM_PARTIAL, as a NIC driver hands it over), or nothing to do.
+VNET_CSUM = {8 + 16: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 16),
+             8 + 6: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 6)}
+VNET_PLAIN = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
 
 
 class RouteSocket(NamedTuple):
@@ -298,9 +305,9 @@ class StreamWorker(Worker):
                     self.host_mac = mac
                 if info & (NFQA_SKB_GSO | TRUNCATED_COPY):
                     self.outbound_large(data, info)
-                elif info & NFQA_SKB_CSUMNOTREADY:  # the host left its checksum to the NIC
-                    self.outbound(complete_checksum(data))
                 else:
+                    # A checksum the host left to its NIC (NFQA_SKB_CSUMNOTREADY) travels as it
+                    # is: the receiving gateway completes it (inbound).
                     self.outbound(data)
             else:  # the rules queue nothing else; count it rather than trust that
                 self.counters["drop_not_stream"] += 1
@@ -547,19 +554,9 @@ class StreamWorker(Worker):
             return
         link = self.link_socket(st.internal_ifindex) if self.host_mac else None
         if link is not None:
-            mv = memoryview(plain)
-            tcp_len = len(plain) - 8
             vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6,
-                                 ETH_HLEN + 40 + doff, mss, ETH_HLEN + 40, 16)
-            csum = tcp_pseudo_sum(self.remote, self.local, tcp_len).to_bytes(2, "big")
-            try:
-                link.sendmsg((vnet, self.host_mac + self.own_mac + ETH_P_IPV6, mv[:8],
-                              self.remote, self.local, mv[8:24], csum, mv[26:]))
-            except OSError as e:
-                self.counters["drop_send_link_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
-                return
-            self.counters["extracted_packets"] += 1
-            self.counters["extracted_bytes"] += len(plain) + 32
+                                 CSUM_START + doff, mss, CSUM_START, 16)
+            self.to_link(link, plain, vnet, 8 + 16)
             return
         self.counters["segmented_for_host"] += 1
         for segment in segment_tcp(restore_inner(plain, self.remote, self.local), mss):
@@ -599,14 +596,54 @@ class StreamWorker(Worker):
         return sock
 
     def inbound(self, plain: Buffer) -> None:
-        mv = memoryview(plain)
+        """A packet to the host, its true addresses restored.
+
+        Through the packet socket once the host's MAC is known: the frame goes straight to the
+        internal link, and a TCP or UDP checksum that the sending host left to its NIC (and the
+        sending gateway left as it was) is marked for the kernel to complete, as a NIC driver
+        would. Until then on the raw socket, which sends the packet as given: the checksum is
+        completed here.
+        """
+        st = self.state
+        off = transport_checksum_offset(plain)
+        link = self.link_socket(st.internal_ifindex) if self.host_mac and st is not None else None
+        if link is not None:
+            self.to_link(link, plain, VNET_CSUM[off] if off >= 0 else VNET_PLAIN, off)
+            return
         try:
-            self.host.sendmsg((mv[:8], self.remote, self.local, mv[8:]), (), 0, self.host_addr)
-        except OSError as e:
-            self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+            if off >= 0:
+                self.host.sendto(complete_checksum(restore_inner(plain, self.remote, self.local)),
+                                 self.host_addr)
+            else:
+                mv = memoryview(plain)
+                self.host.sendmsg((mv[:8], self.remote, self.local, mv[8:]), (), 0, self.host_addr)
+        except (OSError, PacketError) as e:
+            reason = e.reason if isinstance(e, PacketError) else errno.errorcode.get(e.errno or 0, "error")
+            self.counters["drop_send_" + reason.lower()] += 1
             return
         self.counters["extracted_packets"] += 1
         self.counters["extracted_bytes"] += len(plain) + 32
+
+    def to_link(self, link: socket.socket, plain: Buffer, vnet: bytes, csum_off: int) -> None:
+        """One frame to the host: virtio-net header, Ethernet header, the packet with its true
+        addresses; the checksum field at ``csum_off`` (if >= 0) holds the pseudo-header sum that
+        the kernel completes from."""
+        mv = memoryview(plain)
+        eth = self.host_mac + self.own_mac + ETH_P_IPV6
+        iov: tuple[Buffer, ...]
+        if csum_off >= 0:
+            field = pseudo_header_sum(self.remote, self.local, len(plain) - 8, plain[6]).to_bytes(2, "big")
+            iov = (vnet, eth, mv[:8], self.remote, self.local, mv[8:csum_off], field, mv[csum_off + 2:])
+        else:
+            iov = (vnet, eth, mv[:8], self.remote, self.local, mv[8:])
+        try:
+            link.sendmsg(iov)
+        except OSError as e:
+            self.counters["drop_send_link_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            return
+        self.counters["extracted_packets"] += 1
+        self.counters["extracted_bytes"] += len(plain) + 32
+        self.counters["host_link_frames"] += 1
 
     def _send_host(self, packet: bytes, what: str) -> None:
         try:

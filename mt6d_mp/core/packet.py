@@ -591,10 +591,22 @@ class Reassembly:
         return [mv[i : i + segment] for i in range(0, len(mv), segment)]
 
 
-def tcp_pseudo_sum(src16: Buffer, dst16: Buffer, tcp_len: int) -> int:
-    """The folded (not complemented) pseudo-header sum that a checksum-offload TCP field holds."""
-    total = int.from_bytes(src16, "big") + int.from_bytes(dst16, "big") + tcp_len + IPPROTO_TCP
+def pseudo_header_sum(src16: Buffer, dst16: Buffer, length: int, proto: int = IPPROTO_TCP) -> int:
+    """The folded (not complemented) RFC 8200 8.1 pseudo-header sum: what the TCP or UDP checksum
+    field holds while the checksum is left to a NIC (Linux CHECKSUM_PARTIAL)."""
+    total = int.from_bytes(src16, "big") + int.from_bytes(dst16, "big") + length + proto
     return total % 0xFFFF or 0xFFFF
+
+
+def transport_checksum_offset(plain: Buffer) -> int:
+    """Offset in a packet without its addresses (``inner[0:8] + inner[40:]``) of the TCP or UDP
+    checksum when that header follows the IPv6 header directly; -1 otherwise."""
+    nh, n = plain[IP6_OFF_NH], len(plain)
+    if nh == IPPROTO_TCP and n >= INNER_KEEP + TCP_MIN_HDR:
+        return INNER_KEEP + TCP_OFF_CSUM
+    if nh == IPPROTO_UDP and n >= INNER_KEEP + UDP_HDR_LEN:
+        return INNER_KEEP + UDP_OFF_CSUM
+    return -1
 
 
 def segment_tcp(inner: Buffer, mss: int) -> list[bytes]:

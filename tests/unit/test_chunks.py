@@ -31,9 +31,10 @@ from mt6d_mp.core.packet import (
     complete_checksum,
     encapsulate,
     open_tunnel,
+    pseudo_header_sum,
     seal_message,
     segment_tcp,
-    tcp_pseudo_sum,
+    transport_checksum_offset,
 )
 from mt6d_mp.errors import PacketError
 
@@ -209,14 +210,25 @@ def test_complete_checksum_matches_scapy(size: int) -> None:
         complete_checksum(raw(IPv6(src=HOST_A, dst=HOST_B, nh=59)))
 
 
-def test_tcp_pseudo_sum_is_what_the_kernel_leaves_for_offload() -> None:
+def test_pseudo_header_sum_is_what_the_kernel_leaves_for_offload() -> None:
     """Completing a checksum from the pseudo-header sum gives the full checksum (RFC 1624)."""
     tcp = super_packet(500)
     tcp_len = len(tcp) - 40
-    field = tcp_pseudo_sum(tcp[8:24], tcp[24:40], tcp_len)
+    field = pseudo_header_sum(tcp[8:24], tcp[24:40], tcp_len)
     body = bytearray(tcp[40:])
     body[16:18] = field.to_bytes(2, "big")
     words = sum(int.from_bytes(body[i : i + 2].ljust(2, b"\0"), "big") for i in range(0, len(body), 2))
     while words > 0xFFFF:
         words = (words & 0xFFFF) + (words >> 16)
     assert (~words & 0xFFFF) == IPv6(tcp)[TCP].chksum
+
+
+def test_transport_checksum_offset() -> None:
+    tcp = super_packet(10)
+    udp = raw(IPv6(src=HOST_A, dst=HOST_B) / UDP(sport=1, dport=2) / Raw(b"x"))
+    icmp = raw(IPv6(src=HOST_A, dst=HOST_B, nh=58) / Raw(bytes(8)))
+    strip = lambda p: p[:8] + p[40:]  # noqa: E731
+    assert transport_checksum_offset(strip(tcp)) == 8 + 16
+    assert transport_checksum_offset(strip(udp)) == 8 + 6
+    assert transport_checksum_offset(strip(icmp)) == -1
+    assert transport_checksum_offset(strip(tcp)[:20]) == -1  # too short for a TCP header
