@@ -185,12 +185,19 @@ class Worker:
         try:
             self.on_packet(pkt)
         except Exception:  # never let one packet kill the worker; count it and drop it
-            self.counters["drop_internal_error"] += 1
-            if self.counters["drop_internal_error"] == 1:
-                log.exception("event=internal_error worker=%s (logged once; counted after)",
-                              self.name)
+            self.internal_error()
             with contextlib.suppress(Exception):  # the verdict may have been given already
                 pkt.drop()
+
+    def internal_error(self) -> None:
+        """Count a bug met while handling one packet; log the first with its traceback.
+
+        Call it from an ``except`` block. Every packet after the first is only counted, so a bug
+        that every packet meets cannot flood the log.
+        """
+        self.counters["drop_internal_error"] += 1
+        if self.counters["drop_internal_error"] == 1:
+            log.exception("event=internal_error worker=%s (logged once; counted after)", self.name)
 
     def sync(self) -> None:
         """Subscribe, ask for a snapshot and wait until it arrives (the Clone pattern)."""

@@ -314,10 +314,7 @@ class StreamWorker(Worker):
         except PacketError as e:
             self.counters["drop_" + e.reason] += 1
         except Exception:  # never let one packet kill the worker; count it, the drop follows
-            self.counters["drop_internal_error"] += 1
-            if self.counters["drop_internal_error"] == 1:
-                log.exception("event=internal_error worker=%s (logged once; counted after)",
-                              self.name)
+            self.internal_error()
         finally:
             self.drops.add(pkt_id)  # the original never leaves: dropped in the next batch
 
@@ -516,6 +513,8 @@ class StreamWorker(Worker):
                     self.inbound(open_payload(self.opener, rs.aad, dstopts, view[:n]))
             except PacketError as e:
                 self.counters["drop_" + e.reason] += 1
+            except Exception:  # never let one datagram kill the worker; count it and go on
+                self.internal_error()
         return True
 
     def receive_chunk(self, rs: RouteSocket, dstopts: bytes, data: bytes) -> None:
