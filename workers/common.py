@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from typing import Any
 from netfilterqueue import NetfilterQueue, Packet
 
 from mt6d_mp.io.bus import BusClient
+from mt6d_mp.io.sockets import errno_name
 from mt6d_mp.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class DropBatch:
         try:
             os.write(self.fd, verdict_batch_message(self.queue, NF_DROP, self.top))
         except OSError as e:
-            self.counters["verdict_batch_failed_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            self.counters["verdict_batch_failed_" + errno_name(e.errno)] += 1
             return
         self.waiting = 0
         self.counters["verdict_batches"] += 1

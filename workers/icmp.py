@@ -23,7 +23,6 @@ looked up by itself): ``python -m workers.icmp --runtime-dir DIR --name icmp --q
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import socket
 import sys
@@ -150,7 +149,7 @@ class IcmpWorker(Worker):
         try:
             self.host.sendto(packet, sockets.sockaddr(dst16, scope))
         except OSError as e:
-            self.counters[f"drop_send_{what}_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            self.counters[f"drop_send_{what}_" + sockets.errno_name(e.errno)] += 1
             return
         self.counters[what] += 1
 

@@ -43,6 +43,7 @@ from mt6d_mp.core.addressing import flow_label
 from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import (
+    CHUNK_HEADERS_LEN,
     IPPROTO_TCP,
     IPV6_MIN_MTU,
     Buffer,
@@ -87,7 +88,6 @@ SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: send one buffer as datagrams of this size (UDP GSO)
 IPV6_DONTFRAG = 62
 IPV6_MTU = 24  # getsockopt on a connected socket: the path MTU the kernel knows
-CHUNK_HEADERS_LEN = 40 + 16 + 8  # outer IPv6, destination options, UDP
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 SIOCGIFHWADDR = 0x8927
@@ -346,7 +346,7 @@ class StreamWorker(Worker):
         try:
             self.tx.sendmsg((udp, payload), cmsg, 0, self.tx_addr)
         except OSError as e:
-            self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+            self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
             if e.errno == errno.EMSGSIZE:
                 self.too_big_for_path(data, route)
             return
@@ -361,16 +361,21 @@ class StreamWorker(Worker):
         """
         st = self.state
         rs = self.sockets.get((route.local, route.local_port))
-        if st is None or rs is None:
-            return
-        try:
-            path_mtu = rs.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
-        except OSError:
+        path_mtu = self.path_mtu(rs) if rs is not None else 0
+        if st is None or not path_mtu:
             return
         inner_mtu = max(path_mtu - tunnel_overhead(crypto.CRYPT_TYPES[st.crypt]), IPV6_MIN_MTU)
         if len(data) > inner_mtu:
             self._send_host(packet_too_big(bytes(data), inner_mtu, self.remote), "ptb")
             self.counters["ptb_sent_path_mtu"] += 1
+
+    @staticmethod
+    def path_mtu(rs: RouteSocket) -> int:
+        """The path MTU the kernel knows toward the route's peer, or 0 if it cannot say."""
+        try:
+            return int(rs.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+        except OSError:
+            return 0
 
     def outbound_large(self, data: memoryview, info: int) -> None:
         """A GSO packet: sealed once and sent as chunks in one UDP GSO sendmsg (PROTOCOL.md 1.6).
@@ -407,7 +412,7 @@ class StreamWorker(Worker):
                     self.tx.sendmsg((udp_header(route.local_port, route.remote_port, size),
                                      iov[i], iov[i + 1]), cmsg, 0, self.tx_addr)
             except OSError as e:
-                self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+                self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
                 return
         else:
             iov = self.send_chunks(rs, key, message, dstopts, st.hop_limit or data[7],
@@ -438,7 +443,7 @@ class StreamWorker(Worker):
             rs.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
             rs.sock.setsockopt(socket.IPPROTO_IPV6, sockets.IPV6_TCLASS, tclass)
         except OSError as e:
-            self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+            self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
             return []
         for attempt in (1, 2, 3):
             segment = self.chunk_segments.get(key, chunk_segment_size(st.tunnel_mtu))
@@ -448,12 +453,9 @@ class StreamWorker(Worker):
                 return iov
             except OSError as e:
                 if attempt == 3 or e.errno not in (errno.EMSGSIZE, errno.EINVAL):
-                    self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+                    self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
                     return []
-                try:
-                    path_mtu = rs.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
-                except OSError:
-                    path_mtu = 0
+                path_mtu = self.path_mtu(rs)
                 narrower = path_mtu - CHUNK_HEADERS_LEN
                 if 0 < narrower < segment:
                     self.chunk_segments[key] = narrower
@@ -464,7 +466,7 @@ class StreamWorker(Worker):
                     # The size fits: this was a Packet Too Big that the connected socket reports
                     # once as an error (sk_err), about chunks already sent. Send again.
                     self.counters["route_socket_error_"
-                                  + errno.errorcode.get(e.errno or 0, "error").lower()] += 1
+                                  + sockets.errno_name(e.errno)] += 1
         return []  # pragma: no cover - the loop returns
 
     def receive_all(self) -> None:
@@ -496,7 +498,7 @@ class StreamWorker(Worker):
                     # (sk_err); nothing was lost, the datagrams still wait.
                     self.counters["route_socket_error_emsgsize"] += 1
                     continue
-                self.counters["drop_recv_" + errno.errorcode.get(e.errno or 0, "error").lower()] += 1
+                self.counters["drop_recv_" + sockets.errno_name(e.errno)] += 1
                 return False
             try:
                 if source[0] != rs.remote or source[1] != rs.remote_port:
@@ -562,7 +564,7 @@ class StreamWorker(Worker):
             try:
                 self.host.sendto(segment, self.host_addr)
             except OSError as e:
-                self.counters["drop_send_" + (errno.errorcode.get(e.errno or 0, "error").lower())] += 1
+                self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
                 return
         self.counters["extracted_packets"] += 1
         self.counters["extracted_bytes"] += len(plain) + 32
@@ -617,8 +619,8 @@ class StreamWorker(Worker):
                 mv = memoryview(plain)
                 self.host.sendmsg((mv[:8], self.remote, self.local, mv[8:]), (), 0, self.host_addr)
         except (OSError, PacketError) as e:
-            reason = e.reason if isinstance(e, PacketError) else errno.errorcode.get(e.errno or 0, "error")
-            self.counters["drop_send_" + reason.lower()] += 1
+            reason = e.reason if isinstance(e, PacketError) else sockets.errno_name(e.errno)
+            self.counters["drop_send_" + reason] += 1
             return
         self.counters["extracted_packets"] += 1
         self.counters["extracted_bytes"] += len(plain) + 32
@@ -638,7 +640,7 @@ class StreamWorker(Worker):
         try:
             link.sendmsg(iov)
         except OSError as e:
-            self.counters["drop_send_link_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            self.counters["drop_send_link_" + sockets.errno_name(e.errno)] += 1
             return
         self.counters["extracted_packets"] += 1
         self.counters["extracted_bytes"] += len(plain) + 32
@@ -648,7 +650,7 @@ class StreamWorker(Worker):
         try:
             self.host.sendto(packet, self.host_addr)
         except OSError as e:
-            self.counters[f"drop_send_{what}_" + errno.errorcode.get(e.errno or 0, "err").lower()] += 1
+            self.counters[f"drop_send_{what}_" + sockets.errno_name(e.errno)] += 1
 
 
 if __name__ == "__main__":

@@ -491,6 +491,7 @@ def restore_inner(plain: Buffer, true_src16: bytes, true_dst16: bytes) -> bytes:
 # same destination options (the counter is the message's), so one sendmsg with UDP_SEGMENT sends them
 # all, and the receiver joins them back and opens the message once.
 CHUNK_HDR_LEN: Final = 2
+CHUNK_HEADERS_LEN: Final = IPV6_HDR_LEN + DSTOPTS_LEN + UDP_HDR_LEN  # before a chunk's payload
 MAX_CHUNKS: Final = 64
 # CHUNK_HEADERS[count][index]: every chunk header, built once.
 CHUNK_HEADERS: Final = tuple(tuple(bytes((i, n)) for i in range(n)) for n in range(MAX_CHUNKS + 1))
@@ -507,10 +508,11 @@ TCP_MIN_HDR: Final = 20
 def chunk_segment_size(tunnel_mtu_: int) -> int:
     """UDP payload of each chunk datagram: the datagram fills the link MTU exactly.
 
-    The link MTU is ``tunnel_mtu + 48`` and a chunk datagram has 40 + 16 + 8 bytes of headers, so
-    the segment is ``tunnel_mtu - 16`` bytes: 2 of chunk header and ``tunnel_mtu - 18`` of message.
+    The link MTU is ``tunnel_mtu + 48`` (TUNNEL_OVERHEAD_AEAD) and a chunk datagram has
+    CHUNK_HEADERS_LEN (40 + 16 + 8) bytes of headers: ``tunnel_mtu - 16`` bytes, 2 of chunk
+    header and ``tunnel_mtu - 18`` of message.
     """
-    return tunnel_mtu_ - TAG_LEN
+    return tunnel_mtu_ + TUNNEL_OVERHEAD_AEAD - CHUNK_HEADERS_LEN
 
 
 def seal_message(
@@ -585,10 +587,6 @@ class Reassembly:
         del self.partial[dstopts]
         return b"".join(parts)  # type: ignore[arg-type]  # no None left
 
-    def split(self, data: Buffer, segment: int) -> list[memoryview]:
-        """The datagrams of a UDP GRO read: ``segment`` bytes each, the last one possibly shorter."""
-        mv = memoryview(data)
-        return [mv[i : i + segment] for i in range(0, len(mv), segment)]
 
 
 def pseudo_header_sum(src16: Buffer, dst16: Buffer, length: int, proto: int = IPPROTO_TCP) -> int:

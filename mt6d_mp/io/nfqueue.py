@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from mt6d_mp.io.sockets import errno_name
+
 NFNL_SUBSYS_QUEUE: Final = 3
 NFQNL_MSG_PACKET: Final = 0
 NFQNL_MSG_CONFIG: Final = 2
@@ -110,7 +112,7 @@ class QueueReader:
             except OSError as e:
                 # ENOBUFS: the socket buffer overflowed and the kernel dropped messages; the
                 # packets stay queued and a later batch verdict drops them.
-                self.counters["queue_recv_" + errno.errorcode.get(e.errno or 0, "error").lower()] += 1
+                self.counters["queue_recv_" + errno_name(e.errno)] += 1
                 if e.errno == errno.ENOBUFS:
                     continue
                 break
@@ -153,7 +155,7 @@ class QueueReader:
                 elif kind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", buf, off + 16)[0]
                     if code:
-                        self.counters["queue_netlink_" + errno.errorcode.get(code, "error").lower()] += 1
+                        self.counters["queue_netlink_" + errno_name(code)] += 1
                 off += (length + 3) & ~3
         return done
 

@@ -17,6 +17,7 @@ Packets sent on raw sockets traverse OUTPUT, not FORWARD; MT6D's rules live in I
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import struct
 
@@ -42,6 +43,11 @@ HOPLIMIT_CMSG = tuple(
 TCLASS_CMSG = tuple(
     (socket.IPPROTO_IPV6, IPV6_TCLASS, _INT.pack(t)) for t in range(256)
 )
+
+
+def errno_name(number: int | None) -> str:
+    """``errno`` as the lower-case name drop counters use (``emsgsize``), ``error`` if unknown."""
+    return errno.errorcode.get(number or 0, "error").lower()
 
 
 def pktinfo_cmsg(source16: bytes, ifindex: int) -> tuple[int, int, bytes]:
