@@ -653,5 +653,10 @@ class StreamWorker(Worker):
             self.counters[f"drop_send_{what}_" + sockets.errno_name(e.errno)] += 1
 
 
+def run(argv: list[str] | None = None) -> int:
+    """The worker's entry point: ``python -m workers.stream``, or forked by the supervisor's spawner."""
+    return main(StreamWorker, __doc__ or "stream worker", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(StreamWorker, __doc__ or "stream worker"))
+    sys.exit(run())
