@@ -342,8 +342,9 @@ class Supervisor:
 
     def plan_stream_worker(self, s: cfgmod.StreamConfig) -> None:
         if self.config.packets:
+            warm = ["--keep-warm-ms", str(self.config.keep_warm_ms)] if self.config.keep_warm_ms else []
             self.workers[s.name] = self.new_worker(
-                s.name, s.queue, self.worker_argv(s.name, s.queue, "workers.stream"))
+                s.name, s.queue, self.worker_argv(s.name, s.queue, "workers.stream", *warm))
 
     def plan_workers(self) -> None:
         c = self.config

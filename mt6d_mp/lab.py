@@ -413,6 +413,7 @@ class Lab:
         mt6d: bool = True,
         router_mtu: int = 1500,
         encrypt: bool = True,
+        settings: Sequence[str] = (),
         ready_timeout: float = 20.0,
         start_supervisors: bool = True,
         host_accept_ra: bool = False,
@@ -433,6 +434,7 @@ class Lab:
         self.mt6d = mt6d
         self.router_mtu = router_mtu
         self.encrypt = encrypt
+        self.settings = list(settings)  # supervisor --set SECTION.KEY=VALUE, both gateways
         self.ready_timeout = ready_timeout
         self.start_supervisors = start_supervisors
         self.host_accept_ra = host_accept_ra
@@ -935,7 +937,8 @@ class Lab:
             (Path(gw.runtime_dir) / "ready").unlink(missing_ok=True)
             pid = self.spawn(
                 gw.name,
-                [sys.executable, str(SUPERVISOR), "--config", gw.config],
+                [sys.executable, str(SUPERVISOR), "--config", gw.config,
+                 *(a for s in self.settings for a in ("--set", s))],
                 name=f"supervisor-{gw.role.rsplit('-', 1)[1]}",
                 log_path=Path(gw.supervisor_out),
             )
@@ -1207,6 +1210,7 @@ def up(
     rotation_time: float = 2.0,
     mt6d: bool = True,
     router_mtu: int = 1500,
+    settings: Sequence[str] = (),
     ready_timeout: float = 20.0,
     start_supervisors: bool = True,
     root: Path = LAB_ROOT,
@@ -1219,6 +1223,7 @@ def up(
         rotation_time=rotation_time,
         mt6d=mt6d,
         router_mtu=router_mtu,
+        settings=settings,
         ready_timeout=ready_timeout,
         start_supervisors=start_supervisors,
         root=root,
@@ -1508,6 +1513,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mt6d", action="store_true", help="plain forwarding baseline, no MT6D")
     p.add_argument("--router-mtu", type=int, default=1500, help="routed: MTU router<->gb")
     p.add_argument("--ready-timeout", type=float, default=20.0, help="supervisor start (s)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="configuration override for both supervisors (repeatable)")
 
     p = sub.add_parser("down", parents=[common], help="remove a lab")
     p.add_argument("--prefix", required=True)
@@ -1551,6 +1558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rotation_time=args.rotation_time,
                 mt6d=not args.no_mt6d,
                 router_mtu=args.router_mtu,
+                settings=args.set,
                 ready_timeout=args.ready_timeout,
             )
             if args.json:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 STATS_INTERVAL = 1.0
+KEEP_WARM_FOR = 2.0  # seconds after the last packet that --keep-warm-ms stays on
 SNAPSHOT_TIMEOUT = 10.0
 SNAPSHOT_RETRY = 0.5
 # Packets the kernel may hold for one queue before it drops (the default is 1024).
@@ -126,6 +127,8 @@ def parse_args(
     p.add_argument("--log-file", default="")
     p.add_argument("--supervisor-pid", type=int, default=None,
                    help="exit at once unless this process is our parent")
+    p.add_argument("--keep-warm-ms", type=int, default=0,
+                   help="while active, call keep_warm() every N ms when idle (0: never)")
     return p.parse_args(argv)
 
 
@@ -149,6 +152,7 @@ class Worker:
         self.nfq = NetfilterQueue()
         self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
+        self.keep_warm_ms: int = args.keep_warm_ms
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler`` from the loop whenever ``fd`` is readable."""
@@ -177,6 +181,9 @@ class Worker:
 
     def on_bound(self) -> None:
         """Called once the queue is bound (``self.drops.fd`` is its netlink socket)."""
+
+    def keep_warm(self) -> None:
+        """Run the packet path on a dummy packet, without I/O (``--keep-warm-ms``)."""
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -231,11 +238,26 @@ class Worker:
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
                  self.queue_num)
         next_stats = time.monotonic()
+        # Keep-warm: after 0.1 s idle the per-packet Python path runs 10x slower (its code and
+        # data fell out of the CPU caches: results/wake/cold.py). While a packet arrived in the
+        # last KEEP_WARM_FOR seconds, an idle loop wakes every keep_warm_ms and runs the path on
+        # a dummy packet; an idle worker sleeps as before.
+        warm_until = 0.0
         try:
             while self.running:
-                ready, updates_ready, control_ready = self.poller.poll(200)
+                warm = self.keep_warm_ms > 0 and time.monotonic() < warm_until
+                ready, updates_ready, control_ready = self.poller.poll(
+                    self.keep_warm_ms if warm else 200)
                 for fd in ready:
                     self.handlers[fd]()
+                if ready:
+                    warm_until = time.monotonic() + KEEP_WARM_FOR
+                elif warm and not (updates_ready or control_ready):
+                    try:
+                        self.keep_warm()
+                    except Exception:
+                        self.internal_error()
+                    self.counters["keep_warm_runs"] += 1
                 changed = False
                 if updates_ready:
                     changed |= self.bus.poll_updates()

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import os
 import socket
 import struct
 import sys
@@ -104,6 +105,12 @@ CSUM_START = ETH_HLEN + 40  # where the TCP or UDP header starts in the frame
 VNET_CSUM = {8 + 16: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 16),
              8 + 6: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 6)}
 VNET_PLAIN = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
+# keep_warm's dummy: a 64-byte echo request between two made-up addresses, and the associated
+# data its receiver would have (sender's outer source, destination and ports 1 -> 2).
+WARM_LOCAL, WARM_REMOTE = bytes(15) + b"\x01", bytes(15) + b"\x02"
+WARM_PACKET = (bytes.fromhex("60000000") + struct.pack("!HBB", 64, 58, 64) + WARM_LOCAL
+               + WARM_REMOTE + b"\x80\x00" + bytes(62))
+WARM_AAD = WARM_LOCAL + WARM_REMOTE + b"\x00\x01\x00\x02"
 
 
 class RouteSocket(NamedTuple):
@@ -161,6 +168,7 @@ class StreamWorker(Worker):
         self.link_ifindex = 0
         # UDP payload per chunk, per route socket, once the kernel reported a narrower path.
         self.chunk_segments: dict[tuple[bytes, int], int] = {}
+        self.warm: tuple[str, crypto.Sealer, crypto.Opener] | None = None  # keep_warm's pair
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -279,6 +287,24 @@ class StreamWorker(Worker):
                     sockets.release_flow_label(self.tx, self.leased_label)
             self.leased_label = label
         return label
+
+    def keep_warm(self) -> None:
+        """Seal and open a dummy packet as ``outbound`` and ``receive`` would, minus the I/O.
+
+        The sealer and opener are the worker's own pair under a random key, never the stream's:
+        the stream's nonce counter and replay window are untouched, nothing is sent.
+        """
+        st = self.state
+        if st is None:
+            return
+        if self.warm is None or self.warm[0] != st.crypt:
+            ctype, key = crypto.CRYPT_TYPES[st.crypt], os.urandom(32)
+            self.warm = (st.crypt, crypto.Sealer(ctype, key), crypto.Opener(ctype, key))
+        _, sealer, opener = self.warm
+        dstopts, _udp, payload = tunnel_pieces(WARM_PACKET, WARM_LOCAL, WARM_REMOTE, 1, 2, sealer)
+        plain = open_payload(opener, WARM_AAD, dstopts, payload)
+        outer_traffic_class(plain)
+        transport_checksum_offset(plain)
 
     def on_bound(self) -> None:
         """Read the queue ourselves, with GSO packets queued whole (mt6d_mp.io.nfqueue)."""

@@ -112,6 +112,7 @@ class Config:
     runtime_dir: Path
     link_mtu: int
     streams: tuple[StreamConfig, ...]
+    keep_warm_ms: int = 0
     metrics_listen: str = ""
 
     @property
@@ -150,6 +151,10 @@ def _handlers(v: Any) -> str | None:
     if all(isinstance(h, str) and h in LOG_HANDLERS for h in v):
         return None
     return "a list of " + ", ".join(repr(h) for h in LOG_HANDLERS)
+
+
+def _keep_warm(v: Any) -> str | None:
+    return None if 0 <= v <= 100 else "0 (off) or 1..100 milliseconds"
 
 
 def _mtu(v: Any) -> str | None:
@@ -244,6 +249,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "tunnel": {
         "link_mtu": Key(
             int, 0, "MTU of the external path; 0 = the external interface's MTU", _mtu
+        ),
+        "keep_warm_ms": Key(
+            int, 0, "while a stream is active, run its packet path on a dummy packet every "
+            "N ms so that a lone packet finds it in the CPU caches; 0 = off", _keep_warm
         ),
     },
 }
@@ -580,6 +589,7 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         log_level=get("log.level"),
         runtime_dir=Path(get("runtime.dir")),
         link_mtu=get("tunnel.link_mtu"),
+        keep_warm_ms=get("tunnel.keep_warm_ms"),
         streams=streams,
         metrics_listen=get("metrics.listen"),
     )

@@ -675,3 +675,32 @@ def test_without_encryption_bulk_tcp_is_cut_into_segments_and_arrives_whole(tmp_
     finally:
         with contextlib.suppress(StopIteration):
             next(lab_iter)
+
+
+def test_keep_warm_runs_only_while_the_stream_carries_traffic() -> None:
+    """``tunnel.keep_warm_ms``: an active worker runs its path on a dummy packet every N ms when
+    idle, never sends it, and stops KEEP_WARM_FOR (2 s) after the last packet."""
+    lab_iter = _lab("switched", settings=["tunnel.keep_warm_ms=2"])
+    lab, info = next(lab_iter)
+    try:
+        s = info.streams[0]
+        name = f"{s.host_a_name}-{s.host_b_name}"
+        time.sleep(1.5)
+        idle = worker(info, name)["counters"].get("keep_warm_runs", 0)
+        assert idle == 0, "no traffic yet: nothing to keep warm"
+        r = lab.exec(s.host_a_ns, ["ping", "-6", "-n", "-c", "10", "-i", "0.2", s.host_b_address],
+                     check=False, timeout=60)
+        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+        time.sleep(3.5)  # 2 s of keep-warm after the last reply, then counters reported
+        c1 = worker(info, name)["counters"]
+        assert c1.get("keep_warm_runs", 0) > 100, c1
+        assert not [k for k in c1 if k.startswith("drop_")], c1
+        time.sleep(2.5)
+        c2 = worker(info, name)["counters"]
+        assert c2.get("keep_warm_runs") == c1.get("keep_warm_runs"), "idle: it must stop"
+        assert c2["tunnelled_packets"] == c1["tunnelled_packets"] == 10  # the dummy never left
+        icmp = worker(info, "icmp")["counters"]
+        assert icmp.get("keep_warm_runs", 0) == 0  # only stream workers get the option
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(lab_iter)

@@ -102,6 +102,16 @@ def test_bad_value_type(gw: Path) -> None:
     assert f"{gw}: crypto.encrypt = 'yes': expected true or false" in problems(gw)
 
 
+def test_keep_warm_milliseconds(gw: Path) -> None:
+    assert cfg.load(gw).keep_warm_ms == 0  # off unless asked for
+    assert cfg.load(gw, {"tunnel.keep_warm_ms": 2}).keep_warm_ms == 2
+    # poll() takes whole milliseconds: 0.5 would make the worker spin.
+    assert "expected an integer" in problems(gw, overrides={"tunnel.keep_warm_ms": 0.5})
+    for bad in (101, -1):
+        msg = problems(gw, overrides={"tunnel.keep_warm_ms": bad})
+        assert "expected 0 (off) or 1..100 milliseconds" in msg
+
+
 def test_bad_choice(gw: Path) -> None:
     gw.write_text(gw.read_text().replace('"aes-256-gcm"', '"aes-128-cbc"'))
     assert "crypto.crypt_type = 'aes-128-cbc': expected one of 'aes-256-gcm'" in problems(gw)
