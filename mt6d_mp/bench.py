@@ -69,6 +69,7 @@ from types import FrameType
 from typing import Any
 
 from mt6d_mp import lab as labmod
+from mt6d_mp.core import config as cfgmod
 from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_NOT_INSTALLED, EXIT_PRIVILEGE, Mt6dError
 from mt6d_mp.lab import Lab, LabInfo
 from mt6d_mp.procmem import group_private_kb
@@ -1188,7 +1189,9 @@ def markdown(results: dict[str, Any], charts_written: Sequence[str] = ()) -> str
         "",
         f"Routed namespace lab (site A - gateway A - router - gateway B - site B, MTU 1500); every path in a "
         f"fresh lab; the test traffic runs from host A to host B. MT6D: encryption on (AES-256-GCM), "
-        f"rotation every {plan['rotation_time']:g} s. Figures are medians with min-max over the repeats in "
+        f"rotation every {plan['rotation_time']:g} s, every other setting at its default (keep-warm every "
+        f"{cfgmod.SCHEMA['tunnel']['keep_warm_ms'].default} ms). Figures are medians with min-max over "
+        f"the repeats in "
         f"brackets; ping rows give the ping summary (avg, with min-max over the packets).",
         "",
         "| test | " + " | ".join(paths) + " |",

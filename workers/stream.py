@@ -37,7 +37,8 @@ import socket
 import struct
 import sys
 import time
-from typing import NamedTuple
+from collections import Counter
+from typing import Any, NamedTuple
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
@@ -69,8 +70,8 @@ from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
-from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader
-from workers.common import Worker, main
+from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader, packet_message
+from workers.common import DropBatch, Worker, main
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,69 @@ CSUM_START = ETH_HLEN + 40  # where the TCP or UDP header starts in the frame
 VNET_CSUM = {8 + 16: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 16),
              8 + 6: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 6)}
 VNET_PLAIN = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
-# keep_warm's dummy: a 64-byte echo request between two made-up addresses, and the associated
-# data its receiver would have (sender's outer source, destination and ports 1 -> 2).
-WARM_LOCAL, WARM_REMOTE = bytes(15) + b"\x01", bytes(15) + b"\x02"
-WARM_PACKET = (bytes.fromhex("60000000") + struct.pack("!HBB", 64, 58, 64) + WARM_LOCAL
-               + WARM_REMOTE + b"\x80\x00" + bytes(62))
-WARM_AAD = WARM_LOCAL + WARM_REMOTE + b"\x00\x01\x00\x02"
+
+
+class WarmSocket:
+    """keep_warm's stand-in for every socket: hands out one loaded datagram, sends nothing.
+
+    It keeps the tunnel packet ``outbound`` gave it (payload and options) so that the same
+    packet can come back through ``receive``.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.ancillary: list[tuple[int, int, bytes]] = []
+        self.source: tuple[str, int, int, int] | None = None
+        self.loaded = False
+        self.sent: tuple[bytes, bytes] | None = None
+
+    def load(self, data: bytes, dstopts: bytes = b"",
+             source: tuple[str, int] | None = None) -> None:
+        self.data, self.loaded, self.sent = data, True, None
+        self.ancillary = [sockets.dstopts_cmsg(dstopts)] if dstopts else []
+        self.source = (*source, 0, 0) if source else None
+
+    def _take(self, buf: Any) -> int:
+        if not self.loaded:
+            raise BlockingIOError
+        self.loaded = False
+        buf[: len(self.data)] = self.data
+        return len(self.data)
+
+    def recv_into(self, buf: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return self._take(buf)
+
+    def recvmsg_into(self, buffers: Any, ancbufsize: int = 0,
+                     flags: int = 0) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
+        return self._take(buffers[0]), self.ancillary, 0, self.source
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        parts = list(buffers)
+        if len(parts) == 2 and ancdata:  # outbound's (UDP header, payload) with its options
+            dstopts = next((v for lvl, kind, v in ancdata if kind == DSTOPTS), b"")
+            self.sent = (bytes(parts[1]), bytes(dstopts))
+        return sum(len(p) for p in parts)
+
+    def sendto(self, data: Any, address: Any = None) -> int:
+        return len(data)
+
+
+class KeepWarm:
+    """What keep_warm runs with: its own keys, counters, drop batch, queue reader and socket."""
+
+    def __init__(self, crypt: str, true_pair: bytes, queue: int) -> None:
+        ctype, key = crypto.CRYPT_TYPES[crypt], os.urandom(32)
+        self.crypt, self.true_pair = crypt, true_pair
+        self.sealer, self.opener = crypto.Sealer(ctype, key), crypto.Opener(ctype, key)
+        self.counters: Counter[str] = Counter()
+        self.sock = WarmSocket()
+        self.reader = QueueReader(-1, queue, self.counters, sock=self.sock)
+        self.drops = DropBatch(-1, queue, self.counters)
+        self.chunks = Reassembly()
+        # A 64-byte echo request from the local host to the remote one, as the queue hands it.
+        packet = (bytes.fromhex("60000000") + struct.pack("!HBB", 64, 58, 64) + true_pair
+                  + b"\x80\x00" + bytes(62))
+        self.message = packet_message(queue, 1, packet)
 
 
 class RouteSocket(NamedTuple):
@@ -168,7 +226,7 @@ class StreamWorker(Worker):
         self.link_ifindex = 0
         # UDP payload per chunk, per route socket, once the kernel reported a narrower path.
         self.chunk_segments: dict[tuple[bytes, int], int] = {}
-        self.warm: tuple[str, crypto.Sealer, crypto.Opener] | None = None  # keep_warm's pair
+        self.warm: KeepWarm | None = None  # keep_warm's stand-ins, made on first use
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -289,22 +347,50 @@ class StreamWorker(Worker):
         return label
 
     def keep_warm(self) -> None:
-        """Seal and open a dummy packet as ``outbound`` and ``receive`` would, minus the I/O.
+        """Run one packet each way through the real per-packet code, with nothing sent.
 
-        The sealer and opener are the worker's own pair under a random key, never the stream's:
-        the stream's nonce counter and replay window are untouched, nothing is sent.
+        A dummy packet from the local host goes through the queue parser, ``on_message`` and
+        ``outbound``; what ``outbound`` would have sent comes back through ``receive``, the
+        opening and ``inbound`` (rebuilt as the remote host's packet to ours). For the run the
+        worker's sockets are stand-ins that send nothing, and its sealer, opener, counters and
+        drop batch are keep-warm's own (a random key: the stream's nonce counter, replay window,
+        journal and counters are untouched). Everything is put back afterwards, also on error.
+        A dummy that does not make the round trip turns keep-warm off (``keep_warm_failed``).
         """
-        st = self.state
-        if st is None:
+        st, route = self.state, self.active
+        if st is None or route is None or self.reader is None:
             return
-        if self.warm is None or self.warm[0] != st.crypt:
-            ctype, key = crypto.CRYPT_TYPES[st.crypt], os.urandom(32)
-            self.warm = (st.crypt, crypto.Sealer(ctype, key), crypto.Opener(ctype, key))
-        _, sealer, opener = self.warm
-        dstopts, _udp, payload = tunnel_pieces(WARM_PACKET, WARM_LOCAL, WARM_REMOTE, 1, 2, sealer)
-        plain = open_payload(opener, WARM_AAD, dstopts, payload)
-        outer_traffic_class(plain)
-        transport_checksum_offset(plain)
+        w = self.warm
+        if w is None or w.crypt != st.crypt or w.true_pair != self.true_pair:
+            w = self.warm = KeepWarm(st.crypt, self.true_pair, self.queue_num)
+        delivered = w.counters["extracted_packets"]
+        saved = (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
+                 self.counters, self.drops, self.reader)
+        self.tx = self.host = self.link = w.sock  # type: ignore[assignment]
+        self.link_ifindex = st.internal_ifindex
+        self.sealer, self.opener, self.counters, self.drops, self.reader = (
+            w.sealer, w.opener, w.counters, w.drops, w.reader)
+        try:
+            w.sock.load(w.message)
+            self.reader.read(self.on_message)  # -> outbound -> w.sock.sendmsg, kept
+            w.drops.waiting = 0
+            route = self.active  # the route outbound used (it may have just rotated)
+            if w.sock.sent is not None and route is not None:
+                payload, dstopts = w.sock.sent
+                w.sock.load(payload, dstopts, (sockets.sockaddr(route.local)[0], route.local_port))
+                aad = (route.local + route.remote + route.local_port.to_bytes(2, "big")
+                       + route.remote_port.to_bytes(2, "big"))
+                self.receive(RouteSocket(w.sock, sockets.sockaddr(route.local)[0],  # type: ignore[arg-type]
+                                         route.local_port, aad, w.chunks))
+        finally:
+            (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
+             self.counters, self.drops, self.reader) = saved
+        if w.counters["extracted_packets"] == delivered or any(k.startswith("drop_") for k in w.counters):
+            # The dummy did not make the round trip: a bug, not traffic. Stop trying.
+            self.counters["keep_warm_failed"] += 1
+            self.keep_warm_ms = 0
+            log.warning("event=keep_warm_failed worker=%s counters=%s note=keep-warm off",
+                        self.name, dict(w.counters))
 
     def on_bound(self) -> None:
         """Read the queue ourselves, with GSO packets queued whole (mt6d_mp.io.nfqueue)."""

@@ -112,7 +112,7 @@ class Config:
     runtime_dir: Path
     link_mtu: int
     streams: tuple[StreamConfig, ...]
-    keep_warm_ms: int = 0
+    keep_warm_ms: int = 5
     metrics_listen: str = ""
 
     @property
@@ -251,7 +251,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             int, 0, "MTU of the external path; 0 = the external interface's MTU", _mtu
         ),
         "keep_warm_ms": Key(
-            int, 0, "while a stream is active, run its packet path on a dummy packet every "
+            int, 5, "while a stream is active, run its packet path on a dummy packet every "
             "N ms so that a lone packet finds it in the CPU caches; 0 = off", _keep_warm
         ),
     },

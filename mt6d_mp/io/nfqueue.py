@@ -19,7 +19,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from mt6d_mp.io.sockets import errno_name
 
@@ -78,16 +78,29 @@ def config_message(queue: int, gso: bool) -> bytes:
     return _NLMSGHDR.pack(16 + len(body), kind, NLM_F_REQUEST, 0, 0) + body
 
 
+def packet_message(queue: int, pkt_id: int, payload: bytes, indev: int = 0, info: int = 0) -> bytes:
+    """NFQNL_MSG_PACKET as the kernel sends it (nfqnl_build_packet_message), for one packet:
+    the worker's keep-warm and the tests feed it to :meth:`QueueReader.read`."""
+    body = (struct.pack("=BBH", socket.AF_INET6, 0, socket.htons(queue))
+            + _attr(NFQA_PACKET_HDR, struct.pack("!IHB", pkt_id, 0x86DD, 1))
+            + _attr(NFQA_IFINDEX_INDEV, _BE32.pack(indev))
+            + _attr(NFQA_SKB_INFO, _BE32.pack(info))
+            + _attr(NFQA_PAYLOAD, payload))
+    return _NLMSGHDR.pack(16 + len(body), _PACKET_MSG, 0, 0, 0) + body
+
+
 class QueueReader:
     """Packet messages from a bound queue's netlink socket, parsed without copying the payload."""
 
-    def __init__(self, fd: int, queue: int, counters: Counter[str]) -> None:
+    def __init__(self, fd: int, queue: int, counters: Counter[str], sock: Any = None) -> None:
         self.fd, self.queue, self.counters = fd, queue, counters
-        # A socket object over a duplicate of the fd: recv_into with MSG_TRUNC reports the real
-        # length of a message that did not fit. Closing it leaves the binding's own fd alone.
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER,
-                                  fileno=os.dup(fd))
-        self.sock.setblocking(False)
+        if sock is None:
+            # A socket object over a duplicate of the fd: recv_into with MSG_TRUNC reports the
+            # real length of a message that did not fit. Closing it leaves the binding's own fd.
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER,
+                                 fileno=os.dup(fd))
+            sock.setblocking(False)
+        self.sock = sock  # or a stand-in with recv_into (keep-warm)
         self.buf = bytearray(RECV_BUFFER)
         self.view = memoryview(self.buf)
 

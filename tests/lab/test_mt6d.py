@@ -677,30 +677,37 @@ def test_without_encryption_bulk_tcp_is_cut_into_segments_and_arrives_whole(tmp_
             next(lab_iter)
 
 
-def test_keep_warm_runs_only_while_the_stream_carries_traffic() -> None:
-    """``tunnel.keep_warm_ms``: an active worker runs its path on a dummy packet every N ms when
-    idle, never sends it, and stops KEEP_WARM_FOR (2 s) after the last packet."""
+def test_keep_warm_runs_only_while_the_stream_carries_traffic_and_sends_nothing(tmp_path: Path) -> None:
+    """``tunnel.keep_warm_ms``: an active worker runs a dummy packet through its real per-packet
+    code every N ms when idle, out and back in, with stand-in sockets; nothing reaches the wire
+    or a host, the stream's counters do not move, and it stops KEEP_WARM_FOR (2 s) after the
+    last packet."""
     lab_iter = _lab("switched", settings=["tunnel.keep_warm_ms=2"])
     lab, info = next(lab_iter)
     try:
         s = info.streams[0]
         name = f"{s.host_a_name}-{s.host_b_name}"
         time.sleep(1.5)
-        idle = worker(info, name)["counters"].get("keep_warm_runs", 0)
-        assert idle == 0, "no traffic yet: nothing to keep warm"
+        assert worker(info, name)["counters"].get("keep_warm_runs", 0) == 0, "nothing to keep warm yet"
         r = lab.exec(s.host_a_ns, ["ping", "-6", "-n", "-c", "10", "-i", "0.2", s.host_b_address],
                      check=False, timeout=60)
         assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
-        time.sleep(3.5)  # 2 s of keep-warm after the last reply, then counters reported
+        with capture(lab, info.capture_ns, info.capture_if, tmp_path / "ext.pcap") as ext, \
+                capture(lab, s.host_b_ns, "eth0", tmp_path / "hb.pcap", "not icmp6 or icmp6[0] < 133") as hb:
+            time.sleep(1.0)  # inside the 2 s after the last reply: keep-warm runs
         c1 = worker(info, name)["counters"]
         assert c1.get("keep_warm_runs", 0) > 100, c1
-        assert not [k for k in c1 if k.startswith("drop_")], c1
-        time.sleep(2.5)
+        assert "keep_warm_failed" not in c1 and not [k for k in c1 if k.startswith("drop_")], c1
+        assert check_external_capture(info, ext)["tunnel"] == 0, "a dummy reached the wire"
+        assert not list(frames(hb)), "a dummy reached host B"
+        time.sleep(3.5)  # past the 2 s, and a counter report (every second) since
         c2 = worker(info, name)["counters"]
-        assert c2.get("keep_warm_runs") == c1.get("keep_warm_runs"), "idle: it must stop"
-        assert c2["tunnelled_packets"] == c1["tunnelled_packets"] == 10  # the dummy never left
-        icmp = worker(info, "icmp")["counters"]
-        assert icmp.get("keep_warm_runs", 0) == 0  # only stream workers get the option
+        time.sleep(2.5)
+        c3 = worker(info, name)["counters"]
+        assert c3.get("keep_warm_runs") == c2.get("keep_warm_runs"), "idle: it must stop"
+        assert c3["tunnelled_packets"] == c1["tunnelled_packets"] == 10  # the stream's own
+        assert c3["extracted_packets"] == c1["extracted_packets"] == 10
+        assert worker(info, "icmp")["counters"].get("keep_warm_runs", 0) == 0  # streams only
     finally:
         with contextlib.suppress(StopIteration):
             next(lab_iter)

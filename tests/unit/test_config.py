@@ -103,8 +103,8 @@ def test_bad_value_type(gw: Path) -> None:
 
 
 def test_keep_warm_milliseconds(gw: Path) -> None:
-    assert cfg.load(gw).keep_warm_ms == 0  # off unless asked for
-    assert cfg.load(gw, {"tunnel.keep_warm_ms": 2}).keep_warm_ms == 2
+    assert cfg.load(gw).keep_warm_ms == 5
+    assert cfg.load(gw, {"tunnel.keep_warm_ms": 0}).keep_warm_ms == 0  # off
     # poll() takes whole milliseconds: 0.5 would make the worker spin.
     assert "expected an integer" in problems(gw, overrides={"tunnel.keep_warm_ms": 0.5})
     for bad in (101, -1):
