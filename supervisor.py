@@ -58,7 +58,6 @@ from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError,
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
-from mt6d_mp.io.spawner import ForkedChild, Spawner, SpawnerError
 from mt6d_mp.logs import setup_logging
 from mt6d_mp.metrics import MetricsServer
 
@@ -73,8 +72,6 @@ POLICY = Policy(startsecs=1.0, startretries=3, backoff=1.0, max_backoff=MAX_BACK
                 start_timeout=READY_TIMEOUT, stop_timeout=STOP_GRACE)
 # Config fields a reload may change (the streams); any other change needs a restart.
 RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
-# Imported before the spawner forks, so that every worker shares their code (io/spawner.py).
-WORKER_MODULES = ["workers.stream", "workers.icmp"]
 
 
 @dataclass
@@ -85,7 +82,7 @@ class WorkerProcess:
     queue: int
     argv: list[str]
     lc: Lifecycle
-    proc: subprocess.Popen[bytes] | ForkedChild | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
 
 class Supervisor:
@@ -108,7 +105,6 @@ class Supervisor:
         self.fw: Firewall | None = None
         self.bus: BusServer | None = None
         self.metrics: MetricsServer | None = None
-        self.spawner: Spawner | None = None
         self.route_lists: dict[str, RouteList] = {}
         self.stream_states: dict[str, StreamState] = {}
         self.streams_done: list[cfgmod.StreamConfig] = []
@@ -195,7 +191,6 @@ class Supervisor:
     def setup(self) -> None:
         c = self.config
         self.prepare_runtime_dir()
-        self.start_spawner()  # first: one thread, no sockets yet
         self.nl = Netlink()
         self.cleanup_leftovers()
         link_mtu = c.link_mtu or self.nl.mtu(c.external)
@@ -378,36 +373,12 @@ class Supervisor:
                  else logging.INFO)
         log.log(level, "event=worker_state %s pid=%s", t, pid if pid is not None else "-")
 
-    def start_spawner(self) -> None:
-        """Fork the process that forks the workers (io/spawner.py); without it, exec them."""
-        if not self.config.packets:
-            return
-        try:
-            self.spawner = Spawner.start(WORKER_MODULES)
-        except SpawnerError as e:
-            log.warning("event=spawner_unavailable error=%s fallback=exec", e)
-            return
-        log.info("event=spawner_started pid=%d", self.spawner.pid)
-
-    def stop_spawner(self) -> None:
-        if self.spawner is not None:
-            self.spawner.close()
-            self.spawner = None
-
     def spawn(self, w: WorkerProcess) -> None:
         log.info("action=start_worker worker=%s queue=%d", w.name, w.queue)
         assert self.bus is not None
         self.bus.ready.discard(w.name)  # readiness is per process: wait for the new one's
-        w.proc = None
-        if self.spawner is not None:
-            try:
-                w.proc = self.spawner.spawn(w.argv, str(REPO))
-            except SpawnerError as e:
-                log.warning("event=spawner_failed error=%s fallback=exec", e)
-                self.stop_spawner()
         try:
-            if w.proc is None:
-                w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
+            w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
         except OSError as e:
             # Counted like a start that failed at once: backoff, and FATAL if it persists.
             log.error("event=spawn_failed worker=%s error=%s", w.name, e)
@@ -640,8 +611,7 @@ class Supervisor:
     def teardown(self) -> None:
         """Undo everything this run added, in reverse order; each step runs even if one fails."""
         (self.runtime_dir / "ready").unlink(missing_ok=True)
-        steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers),
-                                                      ("spawner", self.stop_spawner)]
+        steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers)]
         nl, c = self.nl, self.config
         if nl is not None and c.routes:
             # Hashed addresses go while their guards still stand (see apply).
@@ -717,7 +687,6 @@ class Supervisor:
                 "next_rotation": nxt, "next_rotation_in": nxt - now,
             })
         return {"pid": os.getpid(), "config": str(self.config.path), "workers": workers,
-                "spawner": self.spawner.pid if self.spawner is not None else None,
                 "streams": streams, "tunnel_mtu": self.tunnel_mtu,
                 "uptime": self.monotonic() - self.started}
 

@@ -130,8 +130,7 @@ class Command:
 class Status(Command):
     """Show the supervisor, every worker and every stream at a glance.
 
-    Wire: ``[b"status"]`` -> ``{"pid", "config", "uptime", "tunnel_mtu", "spawner" (the pid of
-    the process the workers are forked from, or null: exec'd), "workers": [{"name",
+    Wire: ``[b"status"]`` -> ``{"pid", "config", "uptime", "tunnel_mtu", "workers": [{"name",
     "pid", "state", "reason", "uptime", "queue", "kernel_queue": {"waiting", "queue_dropped",
     "user_dropped"}, "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
@@ -157,8 +156,7 @@ class Status(Command):
         lines: list[str] = []
         add = lines.append
         add(f"supervisor pid {reply['pid']}  up {_dur(reply.get('uptime', 0))}  "
-              f"config {reply['config']}  tunnel mtu {reply.get('tunnel_mtu')}  "
-              f"spawner {reply.get('spawner') or 'none (exec)'}")
+              f"config {reply['config']}  tunnel mtu {reply.get('tunnel_mtu')}")
         add(f"{'WORKER':<22} {'STATE':<9} {'PID':>7} {'UPTIME':>8} {'QUEUE':>5} {'WAIT':>5} "
               f"{'OUT':>9} {'IN':>9}  DROPS / REASON")
         for w in reply["workers"]:

@@ -1,12 +1,12 @@
 """How much memory a *group* of processes holds that no other process shares.
 
 Summing each process's USS (``Private_Clean + Private_Dirty``) undercounts a group whose members
-share pages among themselves: MT6D's workers are forked from a spawner and share the imported
-code with it and the supervisor (mt6d_mp/io/spawner.py), so such a page is private to none of them
-and counts in no one's USS. Summing PSS over-counts it in another way: a page shared with a
-process outside the group counts in part. The right figure for "what one gateway's MT6D costs"
-is the memory the system would get back if the whole group exited: the resident pages that only
-processes of the group map.
+share pages among themselves (pages of the interpreter and of the libraries mapped by the
+supervisor and its workers only, or the copy-on-write pages of a forked child): such a page is
+private to none of them and counts in no one's USS. Summing PSS counts it right, but also counts
+a share of every page shared with processes outside the group. The figure for "what one
+gateway's MT6D costs" is the memory the system would get back if the whole group exited: the
+resident pages that only processes of the group map.
 
 :func:`group_private_kb` finds it from the kernel's own records, as root:
 

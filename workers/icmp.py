@@ -163,7 +163,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """The worker's entry point: ``python -m workers.icmp``, or forked by the supervisor's spawner."""
+    """The worker's entry point (``python -m workers.icmp``)."""
     return main(IcmpWorker, __doc__ or "icmp worker", argv, extra=_arguments)
 
 

@@ -766,7 +766,7 @@ class StreamWorker(Worker):
 
 
 def run(argv: list[str] | None = None) -> int:
-    """The worker's entry point: ``python -m workers.stream``, or forked by the supervisor's spawner."""
+    """The worker's entry point (``python -m workers.stream``)."""
     return main(StreamWorker, __doc__ or "stream worker", argv)
 
 
