@@ -374,6 +374,8 @@ def test_workers_count_what_they_carry(switched: tuple[Lab, LabInfo]) -> None:
     counters = worker(info, s.name)["counters"]
     assert counters["tunnelled_packets"] >= 5 and counters["extracted_packets"] >= 5
     assert counters["tunnelled_bytes"] > 0
+    # Keep-warm (default every 5 ms) ran between the pings and never failed its round trip.
+    assert counters.get("keep_warm_runs", 0) > 0 and "keep_warm_failed" not in counters, counters
 
 
 # --- routed topology ---------------------------------------------------------------------------
@@ -672,6 +674,8 @@ def test_without_encryption_bulk_tcp_is_cut_into_segments_and_arrives_whole(tmp_
         sender = worker(info, f"{s.host_b_name}-{s.host_a_name}", "gateway-b")["counters"]
         assert "messages_sent" not in sender and sender["tunnelled_packets"] > 10_000_000 // 1500
         assert not [k for k in sender if k.startswith("drop_")], sender
+        # Keep-warm's dummy makes its round trip without encryption too.
+        assert sender.get("keep_warm_runs", 0) > 0 and "keep_warm_failed" not in sender, sender
     finally:
         with contextlib.suppress(StopIteration):
             next(lab_iter)
