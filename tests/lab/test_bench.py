@@ -122,9 +122,10 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
         for side in ("a", "b"):
             mem = host[when][side]
             assert set(mem) == MEMORY and mem["uss_kb"] > 0
-            # Pages shared among the gateway's own processes (the interpreter's and the
-            # libraries' code) count once in the group figure and in nobody's USS.
-            assert mem["group_kb"] >= mem["uss_kb"]
+            # Pages shared among the gateway's own processes count once in the group figure
+            # and in nobody's USS, so the group figure is at least the summed USS, give or take
+            # what the live processes allocated between the two readings.
+            assert mem["group_kb"] >= mem["uss_kb"] - 2048
     assert host["cpu_all"]["total_s"] > 0 and host["cpu_s_per_gb_tcp"] > 0
 
     rot = res["rotation"]
