@@ -490,7 +490,7 @@ def test_routed_topology_carries_traffic_and_hides_addresses(
 
 
 SINK = """
-import hashlib, socket, sys
+import hashlib, os, socket, sys
 s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 5202))
@@ -500,7 +500,9 @@ h, n = hashlib.sha256(), 0
 while data := c.recv(1 << 16):
     h.update(data)
     n += len(data)
-open(sys.argv[2], "w").write(f"{n} {h.hexdigest()}")
+with open(sys.argv[2] + ".part", "w") as f:  # the test waits for the name: write it whole
+    f.write(f"{n} {h.hexdigest()}")
+os.replace(sys.argv[2] + ".part", sys.argv[2])
 """
 SOURCE = """
 import socket, sys
