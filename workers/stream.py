@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 
 ADDRESSES = 8  # offset of the source address; the destination follows it
 RECV_BATCH = 64  # datagrams read from one socket before the loop looks at the others
+WARM_GUARD = 0.05  # seconds before a route boundary in which keep_warm does not run
 RECV_BUFFER = 65535
 ANC_BUFFER = socket.CMSG_SPACE(64)  # room for one destination options header
 SO_RCVBUFFORCE = 33  # missing from Python 3.11's socket module
@@ -357,8 +358,17 @@ class StreamWorker(Worker):
         journal and counters are untouched). Everything is put back afterwards, also on error.
         A dummy that does not make the round trip turns keep-warm off (``keep_warm_failed``).
         """
-        st, route = self.state, self.active
-        if st is None or route is None or self.reader is None:
+        st = self.state
+        if st is None or self.reader is None:
+            return
+        # Choosing the route touches the real transmit socket (a flow label is leased on it), so
+        # it must never run on a stand-in: choose it here if it is due, and skip a run that
+        # could reach the next boundary while the dummy is on its way.
+        now = time.time()
+        if now >= self.active_until:
+            self._select_active(now)
+        route = self.active
+        if route is None or self.active_until - now < WARM_GUARD:
             return
         w = self.warm
         if w is None or w.crypt != st.crypt or w.true_pair != self.true_pair:

@@ -537,6 +537,14 @@ def test_flow_label_switch_puts_the_routes_label_on_tunnel_packets(
                 tunnel += 1
         assert tunnel >= 20
         check_external_capture(info, pcap)
+        # Keep-warm ran across route boundaries and never chose a route (which leases the
+        # label on the transmit socket) while its stand-in socket was in place.
+        time.sleep(1.5)
+        for gw in gateways(info):
+            for w in status(gw)["workers"]:
+                c = w["counters"]
+                if w["name"] != "icmp" and c.get("tunnelled_packets"):  # the pinged stream
+                    assert c.get("keep_warm_runs", 0) > 0 and "keep_warm_failed" not in c, c
     finally:
         stop_all(lab, pids)
         for c, text in zip(configs, originals, strict=True):
