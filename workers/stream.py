@@ -398,9 +398,12 @@ class StreamWorker(Worker):
         if w.counters.pop("drop_no_route", 0) and self.active is None:
             return  # between routes (the next real packet would find none either): not a bug
         if w.counters["extracted_packets"] == delivered or any(k.startswith("drop_") for k in w.counters):
-            # The dummy did not make the round trip: a bug, not traffic. Stop trying.
+            # The dummy did not make the round trip: a bug, not traffic. Stop trying, and let
+            # the next real packet choose its route again on the real sockets, in case the
+            # failed run left the choice half made.
             self.counters["keep_warm_failed"] += 1
             self.keep_warm_ms = 0
+            self.active_until = 0.0
             log.warning("event=keep_warm_failed worker=%s counters=%s note=keep-warm off",
                         self.name, dict(w.counters))
 
