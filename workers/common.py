@@ -237,7 +237,7 @@ class Worker:
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
                  self.queue_num)
-        next_stats = time.monotonic()
+        now = next_stats = time.monotonic()
         # Keep-warm: after 0.1 s idle the per-packet Python path runs 10x slower (its code and
         # data fell out of the CPU caches: results/wake/cold.py). While a packet arrived in the
         # last KEEP_WARM_FOR seconds, an idle loop wakes every keep_warm_ms and runs the path on
@@ -245,14 +245,12 @@ class Worker:
         warm_until = 0.0
         try:
             while self.running:
-                warm = self.keep_warm_ms > 0 and time.monotonic() < warm_until
+                warm = self.keep_warm_ms > 0 and now < warm_until
                 ready, updates_ready, control_ready = self.poller.poll(
                     self.keep_warm_ms if warm else 200)
                 for fd in ready:
                     self.handlers[fd]()
-                if ready:
-                    warm_until = time.monotonic() + KEEP_WARM_FOR
-                elif warm and not (updates_ready or control_ready):
+                if warm and not (ready or updates_ready or control_ready):
                     try:
                         self.keep_warm()
                     except Exception:
@@ -265,7 +263,9 @@ class Worker:
                     changed |= self.bus.poll_control()
                 if changed:
                     self.rebuild()
-                now = time.monotonic()
+                now = time.monotonic()  # one clock read per turn, for both uses
+                if ready:
+                    warm_until = now + KEEP_WARM_FOR
                 if now >= next_stats:
                     next_stats = now + STATS_INTERVAL
                     self.report()

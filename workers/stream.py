@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import socket
 import struct
@@ -50,6 +51,7 @@ from mt6d_mp.core.packet import (
     IPV6_MIN_MTU,
     Buffer,
     Reassembly,
+    aad_prefix,
     check_inner_plain,
     chunk_iov,
     chunk_segment_size,
@@ -77,7 +79,6 @@ log = logging.getLogger(__name__)
 
 ADDRESSES = 8  # offset of the source address; the destination follows it
 RECV_BATCH = 64  # datagrams read from one socket before the loop looks at the others
-WARM_GUARD = 0.05  # seconds before a route boundary in which keep_warm does not run
 RECV_BUFFER = 65535
 ANC_BUFFER = socket.CMSG_SPACE(64)  # room for one destination options header
 SO_RCVBUFFORCE = 33  # missing from Python 3.11's socket module
@@ -313,8 +314,8 @@ class StreamWorker(Worker):
             log.warning("event=route_socket_failed worker=%s epoch=%d error=%s", self.name,
                         r.epoch, e)
             return
-        aad = r.remote + r.local + r.remote_port.to_bytes(2, "big") + r.local_port.to_bytes(2, "big")
-        rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port, aad, Reassembly())
+        rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port,
+                         aad_prefix(r.remote, r.local, r.remote_port, r.local_port), Reassembly())
         self.sockets[(r.local, r.local_port)] = rs
         self.watch(sock.fileno(), self.receive_all)
 
@@ -362,41 +363,37 @@ class StreamWorker(Worker):
         if st is None or self.reader is None:
             return
         # Choosing the route touches the real transmit socket (a flow label is leased on it), so
-        # it must never run on a stand-in: choose it here if it is due, and skip a run that
-        # could reach the next boundary while the dummy is on its way.
+        # it must never run on a stand-in: choose it here if it is due, and hold it for the run.
         now = time.time()
         if now >= self.active_until:
             self._select_active(now)
         route = self.active
-        if route is None or self.active_until - now < WARM_GUARD:
+        if route is None:
             return
         w = self.warm
         if w is None or w.crypt != st.crypt or w.true_pair != self.true_pair:
             w = self.warm = KeepWarm(st.crypt, self.true_pair, self.queue_num)
         delivered = w.counters["extracted_packets"]
         saved = (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
-                 self.counters, self.drops, self.reader)
+                 self.counters, self.drops, self.reader, self.active_until)
         self.tx = self.host = self.link = w.sock  # type: ignore[assignment]
         self.link_ifindex = st.internal_ifindex
+        self.active_until = math.inf  # no route choice inside the run
         self.sealer, self.opener, self.counters, self.drops, self.reader = (
             w.sealer, w.opener, w.counters, w.drops, w.reader)
         try:
             w.sock.load(w.message)
             self.reader.read(self.on_message)  # -> outbound -> w.sock.sendmsg, kept
             w.drops.waiting = 0
-            route = self.active  # the route outbound used (it may have just rotated)
-            if w.sock.sent is not None and route is not None:
+            if w.sock.sent is not None:
                 payload, dstopts = w.sock.sent
-                w.sock.load(payload, dstopts, (sockets.sockaddr(route.local)[0], route.local_port))
-                aad = (route.local + route.remote + route.local_port.to_bytes(2, "big")
-                       + route.remote_port.to_bytes(2, "big"))
-                self.receive(RouteSocket(w.sock, sockets.sockaddr(route.local)[0],  # type: ignore[arg-type]
-                                         route.local_port, aad, w.chunks))
+                source = sockets.sockaddr(route.local)[0]
+                w.sock.load(payload, dstopts, (source, route.local_port))
+                aad = aad_prefix(route.local, route.remote, route.local_port, route.remote_port)
+                self.receive(RouteSocket(w.sock, source, route.local_port, aad, w.chunks))  # type: ignore[arg-type]
         finally:
             (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
-             self.counters, self.drops, self.reader) = saved
-        if w.counters.pop("drop_no_route", 0) and self.active is None:
-            return  # between routes (the next real packet would find none either): not a bug
+             self.counters, self.drops, self.reader, self.active_until) = saved
         if w.counters["extracted_packets"] == delivered or any(k.startswith("drop_") for k in w.counters):
             # The dummy did not make the round trip: a bug, not traffic. Stop trying, and let
             # the next real packet choose its route again on the real sockets, in case the

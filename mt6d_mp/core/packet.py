@@ -310,6 +310,11 @@ def _strip(inner: Buffer) -> bytes:
     return b"".join((mv[:INNER_KEEP], mv[IPV6_HDR_LEN:]))
 
 
+def aad_prefix(src16: bytes, dst16: bytes, sport: int, dport: int) -> bytes:
+    """The first 36 bytes of a tunnel packet's associated data: its outer addresses and ports."""
+    return src16 + dst16 + _U16.pack(sport) + _U16.pack(dport)
+
+
 def tunnel_pieces(
     inner: Buffer,
     src16: bytes,
@@ -328,8 +333,7 @@ def tunnel_pieces(
     plain = _strip(inner)
     if sealer is None or sealer.crypt_type == CRYPT_NONE:
         return b"", udp_header(sport, dport, len(plain)), plain
-    aad = src16 + dst16 + _U16.pack(sport) + _U16.pack(dport)
-    dstopts, payload = sealer.seal(plain, aad)
+    dstopts, payload = sealer.seal(plain, aad_prefix(src16, dst16, sport, dport))
     return dstopts, udp_header(sport, dport, len(payload)), payload
 
 
@@ -525,8 +529,7 @@ def seal_message(
 ) -> tuple[bytes, bytes]:
     """(dstopts with ALG_CHUNKED, the message: ciphertext || tag) for ``chunk_iov``."""
     _check_inner(inner)
-    aad = src16 + dst16 + _U16.pack(sport) + _U16.pack(dport)
-    return sealer.seal(_strip(inner), aad, chunked=True)
+    return sealer.seal(_strip(inner), aad_prefix(src16, dst16, sport, dport), chunked=True)
 
 
 def chunk_iov(message: bytes, segment: int) -> list[Buffer]:
