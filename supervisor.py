@@ -45,21 +45,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mt6d_mp import ctl
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.crypto import derive_direction_key
+from mt6d_mp.core.epochs import next_boundary
 from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
-from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity, next_boundary
+from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity
 from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError, SystemSetupError
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
 from mt6d_mp.logs import setup_logging
-from mt6d_mp.metrics import MetricsServer
+
+if TYPE_CHECKING:
+    from mt6d_mp.metrics import MetricsServer
 
 log = logging.getLogger("mt6d.supervisor")
 
@@ -201,6 +204,8 @@ class Supervisor:
             self.fw.setup(c.icmp_queue, c.internal, c.external)
         self.bus = BusServer(self.runtime_dir)
         if c.metrics_listen:
+            from mt6d_mp.metrics import MetricsServer  # http.server: 1 MB, paid only when on
+
             try:
                 self.metrics = MetricsServer(c.metrics_listen)
             except OSError as e:

@@ -8,11 +8,11 @@ code path formats a key (keys are wrapped in classes whose repr hides them).
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Iterable
 
+SYSLOG_ADDRESS = "/dev/log"
 FORMAT = "%(asctime)s %(levelname)s proc=%(proc)s pid=%(process)d %(name)s: %(message)s"
 
 
@@ -40,8 +40,10 @@ def setup_logging(level: str, handlers: Iterable[str], log_file: str, proc: str)
             if directory:
                 os.makedirs(directory, exist_ok=True)
             made.append(logging.FileHandler(log_file))
-        elif kind == "syslog" and os.path.exists("/dev/log"):
-            made.append(logging.handlers.SysLogHandler(address="/dev/log"))
+        elif kind == "syslog" and os.path.exists(SYSLOG_ADDRESS):
+            from logging.handlers import SysLogHandler  # with queue, threading: only for syslog
+
+            made.append(SysLogHandler(address=SYSLOG_ADDRESS))
     flt = _ProcFilter(proc)
     for h in made:
         h.setFormatter(logging.Formatter(FORMAT))

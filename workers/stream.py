@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
+from mt6d_mp.core.epochs import epoch_at
 from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import (
@@ -67,7 +68,6 @@ from mt6d_mp.core.packet import (
     tunnel_pieces,
     udp_header,
 )
-from mt6d_mp.core.routes import epoch_at
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal

@@ -1,4 +1,4 @@
-"""Messages on the supervisor's route bus, as small frozen dataclasses.
+"""Messages on the supervisor's route bus, as small immutable records (``typing.NamedTuple``).
 
 Each message turns into plain msgpack-able data with ``to_wire()`` and back with
 ``from_wire()``, which validates every field, so a malformed message is a :class:`BusError`
@@ -14,12 +14,15 @@ Wire shapes (msgpack arrays; the first element is the message version):
 * Snapshot     ``[1, seq, [StreamState...], [RouteUpdate...]]``
 * Update       ``[1, seq, kind, payload]`` with kind ``"stream"``, ``"route"`` or
   ``"stream-removed"`` (payload is the stream name)
+
+NamedTuple rather than frozen dataclasses: every worker loads this module, and ``dataclasses``
+imports ``inspect`` (with ``ast``, ``dis`` and ``tokenize``), about 1 MB of private memory per
+process. Nothing compares or unpacks these records as tuples.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 VERSION = 1
 ROUTE_STATES = ("accepted", "expired", "released")
@@ -65,8 +68,7 @@ def _array(v: Any, n: int, what: str) -> list[Any]:
     return list(v)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamState:
+class StreamState(NamedTuple):
     """What a worker needs to carry one stream; keys are per-direction AEAD keys."""
 
     name: str
@@ -107,8 +109,7 @@ class StreamState:
                    bool(a[14]))
 
 
-@dataclass(frozen=True, slots=True)
-class RouteUpdate:
+class RouteUpdate(NamedTuple):
     stream: str
     epoch: int
     state: str
@@ -133,8 +134,7 @@ class RouteUpdate:
                    _int(a[8], 0, 255, "key phase"))
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     seq: int
     streams: tuple[StreamState, ...]
     routes: tuple[RouteUpdate, ...]
@@ -152,8 +152,7 @@ class Snapshot:
                    tuple(RouteUpdate.from_wire(r) for r in a[3]))
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
+class Update(NamedTuple):
     seq: int
     item: StreamState | RouteUpdate | str  # str: name of a removed stream
 

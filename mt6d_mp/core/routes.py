@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mt6d_mp.core.addressing import DEFAULT_HASH, Endpoint, endpoint
+from mt6d_mp.core.epochs import epoch_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +72,6 @@ def lifetime_epochs(rotation_time: float, route_lifetime: float) -> int:
     if rotation_time <= 0:
         raise ValueError("rotation_time must be positive")
     return max(1, math.ceil(route_lifetime / rotation_time - 1e-9))
-
-
-def epoch_at(t: float, rotation_time: float) -> int:
-    return math.floor(t / rotation_time)
-
-
-def next_boundary(t: float, rotation_time: float) -> float:
-    """The absolute time at which the epoch after the one containing ``t`` begins."""
-    return (epoch_at(t, rotation_time) + 1) * rotation_time
 
 
 @dataclass

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -180,3 +181,32 @@ def test_cost_per_address(nl: Netlink) -> None:
     }
     print("netlink timing (200 each):", {k: round(v, 3) for k, v in got.items()})
     assert got["add_address_ms"] < 20
+
+
+SUPERVISOR_LIKE = """
+import sys
+from mt6d_mp.io.netlink import Netlink
+assert "pyroute2" not in sys.modules, "the package __init__ stayed loaded"
+with Netlink() as nl:  # as the supervisor opens it: in its own namespace
+    nl.mtu("va"); nl.mac("va"); nl.link_local("va")
+    assert nl.add_address("va", "2001:db8:9::1")
+    nl.wait_address_usable("2001:db8:9::1")
+    nl.add_neighbour("va", "2001:db8:9::2", "02:00:00:00:00:02")
+    nl.add_host_route("va", "2001:db8:9::3")
+    assert nl.owned_addresses() and nl.owned_routes()
+    assert nl.remove_host_route("va", "2001:db8:9::3")
+    assert nl.remove_neighbour("va", "2001:db8:9::2")
+    assert nl.remove_address("va", "2001:db8:9::1")
+print("full package loaded:", "pyroute2" in sys.modules or "pyroute2.ndb" in sys.modules)
+import pyroute2  # a later plain import still gets the whole package
+from pyroute2 import IPRoute
+import mt6d_mp.io.netlink as m
+assert IPRoute is m.IPRoute
+print("ok")
+"""
+
+
+def test_supervisor_imports_iproute_without_the_whole_package(pair: tuple[str, str]) -> None:
+    """Netlink works in full while pyroute2's package __init__ (all of pyroute2) never runs."""
+    out = nsutil.run_in(pair[0], [sys.executable, "-c", SUPERVISOR_LIKE])
+    assert out.split() == ["full", "package", "loaded:", "False", "ok"]

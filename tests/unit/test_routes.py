@@ -1,7 +1,8 @@
 """Route lists driven by an injected clock (no system state)."""
 
 from mt6d_mp.core.addressing import endpoint
-from mt6d_mp.core.routes import RouteList, StreamIdentity, epoch_at, lifetime_epochs, next_boundary
+from mt6d_mp.core.epochs import epoch_at, next_boundary
+from mt6d_mp.core.routes import RouteList, StreamIdentity, lifetime_epochs
 
 A = bytes.fromhex("20010468 0c80c111 00000000 00000001".replace(" ", ""))
 B = bytes.fromhex("20010468 0c80c111 00000000 00000002".replace(" ", ""))
