@@ -65,7 +65,7 @@ def _import_pyroute2() -> tuple[Any, type[Exception]]:
                 from pyroute2.netlink.exceptions import NetlinkError as error
 
                 return iproute, error
-            except ImportError:
+            except (ImportError, AttributeError):  # the submodules want the package's names
                 for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
                     del sys.modules[name]
             finally:
