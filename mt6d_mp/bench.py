@@ -21,8 +21,12 @@ Tests per path (table 4.1 of the thesis, scaled; ``--quick`` in brackets): stand
 [50] at 0.2 s; ping floods of 10k and 50k [2k]; HTTP downloads from nginx with curl of 500 kB,
 1 MB, 10 MB and 50 MB [500 kB, 10 MB], three [two] times each, SHA-256 checked; iperf3 TCP
 10 s x3 [3 s x1]; iperf3 UDP at 100 Mbit/s with 1200-byte datagrams, 10 s x3 [3 s x1] (loss,
-jitter). Host metrics of each tunnel's processes on both gateways (for MT6D the supervisors and
-all their children): CPU seconds (user + system, from /proc/PID/stat) per GB carried; private
+jitter). Each ping, flood and UDP run also records which drop counters grew while it ran, so a
+loss comes with where it happened: per namespace Ip6In/OutDiscards, Udp6InErrors,
+Udp6Rcvbuf/SndbufErrors and Icmp6InErrors (/proc/net/snmp6), per netfilter queue its
+queue_dropped and user_dropped, and for MT6D every worker's ``drop_*`` counters.
+Host metrics of each tunnel's processes on both gateways (for MT6D the supervisors and all their
+children): CPU seconds (user + system, from /proc/PID/stat) per GB carried; private
 memory per gateway at the start and after the run: the resident pages that only that gateway's
 tunnel processes map (mt6d_mp/procmem.py; for one process it is its USS), and beside it the sums
 of USS and PSS (from /proc/PID/smaps_rollup) and peak RSS (VmHWM).
@@ -62,12 +66,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from mt6d_mp import ctl
 from mt6d_mp import lab as labmod
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_NOT_INSTALLED, EXIT_PRIVILEGE, Mt6dError
@@ -363,6 +369,47 @@ class PathLab:
         return address
 
 
+# Where a test's packets were dropped, from counters that the kernel and MT6D keep: per namespace
+# (/proc/net/snmp6), per netfilter queue (the kernel's queue_dropped and user_dropped) and, for
+# MT6D, its workers' drop_* counters. A loss figure then comes with where it happened.
+SNMP6_DROPS = ("Ip6InDiscards", "Ip6OutDiscards", "Udp6InErrors", "Udp6RcvbufErrors",
+               "Udp6SndbufErrors", "Icmp6InErrors")
+
+
+def kernel_drops(role: str, text: str) -> Counter[str]:
+    """Drop counters in /proc/net/snmp6 followed by /proc/net/netfilter/nfnetlink_queue."""
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 2 and f[0] in SNMP6_DROPS:
+            found[f"{role} {f[0]}"] += int(f[1])
+        elif len(f) >= 7 and f[0].isdigit():  # queue portid waiting mode range q_drop u_drop ...
+            found[f"{role} nfqueue_dropped"] += int(f[5]) + int(f[6])
+    return found
+
+
+def drop_counters(pl: PathLab) -> Counter[str]:
+    """Every drop counter of the lab, as ``"<namespace role> <counter>": value``."""
+    found: Counter[str] = Counter()
+    for n in pl.info.namespaces:
+        text = pl.lab.exec(n.name, ["cat", "/proc/net/snmp6", "/proc/net/netfilter/nfnetlink_queue"],
+                           check=False).stdout
+        found.update(kernel_drops(n.role, text))
+    if pl.path == "mt6d":
+        for gw in (pl.info.gateway_a, pl.info.gateway_b):
+            assert gw.runtime_dir
+            status = ctl.Ctl(Path(gw.runtime_dir), timeout=5).call(b"status")
+            for w in status["workers"]:
+                for key, value in w.get("counters", {}).items():
+                    if key.startswith("drop_"):
+                        found[f"{gw.role} {w['name']} {key}"] += int(value)
+    return found
+
+
+def drops_between(before: Counter[str], after: Counter[str]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in sorted(after) if after[k] > before[k]}
+
+
 def _gw(info: LabInfo, side: str) -> str:
     return info.ga if side == "a" else info.gb
 
@@ -636,8 +683,21 @@ class Runner:
             ["ping", "-6", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", "-s", "1452", self.pl.dst], 10
         )
 
+    def drops(self) -> Counter[str] | None:
+        try:
+            return drop_counters(self.pl)
+        except (Mt6dError, OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
+            self.fail("drop counters", e)
+            return None
+
+    def dropped_since(self, before: Counter[str] | None) -> dict[str, int] | None:
+        """The drop counters that grew since ``before`` (None if either reading failed)."""
+        after = self.drops() if before is not None else None
+        return drops_between(before, after) if before is not None and after is not None else None
+
     def ping(self) -> dict[str, Any] | None:
         n, i = self.plan.ping_count, self.plan.ping_interval
+        before = self.drops()
         try:
             r = self.exec(
                 ["ping", "-6", "-n", "-q", "-c", str(n), "-i", f"{i:g}", "-W", "2", self.pl.dst],
@@ -647,10 +707,11 @@ class Runner:
         except (Mt6dError, ValueError) as e:
             self.fail("ping", e)
             return None
-        res.update(count=n, interval_s=i)
+        res.update(count=n, interval_s=i, drops=self.dropped_since(before))
         rtt = res["rtt_ms"] or {}
         self.log(
             f"ping {n} x {i:g} s: avg {rtt.get('avg', float('nan')):.3f} ms, loss {res['loss_pct']:.2f}%"
+            + _drops_text(res["drops"])
         )
         return res
 
@@ -663,7 +724,9 @@ class Runner:
             "loss_pct": None,
             "rtt_ms": None,
             "seconds": None,
+            "drops": None,
         }
+        before = self.drops()
         t0 = time.monotonic()
         try:
             r = self.exec(
@@ -675,10 +738,11 @@ class Runner:
             self.fail(f"flood {n}", e)
             return res
         res["seconds"] = time.monotonic() - t0
+        res["drops"] = self.dropped_since(before)
         rtt = res["rtt_ms"] or {}
         self.log(
             f"flood {n}: avg {rtt.get('avg', float('nan')):.3f} ms, loss {res['loss_pct']:.2f}%, "
-            f"{res['seconds']:.1f} s"
+            f"{res['seconds']:.1f} s" + _drops_text(res["drops"])
         )
         return res
 
@@ -813,6 +877,7 @@ class Runner:
         p = self.plan
         runs: list[dict[str, Any]] = []
         for k in range(p.udp_runs):
+            before = self.drops()
             try:
                 end = self.iperf(["-u", "-b", f"{p.udp_rate_mbit}M", "-l", str(p.udp_len)], p.udp_seconds)[
                     "end"
@@ -821,18 +886,19 @@ class Runner:
                 self.fail(f"udp run {k + 1}", e)
                 continue
             s = end["sum"]
-            run = {
+            run: dict[str, Any] = {
                 "jitter_ms": float(s["jitter_ms"]),
                 "loss_pct": float(s["lost_percent"]),
                 "packets": int(s["packets"]),
                 "lost": int(s["lost_packets"]),
                 "gbit_s": float(s["bits_per_second"]) / 1e9,
                 "bytes": int(s["bytes"]),
+                "drops": self.dropped_since(before),
             }
             runs.append(run)
             self.log(
                 f"udp run {k + 1}/{p.udp_runs} at {p.udp_rate_mbit} Mbit/s: loss {run['loss_pct']:.2f}%, "
-                f"jitter {run['jitter_ms']:.3f} ms"
+                f"jitter {run['jitter_ms']:.3f} ms" + _drops_text(run["drops"])
             )
         return {
             "rate_mbit": p.udp_rate_mbit,
@@ -1155,6 +1221,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # --- output: markdown, charts -----------------------------------------------------------------
 
 
+def loss_drops(d: dict[str, Any]) -> dict[str, int] | None:
+    """The drop counters that grew during the path's loss tests, summed; None if unread."""
+    tests = [d.get("ping"), *d.get("flood", []), *(_get(d, "udp", "runs") or [])]
+    total: Counter[str] = Counter()
+    for t in tests:
+        if not t or t.get("drops") is None:
+            return None
+        total.update(t["drops"])
+    return dict(total)
+
+
+def drops_cell(d: dict[str, Any]) -> str:
+    drops = loss_drops(d)
+    if drops is None:
+        return "-"
+    return ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
+
+
+def _drops_text(drops: dict[str, int] | None) -> str:
+    return "; dropped: " + ", ".join(f"{k} {v}" for k, v in drops.items()) if drops else ""
+
+
 def _fmt(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
     if not s:
         return "-"
@@ -1241,6 +1329,7 @@ def markdown(results: dict[str, Any], charts_written: Sequence[str] = ()) -> str
     )
     row(f"{udp}: loss %", lambda d: _fmt(d["udp"]["loss_pct"], digits=2))
     row(f"{udp}: jitter ms", lambda d: _fmt(d["udp"]["jitter_ms"], digits=3))
+    row("drops counted during ping, floods and UDP (where)", lambda d: drops_cell(d))
     row(
         "tunnel processes (gateway A + B)",
         lambda d: "-" if not d["host"] else f"{d['host']['processes']['a']} + {d['host']['processes']['b']}",

@@ -113,6 +113,10 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
         assert len(p["udp"]["runs"]) == plan["udp_runs"] and p["udp"]["bytes"] > 0
         _stats(p["udp"]["jitter_ms"], f"{name}.udp.jitter_ms")
         _stats(p["udp"]["loss_pct"], f"{name}.udp.loss_pct")
+        # Every loss test says which drop counters grew while it ran ({} if none did).
+        for t in [p["ping"], *p["flood"], *p["udp"]["runs"]]:
+            assert isinstance(t["drops"], dict), (name, t)
+            assert all(isinstance(v, int) and v > 0 for v in t["drops"].values()), (name, t)
 
     assert res["paths"]["none"]["host"] is None  # no tunnel processes to measure
     host = res["paths"]["mt6d"]["host"]
@@ -142,6 +146,7 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
 
     md = (out / "bench.md").read_text()
     assert "| test | none | mt6d |" in md and "rotation cost" in md
+    assert "| drops counted during ping, floods and UDP (where) |" in md
     if importlib.util.find_spec("matplotlib") is not None:
         for png in ("latency.png", "loss.png", "throughput.png", "host.png", "rotation.png"):
             assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
