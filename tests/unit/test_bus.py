@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,60 @@ def test_clone_pattern_over_ipc(tmp_path: Path) -> None:
         client.close()
         server.close()
     assert not (tmp_path / "updates.sock").exists()
+
+
+def _later(delay: float, action: Callable[[], object]) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        action()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_poller_wakes_for_updates_replies_and_its_own_descriptors(tmp_path: Path) -> None:
+    """A worker's poll sleeps and wakes when a bus message or a packet arrives, not at its timeout.
+
+    Each message comes from another thread while the poll sleeps with a 30 s timeout, so a poll
+    that missed it would return at the timeout with nothing. Also the contract for any faster
+    poller (results/PROFILE.md, session 5, tried one on ZMQ_FD).
+    """
+    server = BusServer(tmp_path)
+    client = BusClient(tmp_path, "w1")
+    poller = client.poller()
+    a, b = socket.socketpair()
+    try:
+        client.request_snapshot()
+        wait_for(lambda: (server.handle_control(), client.poll_control(), client.replica.synced)[2])
+        client.poll_updates()
+        assert poller.poll(0) == ([], False, False)  # nothing waits
+
+        sender = _later(0.3, lambda: server.publish(route(5)))
+        fds, updates, control = poller.poll(30_000)  # at its timeout it would say "no update"
+        sender.join()
+        assert (fds, updates, control) == ([], True, False)
+        assert client.poll_updates() and (STREAM.name, 5) in client.replica.routes
+        assert poller.poll(0) == ([], False, False)
+
+        client.send(b"snapshot")  # a send (with ZMQ_FD, a send can use up the reply's signal)
+        assert poller.poll(0) == ([], False, False)  # no reply yet
+        replier = _later(0.3, server.handle_control)
+        fds, updates, control = poller.poll(30_000)
+        replier.join()
+        assert (fds, updates, control) == ([], False, True)
+        assert client.poll_control()
+        assert poller.poll(0) == ([], False, False)
+
+        poller.watch(a.fileno())
+        writer = _later(0.3, lambda: b.send(b"x"))
+        fds, updates, control = poller.poll(30_000)
+        writer.join()
+        assert (fds, updates, control) == ([a.fileno()], False, False)
+        poller.unwatch(a.fileno())
+        assert poller.poll(0) == ([], False, False)  # still readable, no longer watched
+    finally:
+        a.close()
+        b.close()
+        client.close()
+        server.close()
