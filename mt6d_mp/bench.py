@@ -1232,15 +1232,17 @@ def loss_drops(d: dict[str, Any]) -> dict[str, int] | None:
     return dict(total)
 
 
+def _drops_list(drops: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+
+
 def drops_cell(d: dict[str, Any]) -> str:
     drops = loss_drops(d)
-    if drops is None:
-        return "-"
-    return ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
+    return "-" if drops is None else _drops_list(drops) or "none"
 
 
 def _drops_text(drops: dict[str, int] | None) -> str:
-    return "; dropped: " + ", ".join(f"{k} {v}" for k, v in drops.items()) if drops else ""
+    return "; dropped: " + _drops_list(drops) if drops else ""
 
 
 def _fmt(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -1329,7 +1331,7 @@ def markdown(results: dict[str, Any], charts_written: Sequence[str] = ()) -> str
     )
     row(f"{udp}: loss %", lambda d: _fmt(d["udp"]["loss_pct"], digits=2))
     row(f"{udp}: jitter ms", lambda d: _fmt(d["udp"]["jitter_ms"], digits=3))
-    row("drops counted during ping, floods and UDP (where)", lambda d: drops_cell(d))
+    row("drops counted during ping, floods and UDP (where)", drops_cell)
     row(
         "tunnel processes (gateway A + B)",
         lambda d: "-" if not d["host"] else f"{d['host']['processes']['a']} + {d['host']['processes']['b']}",

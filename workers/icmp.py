@@ -162,10 +162,5 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead", required=True, type=int, help="tunnel overhead in bytes")
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The worker's entry point (``python -m workers.icmp``)."""
-    return main(IcmpWorker, __doc__ or "icmp worker", argv, extra=_arguments)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main(IcmpWorker, __doc__ or "icmp worker", extra=_arguments))

@@ -364,10 +364,7 @@ class StreamWorker(Worker):
             return
         # Choosing the route touches the real transmit socket (a flow label is leased on it), so
         # it must never run on a stand-in: choose it here if it is due, and hold it for the run.
-        now = time.time()
-        if now >= self.active_until:
-            self._select_active(now)
-        route = self.active
+        route = self._route_now()
         if route is None:
             return
         w = self.warm
@@ -442,13 +439,18 @@ class StreamWorker(Worker):
         finally:
             self.drops.add(pkt_id)  # the original never leaves: dropped in the next batch
 
-    def current_route(self) -> RouteUpdate | None:
+    def _route_now(self) -> RouteUpdate | None:
+        """The route to send on now, chosen again once the current choice ran out."""
         now = time.time()
         if now >= self.active_until:
             self._select_active(now)
-        if self.active is None:
-            self.counters["drop_no_route"] += 1
         return self.active
+
+    def current_route(self) -> RouteUpdate | None:
+        route = self._route_now()
+        if route is None:
+            self.counters["drop_no_route"] += 1
+        return route
 
     def outbound(self, data: Buffer) -> None:
         st = self.state
@@ -777,10 +779,5 @@ class StreamWorker(Worker):
             self.counters[f"drop_send_{what}_" + sockets.errno_name(e.errno)] += 1
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The worker's entry point (``python -m workers.stream``)."""
-    return main(StreamWorker, __doc__ or "stream worker", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main(StreamWorker, __doc__ or "stream worker"))
