@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import ipaddress
 import json
@@ -71,6 +72,7 @@ STOP_GRACE = 3.0
 MAX_BACKOFF = 30.0
 REPO = Path(__file__).resolve().parent
 STATE_FILE = "state.json"
+LOCK_FILE = "supervisor.lock"  # flock(2) held by the running supervisor
 POLICY = Policy(startsecs=1.0, startretries=3, backoff=1.0, max_backoff=MAX_BACKOFF,
                 start_timeout=READY_TIMEOUT, stop_timeout=STOP_GRACE)
 # Config fields a reload may change (the streams); any other change needs a restart.
@@ -116,6 +118,7 @@ class Supervisor:
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
+        self.lock_fd: int | None = None  # the runtime directory's lock, once we hold it
         # When the next rotation is due: the boundary after the epoch the last rotation brought
         # the routes to (not after "now" when the loop gets there: a start or a slow step that
         # crosses a boundary must rotate at once, or the newest route is not ready in time).
@@ -128,11 +131,18 @@ class Supervisor:
         log.info("action=create_runtime_dir path=%s mode=0700", d)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(d, 0o700)  # sockets and state inside; only root may enter
-        other = running_supervisor(d)
-        if other is not None:
-            # Its cleanup would be our leftovers: starting now would tear down a live gateway.
-            raise Mt6dError(f"a supervisor is already running with runtime directory {d} "
-                            f"(pid {other})")
+        # One supervisor per runtime directory: its cleanup would be our leftovers, so a second
+        # start would tear down a live gateway. An exclusive lock, held until this process ends
+        # (the kernel drops it even on SIGKILL), decides atomically between two starts at once.
+        fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = running_supervisor(d)
+            raise Mt6dError(f"a supervisor is already running with runtime directory {d}"
+                            + (f" (pid {other})" if other is not None else "")) from None
+        self.lock_fd = fd
         (d / "ready").unlink(missing_ok=True)
         (d / "supervisor.pid").write_text(f"{os.getpid()}\n")
 
@@ -615,6 +625,8 @@ class Supervisor:
 
     def teardown(self) -> None:
         """Undo everything this run added, in reverse order; each step runs even if one fails."""
+        if self.lock_fd is None:
+            return  # refused (another supervisor holds the directory) or failed before: none ours
         (self.runtime_dir / "ready").unlink(missing_ok=True)
         steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers)]
         nl, c = self.nl, self.config
@@ -644,8 +656,9 @@ class Supervisor:
         if self.nl is not None and not failed:
             # Everything recorded is gone; a failed step keeps the record for the next start.
             (self.runtime_dir / STATE_FILE).unlink(missing_ok=True)
-        if self.nl is not None:  # we wrote the pid file (a refused start leaves the other's)
-            (self.runtime_dir / "supervisor.pid").unlink(missing_ok=True)
+        (self.runtime_dir / "supervisor.pid").unlink(missing_ok=True)
+        os.close(self.lock_fd)  # the next start may take the directory
+        self.lock_fd = None
         log.info("event=stopped failed_steps=%d", failed)
 
     def remove_stream_system(self, s: cfgmod.StreamConfig) -> None:

@@ -220,6 +220,49 @@ def test_sigkill_supervisor_workers_exit_and_next_start_cleans_up(
     assert snapshot(lab, ga.name) == before
 
 
+def test_two_starts_at_once_one_runs_and_the_refused_one_touches_nothing(
+    oplab: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    """Of two supervisors started together in one gateway exactly one runs (the runtime
+    directory's lock decides); the other, and a third started later, exit 1 without removing
+    anything of the running one's (its ready file included: status and init scripts read it)."""
+    lab, info = oplab
+    ga, gb = gateways(info)
+    before = snapshot(lab, ga.name)
+    ready = Path(ga.runtime_dir or "") / "ready"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, str(SUPERVISOR), "--config", ga.config or ""]
+    logs = [tmp_path / f"start{i}.out" for i in range(3)]
+    pids = [lab.spawn(ga.name, argv, name=f"race-{i}", log_path=logs[i]) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        while sum(lab._alive(p) for p in pids) > 1 or not ready.exists():
+            assert any(lab._alive(p) for p in pids), [x.read_text() for x in logs[:2]]
+            assert time.monotonic() < deadline, [x.read_text() for x in logs[:2]]
+            time.sleep(0.05)
+        (winner,) = [p for p in pids if lab._alive(p)]
+        (loser,) = [i for i, p in enumerate(pids) if p != winner]
+        assert lab._exit_code(pids[loser]) == 1
+        assert f"already running with runtime directory {ga.runtime_dir} (pid {winner})" in (
+            logs[loser].read_text())
+        # A third start while it runs: refused the same way, the ready file left in place.
+        third = lab.spawn(ga.name, argv, name="race-2", log_path=logs[2])
+        pids.append(third)
+        deadline = time.monotonic() + 60
+        while lab._alive(third):
+            assert time.monotonic() < deadline, logs[2].read_text()
+            time.sleep(0.05)
+        assert lab._exit_code(third) == 1 and "already running" in logs[2].read_text()
+        assert ready.exists() and status(ga)["pid"] == winner
+        pids.append(start_supervisor(lab, gb))
+        s = info.streams[0]
+        ping_eventually(lab, s.host_a_ns, s.host_b_address)
+        ping_ok(lab, s.host_a_ns, s.host_b_address)
+    finally:
+        stop_all(lab, pids)
+    assert snapshot(lab, ga.name) == before
+
+
 def test_sigkill_stream_worker_under_traffic(oplab: tuple[Lab, LabInfo], tmp_path: Path) -> None:
     lab, info = oplab
     ga, gb = gateways(info)
