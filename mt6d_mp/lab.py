@@ -280,6 +280,17 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def log_tail(path: str | Path | None, lines: int = 12) -> str:
+    """The last lines of a log, indented, for an error message (a lab's files may be gone by
+    the time anyone reads the error, as in CI); empty if there is nothing to read."""
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        return ""
+    tail = text.splitlines()[-lines:]
+    return "; its last lines:\n" + "\n".join("  " + line for line in tail) if tail else ""
+
+
 def namespaces_with_prefix(prefix: str) -> list[str]:
     return [n for n in list_namespaces() if n.startswith(prefix + "-")]
 
@@ -953,12 +964,12 @@ class Lab:
                     raise LabError(
                         f"supervisor in {gw.name} exited"
                         f"{f' with code {code}' if code is not None else ''} before becoming ready; "
-                        f"see {gw.supervisor_out}"
+                        f"see {gw.supervisor_out}{log_tail(gw.supervisor_out)}"
                     )
                 if time.monotonic() > deadline:
                     raise LabError(
                         f"supervisor in {gw.name} did not become ready in {self.ready_timeout:g}s; "
-                        f"see {gw.supervisor_out}"
+                        f"see {gw.supervisor_out}{log_tail(gw.supervisor_out)}"
                     )
                 time.sleep(0.05)
             log.info("supervisor in %s is ready (pid %d)", gw.name, pid)

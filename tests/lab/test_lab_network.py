@@ -193,6 +193,7 @@ import pathlib, sys, time, tomllib
 cfg = pathlib.Path(sys.argv[sys.argv.index("--config") + 1])
 mode = {mode!r}
 if mode == "exit":
+    print("fake supervisor: cannot start", flush=True)
     sys.exit(3)
 if mode == "ready":
     run = pathlib.Path(tomllib.loads(cfg.read_text())["runtime"]["dir"])
@@ -259,7 +260,10 @@ def test_mt6d_configs_and_supervisors(prefix: str, tmp_path: Path, monkeypatch: 
 
 @pytest.mark.parametrize(
     ("mode", "message"),
-    [("hang", r"did not become ready in 1s; see .*supervisor\.out"), ("exit", "with code 3")],
+    # the error carries the end of the supervisor's output (the lab's files go with the lab)
+    [("hang", r"did not become ready in 1s; see .*supervisor\.out; its last lines:\n"
+              r"  fake supervisor running"),
+     ("exit", r"with code 3 [\s\S]*\n  fake supervisor: cannot start")],
 )
 def test_supervisor_failure_rolls_back(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, message: str

@@ -82,8 +82,10 @@ def start_supervisor(lab: Lab, gw: NamespaceInfo, timeout: float = 60.0) -> int:
                     name=f"supervisor-{gw.name}", log_path=Path(gw.supervisor_out))
     deadline = time.monotonic() + timeout
     while not ready.exists():
-        assert lab._alive(pid), f"supervisor in {gw.name} exited; see {gw.supervisor_out}"
-        assert time.monotonic() < deadline, f"supervisor in {gw.name} not ready"
+        assert lab._alive(pid), (f"supervisor in {gw.name} exited; see {gw.supervisor_out}"
+                                 + labmod.log_tail(gw.supervisor_out))
+        assert time.monotonic() < deadline, (f"supervisor in {gw.name} not ready"
+                                             + labmod.log_tail(gw.supervisor_out))
         time.sleep(0.05)
     return pid
 
