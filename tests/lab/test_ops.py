@@ -130,6 +130,13 @@ def ping_eventually(lab: Lab, ns: str, address: str, timeout: float = 30.0) -> N
         assert time.monotonic() < deadline, f"no ping reply from {address}"
 
 
+def first_stream_carries_pings(lab: Lab, info: LabInfo) -> None:
+    """Once a just-started gateway answers, five pings at 0.2 s all come back."""
+    s = info.streams[0]
+    ping_eventually(lab, s.host_a_ns, s.host_b_address)
+    ping_ok(lab, s.host_a_ns, s.host_b_address)
+
+
 def stop_all(lab: Lab, pids: list[int]) -> None:
     for pid in pids:
         lab.stop(pid, timeout=30)
@@ -214,9 +221,7 @@ def test_sigkill_supervisor_workers_exit_and_next_start_cleans_up(
         log_text = Path(ga.supervisor_out or "").read_text()
         assert "event=leftover_removed what=neighbour" in log_text
         assert "event=leftover_removed what=firewall" in log_text
-        s = info.streams[0]
-        ping_eventually(lab, s.host_a_ns, s.host_b_address)
-        ping_ok(lab, s.host_a_ns, s.host_b_address)
+        first_stream_carries_pings(lab, info)
     finally:
         stop_all(lab, pids)
     assert snapshot(lab, ga.name) == before
@@ -257,9 +262,7 @@ def test_two_starts_at_once_one_runs_and_the_refused_one_touches_nothing(
         assert lab._exit_code(third) == 1 and "already running" in logs[2].read_text()
         assert ready.exists() and status(ga)["pid"] == winner
         pids.append(start_supervisor(lab, gb))
-        s = info.streams[0]
-        ping_eventually(lab, s.host_a_ns, s.host_b_address)
-        ping_ok(lab, s.host_a_ns, s.host_b_address)
+        first_stream_carries_pings(lab, info)
     finally:
         stop_all(lab, pids)
     assert snapshot(lab, ga.name) == before
