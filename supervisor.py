@@ -139,7 +139,12 @@ class Supervisor:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            other = running_supervisor(d)
+            other = None
+            for _ in range(20):  # the holder writes its pid just after it takes the lock
+                other = running_supervisor(d)
+                if other is not None:
+                    break
+                time.sleep(0.05)
             raise Mt6dError(f"a supervisor is already running with runtime directory {d}"
                             + (f" (pid {other})" if other is not None else "")) from None
         self.lock_fd = fd
