@@ -46,20 +46,29 @@ QUEUE_SOCK_LEN = 8 * 1024 * 1024
 # nfnetlink_queue's batch verdict (linux/netfilter/nfnetlink_queue.h): one message gives the
 # verdict for every packet still queued with an id up to the given one.
 NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_VERDICT_BATCH = 3
 NFQA_VERDICT_HDR = 2
 NLM_F_REQUEST = 1
 NF_DROP = 0
+NF_QUEUE = 3  # with the target queue number in the upper 16 bits (NF_QUEUE_NR)
 # Most drop verdicts one batch waits for: bounds what the kernel holds under a steady flood.
 BATCH_MAX = 64
 
 
-def verdict_batch_message(queue: int, verdict: int, top_id: int) -> bytes:
-    """nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR: ``verdict`` for queued ids <= ``top_id``."""
+def verdict_batch_message(queue: int, verdict: int, top_id: int, *, batch: bool = True) -> bytes:
+    """nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR: ``verdict`` for queued ids <= ``top_id``, or
+    (``batch=False``) for that one packet only."""
     attr = struct.pack("=HH", 12, NFQA_VERDICT_HDR) + struct.pack("!II", verdict, top_id)
     nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))
-    kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH
+    kind = (NFNL_SUBSYS_QUEUE << 8) | (NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT)
     return struct.pack("=IHHII", 16 + len(nfgen) + len(attr), kind, NLM_F_REQUEST, 0, 0) + nfgen + attr
+
+
+def requeue_message(queue: int, packet_id: int, target: int) -> bytes:
+    """The verdict that moves one packet from ``queue`` to queue ``target`` (NF_QUEUE_NR). With
+    no one bound to ``target`` the kernel drops it (no bypass flag: fail closed)."""
+    return verdict_batch_message(queue, NF_QUEUE | (target << 16), packet_id, batch=False)
 
 
 class DropBatch:
@@ -180,7 +189,11 @@ class Worker:
         raise NotImplementedError
 
     def on_bound(self) -> None:
-        """Called once the queue is bound (``self.drops.fd`` is its netlink socket)."""
+        """Called once the queue is bound (``self.drops.fd`` is its netlink socket); an
+        ``OSError`` from it is a failed bind (exit 4)."""
+
+    def on_stop(self) -> None:
+        """Called before the queue is unbound, also after a failed ``on_bound``."""
 
     def keep_warm(self) -> None:
         """Run the packet path on a dummy packet, without I/O (``--keep-warm-ms``)."""
@@ -232,7 +245,14 @@ class Worker:
                       self.queue_num, e)
             return 4
         self.drops.fd = self.nfq.get_fd()
-        self.on_bound()
+        try:
+            self.on_bound()
+        except OSError as e:
+            log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
+                      self.queue_num, e)
+            self.on_stop()
+            self.nfq.unbind()
+            return 4
         self.watch(self.drops.fd, self._run_queue)
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
@@ -273,6 +293,7 @@ class Worker:
                         log.info("event=parent_gone worker=%s", self.name)
                         break
         finally:
+            self.on_stop()
             self.nfq.unbind()
             self.report()
             self.bus.close()

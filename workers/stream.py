@@ -41,6 +41,8 @@ import time
 from collections import Counter
 from typing import Any, NamedTuple
 
+from netfilterqueue import NetfilterQueue
+
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
 from mt6d_mp.core.epochs import epoch_at
@@ -68,12 +70,13 @@ from mt6d_mp.core.packet import (
     tunnel_pieces,
     udp_header,
 )
+from mt6d_mp.core.queues import segment_queue
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
 from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader, packet_message
-from workers.common import DropBatch, Worker, main
+from workers.common import QUEUE_MAXLEN, QUEUE_SOCK_LEN, DropBatch, Worker, main, requeue_message
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +232,12 @@ class StreamWorker(Worker):
         # UDP payload per chunk, per route socket, once the kernel reported a narrower path.
         self.chunk_segments: dict[tuple[bytes, int], int] = {}
         self.warm: KeepWarm | None = None  # keep_warm's stand-ins, made on first use
+        # The segmenting queue (mt6d_mp.core.queues): bound without the GSO flag, so the kernel
+        # cuts what arrives there (a host's UDP GSO packets) into datagrams.
+        self.seg_queue = segment_queue(self.queue_num)
+        self.seg_nfq: NetfilterQueue | None = None
+        self.seg_reader: QueueReader | None = None
+        self.seg_drops = DropBatch(-1, self.seg_queue, self.counters)
 
     def rebuild(self) -> None:
         st = self.bus.replica.streams.get(self.name)
@@ -402,14 +411,32 @@ class StreamWorker(Worker):
                         self.name, dict(w.counters))
 
     def on_bound(self) -> None:
-        """Read the queue ourselves, with GSO packets queued whole (mt6d_mp.io.nfqueue)."""
+        """Read the queue ourselves, with GSO packets queued whole (mt6d_mp.io.nfqueue), and
+        bind the segmenting queue, read the same way but with GSO packets cut by the kernel."""
         self.reader = QueueReader(self.drops.fd, self.queue_num, self.counters)
         self.reader.configure(gso=True)
+        nfq = NetfilterQueue()
+        nfq.bind(self.seg_queue, self._callback, max_len=QUEUE_MAXLEN, sock_len=QUEUE_SOCK_LEN)
+        self.seg_nfq = nfq
+        self.seg_drops.fd = nfq.get_fd()
+        self.seg_reader = QueueReader(self.seg_drops.fd, self.seg_queue, self.counters)
+        self.seg_reader.configure(gso=False)
+        self.watch(self.seg_drops.fd, self._run_segments)
+
+    def on_stop(self) -> None:
+        if self.seg_nfq is not None:
+            self.seg_nfq.unbind()
+            self.seg_nfq = None
 
     def _run_queue(self) -> None:
         assert self.reader is not None
         self.reader.read(self.on_message)
         self.drops.flush()
+
+    def _run_segments(self) -> None:
+        assert self.seg_reader is not None
+        self.seg_reader.read(self.on_segment)
+        self.seg_drops.flush()
 
     def on_message(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None:
         """A packet from the queue: the local host's packet to the remote host, or nothing else.
@@ -417,6 +444,7 @@ class StreamWorker(Worker):
         ``data`` is only valid during the call. GSO packets (a host's TCP super-packets) arrive
         whole: they go as one message in chunks (outbound_large).
         """
+        moved = False
         try:
             st = self.state
             if st is None:
@@ -425,7 +453,10 @@ class StreamWorker(Worker):
                 if mac and indev == st.internal_ifindex:
                     self.host_mac = mac
                 if info & (NFQA_SKB_GSO | TRUNCATED_COPY):
-                    self.outbound_large(data, info)
+                    if info & NFQA_SKB_GSO and data[6] != IPPROTO_TCP:
+                        moved = self.to_segmenting_queue(pkt_id)
+                    else:
+                        self.outbound_large(data, info)
                 else:
                     # A checksum the host left to its NIC (NFQA_SKB_CSUMNOTREADY) travels as it
                     # is: the receiving gateway completes it (inbound).
@@ -437,7 +468,41 @@ class StreamWorker(Worker):
         except Exception:  # never let one packet kill the worker; count it, the drop follows
             self.internal_error()
         finally:
-            self.drops.add(pkt_id)  # the original never leaves: dropped in the next batch
+            if not moved:  # the original never leaves: dropped in the next batch
+                self.drops.add(pkt_id)
+
+    def to_segmenting_queue(self, pkt_id: int) -> bool:
+        """A GSO packet that is not plain TCP (a host's UDP GSO, or TCP behind extension
+        headers): the queue message does not say where to cut it (gso_size), so it goes to the
+        segmenting queue, where the kernel cuts it into packets that come back one by one
+        (on_segment). True if it went: it has its verdict, and the drop batch must leave it
+        out (a batch that finds none of its ids queued is refused with ENOENT)."""
+        try:
+            os.write(self.drops.fd, requeue_message(self.queue_num, pkt_id, self.seg_queue))
+        except OSError as e:  # it stays queued; the batch drop takes it
+            self.counters["drop_requeue_" + sockets.errno_name(e.errno)] += 1
+            return False
+        self.counters["gso_requeued"] += 1
+        return True
+
+    def on_segment(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None:
+        """A packet from the segmenting queue: one piece of a GSO packet the kernel cut."""
+        try:
+            if self.state is None:
+                self.counters["drop_no_stream"] += 1
+            elif data[ADDRESSES:40] != self.true_pair:
+                self.counters["drop_not_stream"] += 1
+            elif info & (NFQA_SKB_GSO | TRUNCATED_COPY):  # the kernel cuts GSO packets here
+                self.counters["drop_segment_not_cut"] += 1
+            else:
+                self.counters["gso_segments"] += 1
+                self.outbound(data)
+        except PacketError as e:
+            self.counters["drop_" + e.reason] += 1
+        except Exception:
+            self.internal_error()
+        finally:
+            self.seg_drops.add(pkt_id)
 
     def _route_now(self) -> RouteUpdate | None:
         """The route to send on now, chosen again once the current choice ran out."""

@@ -19,6 +19,7 @@ import secrets
 import signal
 import struct
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -326,6 +327,64 @@ def test_iperf3_udp_reports_loss_and_jitter(switched: tuple[Lab, LabInfo], tmp_p
         check_external_capture(info, pcap)
     finally:
         lab.stop(server)
+
+
+UDP_GSO_RECEIVER = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: all 160 fit if we fall behind
+s.bind((sys.argv[1], 9999))
+s.settimeout(3)
+got = []
+print("listening", flush=True)
+try:
+    while True:
+        got.append(s.recv(65535).hex())
+except TimeoutError:
+    pass
+print(json.dumps(got), flush=True)
+"""
+UDP_GSO_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1200)  # UDP_SEGMENT: the kernel sends 1200-byte datagrams
+for i in range(40):  # each send: one GSO packet of four datagrams, each filled with its number
+    s.sendto(b"".join(bytes([4 * i + k]) * 1200 for k in range(4)), (sys.argv[1], 9999))
+"""
+
+
+def test_a_hosts_udp_gso_packets_arrive_as_their_datagrams(
+    switched: tuple[Lab, LabInfo], tmp_path: Path
+) -> None:
+    """A host's UDP GSO packet (UDP_SEGMENT, as QUIC stacks send) reaches the gateway whole over
+    the veth; the queue message does not say where to cut it, so the worker moves it to the
+    stream's segmenting queue, where the kernel cuts it. Host B must get every datagram."""
+    lab, info = switched
+    s = info.streams[0]
+    time.sleep(1.5)  # earlier tests' counters have been reported
+    before = worker(info, s.name)["counters"]
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", s.host_b_ns, sys.executable, "-c", UDP_GSO_RECEIVER,
+         s.host_b_address], stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "listening"
+        with capture(lab, info.capture_ns, info.capture_if, tmp_path / "gso.pcap") as pcap:
+            lab.exec(s.host_a_ns, [sys.executable, "-c", UDP_GSO_SENDER, s.host_b_address])
+            got = json.loads(receiver.communicate(timeout=60)[0])
+    finally:
+        if receiver.poll() is None:  # this test's own receiver
+            receiver.kill()
+            receiver.wait()
+    assert sorted(got) == [(bytes([n]) * 1200).hex() for n in range(160)], (
+        f"{len(got)} of 160 datagrams; " + datapath_report(info))
+    check_external_capture(info, pcap)
+    time.sleep(1.5)  # the workers have reported their counters since
+    after = worker(info, s.name)["counters"]
+    assert after.get("gso_requeued", 0) - before.get("gso_requeued", 0) == 40, after
+    assert after.get("gso_segments", 0) - before.get("gso_segments", 0) == 160, after
+    grew = {k: n - before.get(k, 0) for k, n in after.items()
+            if k.startswith(("drop_", "queue_netlink")) and n != before.get(k, 0)}
+    assert not grew, after
 
 
 def test_fail_closed_while_a_worker_is_stopped_or_killed(

@@ -168,3 +168,109 @@ def test_without_the_gso_flag_the_kernel_segments_before_queueing(
     seen = nsutil.call_in(gateway, _read_tcp_messages, host, False)
     assert seen, "no TCP data was queued"
     assert max(n for n, _ in seen) <= 1500
+
+
+SEG_QUEUE = QUEUE + 32768  # mt6d_mp.core.queues.segment_queue(QUEUE)
+UDP_PORT = 5555
+
+
+def _requeue_udp_gso(sender_ns: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """A host's UDP GSO packets (4 x 1000-byte datagrams each) queued whole on QUEUE and moved
+    with an NF_QUEUE verdict to SEG_QUEUE: first while nothing reads SEG_QUEUE, then bound
+    without the GSO flag. Returns the queued GSO packets' lengths, how many datagrams reached
+    the socket while SEG_QUEUE had no reader, and (length, info) of what SEG_QUEUE got."""
+    import os
+    import subprocess
+    import time
+
+    from netfilterqueue import NetfilterQueue
+
+    from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, QueueReader
+    from workers.common import DropBatch, requeue_message
+
+    nsutil.run(["ip6tables-legacy", "-A", "INPUT", "-p", "udp", "--dport", str(UDP_PORT),
+                "-j", "NFQUEUE", "--queue-num", str(QUEUE)])
+    rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    rx.bind(("fd00:7::2", UDP_PORT))
+    rx.setblocking(False)
+    counters: Counter[str] = Counter()
+    nfq, seg = NetfilterQueue(), NetfilterQueue()
+    nfq.bind(QUEUE, lambda pkt: None)
+    reader = QueueReader(nfq.get_fd(), QUEUE, counters)
+    reader.configure(True)
+    queued: list[int] = []
+
+    def requeue(pkt_id: int, payload: memoryview, info: int, indev: int, mac: bytes) -> None:
+        assert info & NFQA_SKB_GSO, (len(payload), info)
+        queued.append(len(payload))
+        os.write(nfq.get_fd(), requeue_message(QUEUE, pkt_id, SEG_QUEUE))
+
+    def send(count: int) -> None:
+        subprocess.run(
+            ["ip", "netns", "exec", sender_ns, "python3", "-c",
+             "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+             "s.setsockopt(socket.SOL_UDP, 103, 1000); "
+             f"[s.sendto(bytes(4000), ('fd00:7::2', {UDP_PORT})) for _ in range({count})]"],
+            check=True)
+
+    def pump(until: Callable[[], bool], also: Callable[[], None] = lambda: None) -> None:
+        deadline = time.monotonic() + 5
+        while not until() and time.monotonic() < deadline:
+            reader.read(requeue)
+            also()
+            time.sleep(0.01)
+
+    def received() -> int:
+        n = 0
+        while True:
+            try:
+                rx.recv(65535)
+            except BlockingIOError:
+                return n
+            n += 1
+
+    try:
+        send(3)
+        pump(lambda: len(queued) >= 3)
+        time.sleep(0.3)
+        unbound = received()
+        seg.bind(SEG_QUEUE, lambda pkt: None)
+        seg_reader = QueueReader(seg.get_fd(), SEG_QUEUE, counters)
+        seg_reader.configure(False)
+        drops = DropBatch(seg.get_fd(), SEG_QUEUE, counters)
+        cut: list[tuple[int, int]] = []
+
+        def take(pkt_id: int, payload: memoryview, info: int, indev: int, mac: bytes) -> None:
+            cut.append((len(payload), info))
+            drops.add(pkt_id)
+
+        def read_cut() -> None:
+            seg_reader.read(take)
+            drops.flush()
+
+        send(3)
+        pump(lambda: len(cut) >= 12, read_cut)
+        time.sleep(0.3)
+        read_cut()
+        assert received() == 0, "a segment passed although it was dropped"
+        return queued, unbound, cut
+    finally:
+        seg.unbind()
+        nfq.unbind()
+        rx.close()
+
+
+def test_a_requeued_udp_gso_packet_is_dropped_without_a_reader_and_cut_with_one(
+    netns_factory: Callable[[str], str],
+) -> None:
+    """What the stream worker's segmenting queue relies on (workers/stream.py,
+    to_segmenting_queue): NF_QUEUE to a queue nobody reads drops (fail closed, no bypass);
+    to a queue bound without the GSO flag, the kernel cuts the packet into its datagrams."""
+    from mt6d_mp.io.nfqueue import NFQA_SKB_GSO
+
+    host, gateway = _two_namespaces(netns_factory)
+    queued, unbound, cut = nsutil.call_in(gateway, _requeue_udp_gso, host)
+    assert queued == [40 + 8 + 4000] * 6, queued  # whole: IPv6 + UDP header + 4 datagrams
+    assert unbound == 0, "a requeued packet got through while the segmenting queue had no reader"
+    assert [n for n, _ in cut] == [40 + 8 + 1000] * 12, cut
+    assert not any(info & NFQA_SKB_GSO for _, info in cut), cut

@@ -217,3 +217,16 @@ def test_no_streams(gw: Path) -> None:
 def test_features_not_built_yet_are_refused(gw: Path) -> None:
     msg = problems(gw, overrides={"crypto.regen_interval": 3600})
     assert "crypto.regen_interval = 3600.0: in-band rekeying is not implemented yet" in msg
+
+
+def test_queue_numbers_above_32767_are_the_segmenting_queues(gw: Path) -> None:
+    from mt6d_mp.core.queues import MAX_QUEUE, segment_queue
+
+    assert MAX_QUEUE == 32767 and segment_queue(0) == 32768 and segment_queue(MAX_QUEUE) == 65535
+    profiles = gw.parent / "profiles"
+    profiles.write_text(profiles.read_text().replace("  2  @keys", "  40000  @keys"))
+    msg = problems(gw)
+    assert "queue '40000': expected a number 0..32767 (32768 and up are the streams' segmenting " \
+           "queues)" in msg, msg
+    gw.write_text(gw.read_text().replace("icmp = 1", "icmp = 32768"))
+    assert "a queue number 0..32767" in problems(gw)
