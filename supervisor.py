@@ -55,6 +55,7 @@ from mt6d_mp.core.epochs import next_boundary
 from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
+from mt6d_mp.core.queues import segment_queue
 from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity
 from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError, SystemSetupError
 from mt6d_mp.io.bus import BusServer
@@ -692,6 +693,8 @@ class Supervisor:
                 "state": w.lc.state.value, "reason": w.lc.reason, "uptime": w.lc.uptime(),
                 "spawns": w.lc.spawns, "restarts": max(0, w.lc.spawns - 1),
                 "exits": w.lc.exits[-5:], "kernel_queue": kernel.get(w.queue),
+                "segment_queue": (None if w.queue == self.config.icmp_queue
+                                  else kernel.get(segment_queue(w.queue))),
                 "packets_out": counters.get("tunnelled_packets", 0),
                 "packets_in": counters.get("extracted_packets", 0),
                 "bytes_out": counters.get("tunnelled_bytes", 0),

@@ -132,7 +132,8 @@ class Status(Command):
 
     Wire: ``[b"status"]`` -> ``{"pid", "config", "uptime", "tunnel_mtu", "workers": [{"name",
     "pid", "state", "reason", "uptime", "queue", "kernel_queue": {"waiting", "queue_dropped",
-    "user_dropped"}, "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
+    "user_dropped"}, "segment_queue": (the same for a stream worker's segmenting queue, or null),
+    "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
     "next_rotation", "next_rotation_in"}]}``. ``packets_out`` counts tunnelled packets (host to
     tunnel), ``packets_in`` extracted ones (tunnel to host), as the hosts see them: a TCP

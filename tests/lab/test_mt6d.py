@@ -385,6 +385,10 @@ def test_a_hosts_udp_gso_packets_arrive_as_their_datagrams(
     grew = {k: n - before.get(k, 0) for k, n in after.items()
             if k.startswith(("drop_", "queue_netlink")) and n != before.get(k, 0)}
     assert not grew, after
+    # status shows the kernel's side of the segmenting queue too: bound, nothing left or lost
+    seg = worker(info, s.name)["segment_queue"]
+    assert seg == {"waiting": 0, "queue_dropped": 0, "user_dropped": 0}, seg
+    assert worker(info, "icmp")["segment_queue"] is None
 
 
 def test_fail_closed_while_a_worker_is_stopped_or_killed(
