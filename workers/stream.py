@@ -476,13 +476,18 @@ class StreamWorker(Worker):
         headers): the queue message does not say where to cut it (gso_size), so it goes to the
         segmenting queue, where the kernel cuts it into packets that come back one by one
         (on_segment). True if it went: it has its verdict, and the drop batch must leave it
-        out (a batch that finds none of its ids queued is refused with ENOENT)."""
+        out (a batch that finds none of its ids queued is refused with ENOENT).
+
+        The kernel handles the verdict inside the write: the pieces wait in the segmenting
+        queue when it returns. They are sent at once, before the packets queued after this one,
+        so that a flow's datagrams keep their order."""
         try:
             os.write(self.drops.fd, requeue_message(self.queue_num, pkt_id, self.seg_queue))
         except OSError as e:  # it stays queued; the batch drop takes it
             self.counters["drop_requeue_" + sockets.errno_name(e.errno)] += 1
             return False
         self.counters["gso_requeued"] += 1
+        self._run_segments()
         return True
 
     def on_segment(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None:

@@ -332,7 +332,7 @@ def test_iperf3_udp_reports_loss_and_jitter(switched: tuple[Lab, LabInfo], tmp_p
 UDP_GSO_RECEIVER = """
 import json, socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: all 160 fit if we fall behind
+s.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: all 200 fit if we fall behind
 s.bind((sys.argv[1], 9999))
 s.settimeout(3)
 got = []
@@ -348,8 +348,9 @@ UDP_GSO_SENDER = """
 import socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_UDP, 103, 1200)  # UDP_SEGMENT: the kernel sends 1200-byte datagrams
-for i in range(40):  # each send: one GSO packet of four datagrams, each filled with its number
-    s.sendto(b"".join(bytes([4 * i + k]) * 1200 for k in range(4)), (sys.argv[1], 9999))
+for i in range(40):  # one GSO packet of four datagrams, then a plain one; each filled with its number
+    s.sendto(b"".join(bytes([5 * i + k]) * 1200 for k in range(4)), (sys.argv[1], 9999))
+    s.sendto(bytes([5 * i + 4]) * 1200, (sys.argv[1], 9999))
 """
 
 
@@ -358,7 +359,8 @@ def test_a_hosts_udp_gso_packets_arrive_as_their_datagrams(
 ) -> None:
     """A host's UDP GSO packet (UDP_SEGMENT, as QUIC stacks send) reaches the gateway whole over
     the veth; the queue message does not say where to cut it, so the worker moves it to the
-    stream's segmenting queue, where the kernel cuts it. Host B must get every datagram."""
+    stream's segmenting queue, where the kernel cuts it. Host B must get every datagram, in
+    the order sent (a plain datagram sent after a GSO packet must not overtake its pieces)."""
     lab, info = switched
     s = info.streams[0]
     time.sleep(1.5)  # earlier tests' counters have been reported
@@ -375,13 +377,16 @@ def test_a_hosts_udp_gso_packets_arrive_as_their_datagrams(
         if receiver.poll() is None:  # this test's own receiver
             receiver.kill()
             receiver.wait()
-    assert sorted(got) == [(bytes([n]) * 1200).hex() for n in range(160)], (
-        f"{len(got)} of 160 datagrams; " + datapath_report(info))
+    sent = [(bytes([n]) * 1200).hex() for n in range(200)]
+    assert sorted(got) == sorted(sent), f"{len(got)} of 200 datagrams; " + datapath_report(info)
+    # in order: a GSO packet's pieces leave before the plain datagram queued after it
+    assert got == sent, [bytes.fromhex(d)[0] for d in got]
     check_external_capture(info, pcap)
     time.sleep(1.5)  # the workers have reported their counters since
     after = worker(info, s.name)["counters"]
     assert after.get("gso_requeued", 0) - before.get("gso_requeued", 0) == 40, after
     assert after.get("gso_segments", 0) - before.get("gso_segments", 0) == 160, after
+    assert after["tunnelled_packets"] - before.get("tunnelled_packets", 0) == 200, after
     grew = {k: n - before.get(k, 0) for k, n in after.items()
             if k.startswith(("drop_", "queue_netlink")) and n != before.get(k, 0)}
     assert not grew, after
