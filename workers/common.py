@@ -56,19 +56,28 @@ NF_QUEUE = 3  # with the target queue number in the upper 16 bits (NF_QUEUE_NR)
 BATCH_MAX = 64
 
 
-def verdict_batch_message(queue: int, verdict: int, top_id: int, *, batch: bool = True) -> bytes:
-    """nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR: ``verdict`` for queued ids <= ``top_id``, or
-    (``batch=False``) for that one packet only."""
-    attr = struct.pack("=HH", 12, NFQA_VERDICT_HDR) + struct.pack("!II", verdict, top_id)
+def _verdict_message(msg_type: int, queue: int, verdict: int, packet_id: int) -> bytes:
+    """nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR."""
+    attr = struct.pack("=HH", 12, NFQA_VERDICT_HDR) + struct.pack("!II", verdict, packet_id)
     nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))
-    kind = (NFNL_SUBSYS_QUEUE << 8) | (NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT)
+    kind = (NFNL_SUBSYS_QUEUE << 8) | msg_type
     return struct.pack("=IHHII", 16 + len(nfgen) + len(attr), kind, NLM_F_REQUEST, 0, 0) + nfgen + attr
+
+
+def verdict_batch_message(queue: int, verdict: int, top_id: int) -> bytes:
+    """``verdict`` for every packet of ``queue`` still queued with an id <= ``top_id``."""
+    return _verdict_message(NFQNL_MSG_VERDICT_BATCH, queue, verdict, top_id)
 
 
 def requeue_message(queue: int, packet_id: int, target: int) -> bytes:
     """The verdict that moves one packet from ``queue`` to queue ``target`` (NF_QUEUE_NR). With
     no one bound to ``target`` the kernel drops it (no bypass flag: fail closed)."""
-    return verdict_batch_message(queue, NF_QUEUE | (target << 16), packet_id, batch=False)
+    return _verdict_message(NFQNL_MSG_VERDICT, queue, NF_QUEUE | (target << 16), packet_id)
+
+
+def bind_queue(nfq: NetfilterQueue, queue: int, callback: Callable[[Packet], None]) -> None:
+    """Bind ``queue`` with the kernel queue length and socket buffer every worker uses."""
+    nfq.bind(queue, callback, max_len=QUEUE_MAXLEN, sock_len=QUEUE_SOCK_LEN)
 
 
 class DropBatch:
@@ -238,8 +247,7 @@ class Worker:
     def run(self) -> int:
         self.sync()
         try:
-            self.nfq.bind(self.queue_num, self._callback, max_len=QUEUE_MAXLEN,
-                          sock_len=QUEUE_SOCK_LEN)
+            bind_queue(self.nfq, self.queue_num, self._callback)
         except OSError as e:
             log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
                       self.queue_num, e)

@@ -76,7 +76,7 @@ from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
 from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader, packet_message
-from workers.common import QUEUE_MAXLEN, QUEUE_SOCK_LEN, DropBatch, Worker, main, requeue_message
+from workers.common import DropBatch, Worker, bind_queue, main, requeue_message
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ class StreamWorker(Worker):
         self.reader = QueueReader(self.drops.fd, self.queue_num, self.counters)
         self.reader.configure(gso=True)
         nfq = NetfilterQueue()
-        nfq.bind(self.seg_queue, self._callback, max_len=QUEUE_MAXLEN, sock_len=QUEUE_SOCK_LEN)
+        bind_queue(nfq, self.seg_queue, self._callback)
         self.seg_nfq = nfq
         self.seg_drops.fd = nfq.get_fd()
         self.seg_reader = QueueReader(self.seg_drops.fd, self.seg_queue, self.counters)
@@ -491,7 +491,10 @@ class StreamWorker(Worker):
         return True
 
     def on_segment(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None:
-        """A packet from the segmenting queue: one piece of a GSO packet the kernel cut."""
+        """A packet from the segmenting queue: one piece of a GSO packet the kernel cut.
+
+        The same checks as on_message, kept as a separate copy so that on_message, the hot
+        path, stays one flat function with no extra call per packet."""
         try:
             if self.state is None:
                 self.counters["drop_no_stream"] += 1

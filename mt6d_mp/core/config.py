@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mt6d_mp.core.addressing import HASH_TYPES, mac_bytes, mac_text
-from mt6d_mp.core.queues import MAX_QUEUE
+from mt6d_mp.core.queues import MAX_QUEUE, QUEUE_RANGE
 from mt6d_mp.errors import ConfigError
 
 CRYPT_TYPES = ("aes-256-gcm", "chacha20-poly1305", "none")
@@ -144,8 +144,7 @@ def _one_of(choices: tuple[str, ...]) -> Checker:
 
 
 def _queue(v: Any) -> str | None:
-    return None if 0 <= v <= MAX_QUEUE else (
-        f"a queue number 0..{MAX_QUEUE} ({MAX_QUEUE + 1} and up are the streams' segmenting queues)")
+    return None if 0 <= v <= MAX_QUEUE else f"a queue number {QUEUE_RANGE}"
 
 
 def _handlers(v: Any) -> str | None:
@@ -468,8 +467,7 @@ def _read_profiles(
             if not 0 <= queue <= MAX_QUEUE:
                 raise ValueError
         except ValueError:
-            problems.append(f"{where}: queue {queue_text!r}: expected a number 0..{MAX_QUEUE} "
-                            f"({MAX_QUEUE + 1} and up are the streams' segmenting queues)")
+            problems.append(f"{where}: queue {queue_text!r}: expected a number {QUEUE_RANGE}")
             queue = -1
         if queue in queues:
             problems.append(f"{where}: queue {queue} is already used by {queues[queue]}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 MAX_QUEUE = 32767  # a configuration's queue numbers are 0..MAX_QUEUE
 SEGMENT_QUEUE_OFFSET = 32768
+QUEUE_RANGE = f"0..{MAX_QUEUE} ({MAX_QUEUE + 1} and up are the streams' segmenting queues)"
 
 
 def segment_queue(queue: int) -> int:
