@@ -1,8 +1,9 @@
 """Links, addresses, neighbours and host routes through rtnetlink (the only pyroute2 user).
 
-One :class:`Netlink` wraps one ``IPRoute`` handle (pyroute2 wants one handle per process or
-thread). The handle works in the network namespace of the calling process, or in ``netns`` if one
-is named (pyroute2 then opens its socket inside that namespace).
+One :class:`Netlink` wraps one blocking rtnetlink socket (:class:`_Rtnl`): it sends one request
+and reads its replies, with pyroute2's message classes to build and read the messages. It works
+in the network namespace of the calling process, or in ``netns`` if one is named (the socket is
+made inside that namespace). Use one per thread.
 
 Kernel facts relied on:
 
@@ -17,7 +18,7 @@ Kernel facts relied on:
 - A neighbour entry in state ``NUD_PERMANENT`` (0x80, 128) is never probed, never expires and is
   never replaced by neighbour discovery.
 - Netlink replies confirm the change, but other sockets see it only once the kernel has sent the
-  notification; pyroute2's ``IPRoute.ensure()`` discusses the same. :meth:`wait_address_usable`
+  notification (pyroute2's ``IPRoute.ensure()`` discusses the same). :meth:`wait_address_usable`
   polls when a caller needs to be sure.
 
 Every address and route we add carries the protocol number ``proto`` (``IFA_PROTO``, kernel
@@ -32,55 +33,199 @@ import errno
 import importlib.util
 import ipaddress
 import logging
+import os
 import socket
+import struct
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mt6d_mp.errors import SystemSetupError
 
 log = logging.getLogger(__name__)
 
 
-def _import_pyroute2() -> tuple[Any, type[Exception]]:
-    """``IPRoute`` and ``NetlinkError``, imported without running pyroute2's package ``__init__``.
+def _import_codecs() -> tuple[Any, ...]:
+    """pyroute2's rtnetlink message classes, imported without the package ``__init__``.
 
     That ``__init__`` imports all of pyroute2 (NDB with sqlite3, IPDB, nl80211, ipset, plan9,
-    ...: 300 modules). The supervisor needs only ``IPRoute``; importing it from its own module
-    with the package's ``__init__`` left out costs 12 MB of private memory instead of 17.5 MB
-    (measured with /proc/self/smaps_rollup, pyroute2 0.9.7; pyroute2 issue #1404 is the same
-    request upstream). The package module stands in ``sys.modules`` only while the two imports
-    run: a later ``import pyroute2`` anywhere in the process runs the real ``__init__``, which
-    finds the submodules already loaded. If a pyroute2 release makes the submodules need the
-    package's own names, the plain import is used instead.
+    ...: 300 modules, 17.5 MB of private memory), and its ``IPRoute`` socket is built on asyncio
+    (with ``ssl`` and ``unittest.mock``: 10-13 MB). The supervisor needs neither: it sends one
+    request at a time and waits for the answer, so :class:`_Rtnl` does that on a plain socket
+    with pyroute2's classes to build and read the messages: 0.5 MB and 8 modules (measured with
+    /proc/self/smaps_rollup, pyroute2 0.9.7). The package module stands in ``sys.modules`` only
+    while the imports run: a later ``import pyroute2`` anywhere in the process runs the real
+    ``__init__``, which finds the submodules already loaded. If a pyroute2 release makes the
+    submodules need the package's own names, the plain import is used instead.
     """
+
+    def load() -> tuple[Any, ...]:
+        from pyroute2.netlink import nlmsg
+        from pyroute2.netlink.exceptions import NetlinkError as error
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+        return nlmsg, ifaddrmsg, ndmsg, rtmsg, error
+
     if "pyroute2" not in sys.modules:
         spec = importlib.util.find_spec("pyroute2")
         if spec is not None and spec.submodule_search_locations is not None:
             sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)  # __init__ not run
             try:
-                from pyroute2.iproute.linux import IPRoute as iproute
-                from pyroute2.netlink.exceptions import NetlinkError as error
-
-                return iproute, error
+                return load()
             except (ImportError, AttributeError):  # the submodules want the package's names
                 for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
                     del sys.modules[name]
             finally:
                 sys.modules.pop("pyroute2", None)
-    from pyroute2 import IPRoute as iproute
-    from pyroute2.netlink.exceptions import NetlinkError as error
+    import pyroute2  # noqa: F401  (the whole package, then its submodules)
 
-    return iproute, error
+    return load()
 
 
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-else:
-    IPRoute, NetlinkError = _import_pyroute2()
+nlmsg, ifaddrmsg, ndmsg, rtmsg, NetlinkError = _import_codecs()
+
+
+class linkmsg(nlmsg):  # type: ignore[misc, valid-type]
+    """The part of ``struct ifinfomsg`` and its attributes that MT6D reads.
+
+    pyroute2's own ``ifinfmsg`` loads a plugin module per link kind (26 modules, 0.7 MB more);
+    these three attributes are all the supervisor asks of a link. Attributes not named here
+    decode as unknown and are ignored.
+    """
+
+    prefix = "IFLA_"
+    fields = (("family", "B"), ("__align", "x"), ("ifi_type", "H"), ("index", "i"),
+              ("flags", "I"), ("change", "I"))
+    nla_map = ((1, "IFLA_ADDRESS", "l2addr"), (3, "IFLA_IFNAME", "asciiz"),
+               (4, "IFLA_MTU", "uint32"))
+
+
+# include/uapi/linux/netlink.h and rtnetlink.h
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # an error echoes the request's header only, not its payload
+NETLINK_EXT_ACK = 11  # and says what was wrong ("ipv6: Invalid prefix length")
+NLM_F_REQUEST, NLM_F_ACK = 0x01, 0x04
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+NLM_F_ACK_TLVS = 0x200  # in an error message: attributes follow
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSGERR_ATTR_MSG = 1
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+CLONE_NEWNET = 0x40000000
+NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
+RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
+
+
+def _socket(netns: str | None) -> socket.socket:
+    """An rtnetlink socket, in the named namespace (``/run/netns/NAME``) if one is given.
+
+    A socket stays in the namespace it was made in; the calling thread enters the namespace only
+    to make it and returns at once (``setns(2)``: Python 3.11 has no ``os.setns``).
+    """
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_ROUTE)
+    if not netns or "/" in netns or netns in (".", ".."):
+        raise NetlinkInputError(f"netns: expected a name under /run/netns, got {netns!r}")
+    import ctypes  # only for a named namespace (tests and tools), never in the supervisor
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def enter(fd: int) -> None:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    with open(f"/run/netns/{netns}", "rb") as target, open("/proc/thread-self/ns/net", "rb") as home:
+        enter(target.fileno())
+        try:
+            return _socket(None)
+        finally:
+            enter(home.fileno())
+
+
+def _ext_ack(data: bytes, offset: int, length: int, flags: int) -> str | None:
+    """The kernel's text in an error message (``NLMSGERR_ATTR_MSG``), if it sent one.
+
+    With ``NETLINK_CAP_ACK`` the attributes follow the error code and the echoed 16-byte header.
+    """
+    if not flags & NLM_F_ACK_TLVS:
+        return None
+    at, end = offset + 16 + 4 + 16, offset + length
+    while at + 4 <= end:
+        size, kind = struct.unpack_from("=HH", data, at)
+        if size < 4:
+            break
+        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
+            return bytes(data[at + 4:at + size]).split(b"\0", 1)[0].decode(errors="replace")
+        at += (size + 3) & ~3
+    return None
+
+
+class _Rtnl:
+    """A blocking rtnetlink client: one request, then its replies up to the ack or the dump's end.
+
+    pyroute2's message classes build and read the messages; this is only the socket. A reply
+    with another sequence number (a late answer to an interrupted request) is skipped.
+    """
+
+    def __init__(self, netns: str | None) -> None:
+        self.sock = _socket(netns)
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self.sock.bind((0, 0))
+        except OSError:
+            self.sock.close()
+            raise
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, msg: Any, kind: int, flags: int = 0, reply: Any = None) -> list[Any]:
+        """Send ``msg`` as message type ``kind``; the replies decoded as ``reply`` messages.
+
+        Raises ``NetlinkError`` (``.code`` is the errno) if the kernel refused it.
+        """
+        self.seq = self.seq % 0xFFFFFFFF + 1
+        dump = flags & NLM_F_DUMP == NLM_F_DUMP
+        msg["header"] = {"type": kind, "flags": NLM_F_REQUEST | flags | (0 if dump else NLM_F_ACK),
+                         "sequence_number": self.seq, "pid": 0}
+        msg.encode()
+        self.sock.send(msg.data)
+        out: list[Any] = []
+        while True:
+            data, _, rflags, _ = self.sock.recvmsg(RECV_BUFFER)
+            if rflags & socket.MSG_TRUNC:
+                raise NetlinkError(errno.EMSGSIZE, "netlink reply larger than the receive buffer")
+            offset = 0
+            while offset + NLMSG_HEADER.size <= len(data):
+                length, rkind, mflags, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
+                if length < NLMSG_HEADER.size or offset + length > len(data):
+                    raise NetlinkError(errno.EBADMSG, "malformed netlink reply")
+                if seq == self.seq:
+                    if rkind in (NLMSG_ERROR, NLMSG_DONE):
+                        code = -struct.unpack_from("=i", data, offset + 16)[0] if length >= 20 else 0
+                        if code > 0:
+                            raise NetlinkError(code, _ext_ack(data, offset, length, mflags))
+                        return out
+                    if reply is not None:
+                        message = reply(data[offset:offset + length])
+                        message.decode()
+                        out.append(message)
+                offset += (length + 3) & ~3
+
 
 # include/uapi/linux/if_addr.h
 IFA_F_NODAD = 0x02
@@ -159,12 +304,12 @@ class Netlink:
         self.proto = proto
         self._ifindex: dict[str, int] = {}
         try:
-            self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
-        except (OSError, NetlinkError) as exc:
+            self._rtnl = _Rtnl(netns)
+        except OSError as exc:
             raise SystemSetupError(f"netlink: cannot open rtnetlink ({netns=}): {exc}") from exc
 
     def close(self) -> None:
-        self._ipr.close()
+        self._rtnl.close()
 
     def __enter__(self) -> Netlink:
         return self
@@ -175,16 +320,22 @@ class Netlink:
     # -- reading
 
     def ifindex(self, name: str) -> int:
-        """The interface's index, cached: pyroute2's link_lookup dumps every link each time,
-        which made each address change of a rotation cost a millisecond more. An interface
-        that is deleted and created again gets a new index; call :meth:`forget` then."""
+        """The interface's index, cached (one request per name). An interface that is deleted
+        and created again gets a new index; call :meth:`forget` then."""
         index = self._ifindex.get(name)
         if index is not None:
             return index
-        found = self._ipr.link_lookup(ifname=name) if isinstance(name, str) and name else []
-        if not found:
+        if not isinstance(name, str) or not name or len(name.encode()) >= 16:
             raise SystemSetupError(f"netlink: no interface {name!r}")
-        self._ifindex[name] = index = int(found[0])
+        msg = linkmsg()
+        msg["attrs"] = [("IFLA_IFNAME", name)]
+        try:
+            found = self._rtnl.request(msg, RTM_GETLINK, reply=linkmsg)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                raise SystemSetupError(f"netlink: no interface {name!r}") from exc
+            raise SystemSetupError(f"netlink: interface {name!r}: {exc}") from exc
+        self._ifindex[name] = index = int(found[0]["index"])
         return index
 
     def forget(self) -> None:
@@ -192,7 +343,12 @@ class Netlink:
         self._ifindex.clear()
 
     def _link(self, name: str) -> Any:
-        return self._ipr.get_links(self.ifindex(name))[0]
+        msg = linkmsg()
+        msg["index"] = self.ifindex(name)
+        try:
+            return self._rtnl.request(msg, RTM_GETLINK, reply=linkmsg)[0]
+        except NetlinkError as exc:
+            raise SystemSetupError(f"netlink: interface {name!r}: {exc}") from exc
 
     def mac(self, name: str) -> bytes:
         lladdr = self._link(name).get("IFLA_ADDRESS")
@@ -212,10 +368,9 @@ class Netlink:
             yield addr
 
     def _indexed_addresses(self, index: int | None = None) -> Iterator[tuple[int, IfAddress]]:
-        kwargs = {"index": index} if index is not None else {}
-        for msg in self._ipr.get_addr(family=socket.AF_INET6, **kwargs):
+        for msg in self._dump(ifaddrmsg, RTM_GETADDR):
             address = msg.get("IFA_ADDRESS")
-            if not address:
+            if not address or (index is not None and int(msg["index"]) != index):
                 continue
             yield (
                 int(msg["index"]),
@@ -229,8 +384,22 @@ class Netlink:
                 ),
             )
 
+    def _dump(self, cls: Any, kind: int) -> list[Any]:
+        """Every IPv6 object of one kind (``family`` is the first field of each message)."""
+        msg = cls()
+        msg["family"] = socket.AF_INET6
+        try:
+            return self._rtnl.request(msg, kind, NLM_F_DUMP, reply=cls)
+        except NetlinkError as exc:
+            raise SystemSetupError(f"netlink: dump of message type {kind}: {exc}") from exc
+
     def _names(self) -> dict[int, str]:
-        return {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in self._ipr.get_links()}
+        msg = linkmsg()
+        try:
+            links = self._rtnl.request(msg, RTM_GETLINK, NLM_F_DUMP, reply=linkmsg)
+        except NetlinkError as exc:
+            raise SystemSetupError(f"netlink: dump of links: {exc}") from exc
+        return {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in links}
 
     def link_local(self, name: str) -> bytes | None:
         """The interface's first usable link-local address (fe80::/10), if it has one yet."""
@@ -252,7 +421,7 @@ class Netlink:
         """IPv6 routes that carry our protocol number: ``(ifname, destination, prefix length)``."""
         names = self._names()
         out = []
-        for msg in self._ipr.get_routes(family=socket.AF_INET6, proto=self.proto):
+        for msg in self._dump(rtmsg, RTM_GETROUTE):
             if int(msg["proto"]) != self.proto:
                 continue
             dst = ipaddress.IPv6Address(msg.get("RTA_DST") or "::").packed
@@ -273,15 +442,11 @@ class Netlink:
             plen,
             self.proto,
         )
+        msg = self._address_msg(index, ip, plen)
+        # IFA_FLAGS carries the flags above the header field's 8 bits (NOPREFIXROUTE).
+        msg["attrs"] += [("IFA_FLAGS", IFA_F_NODAD | IFA_F_NOPREFIXROUTE), ("IFA_PROTO", self.proto)]
         try:
-            self._ipr.addr(
-                "add",
-                index=index,
-                address=str(ip),
-                prefixlen=plen,
-                flags=IFA_F_NODAD | IFA_F_NOPREFIXROUTE,
-                proto=self.proto,
-            )
+            self._rtnl.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 return False
@@ -294,7 +459,7 @@ class Netlink:
         index = self.ifindex(ifname)
         log.info("action=remove_address dev=%s address=%s/%d", ifname, ip, plen)
         try:
-            self._ipr.addr("del", index=index, address=str(ip), prefixlen=plen)
+            self._rtnl.request(self._address_msg(index, ip, plen), RTM_DELADDR)
         except NetlinkError as exc:
             if exc.code == errno.EADDRNOTAVAIL:
                 return False
@@ -334,15 +499,11 @@ class Netlink:
             ip,
             lladdr,
         )
+        msg = self._neighbour_msg(index, ip)
+        msg["state"] = NUD_PERMANENT
+        msg["attrs"].append(("NDA_LLADDR", lladdr))
         try:
-            self._ipr.neigh(
-                "replace",
-                family=socket.AF_INET6,
-                ifindex=index,
-                dst=str(ip),
-                lladdr=lladdr,
-                state=NUD_PERMANENT,
-            )
+            self._rtnl.request(msg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE)
         except NetlinkError as exc:
             raise SystemSetupError(f"netlink: neighbour {ip} on {ifname}: {exc}") from exc
 
@@ -352,7 +513,7 @@ class Netlink:
         index = self.ifindex(ifname)
         log.info("action=remove_neighbour dev=%s address=%s", ifname, ip)
         try:
-            self._ipr.neigh("del", family=socket.AF_INET6, ifindex=index, dst=str(ip))
+            self._rtnl.request(self._neighbour_msg(index, ip), RTM_DELNEIGH)
         except NetlinkError as exc:
             if exc.code == errno.ENOENT:
                 return False
@@ -366,15 +527,10 @@ class Netlink:
         ip = _v6(addr)
         index = self.ifindex(ifname)
         log.info("action=replace_route dst=%s/128 dev=%s proto=%d", ip, ifname, self.proto)
+        msg = self._route_msg(index, ip)
+        msg["proto"] = self.proto
         try:
-            self._ipr.route(
-                "replace",
-                family=socket.AF_INET6,
-                dst=str(ip),
-                dst_len=128,
-                oif=index,
-                proto=self.proto,
-            )
+            self._rtnl.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
         except NetlinkError as exc:
             raise SystemSetupError(f"netlink: route {ip}/128 via {ifname}: {exc}") from exc
 
@@ -384,9 +540,34 @@ class Netlink:
         index = self.ifindex(ifname)
         log.info("action=remove_route dst=%s/128 dev=%s", ip, ifname)
         try:
-            self._ipr.route("del", family=socket.AF_INET6, dst=str(ip), dst_len=128, oif=index)
+            self._rtnl.request(self._route_msg(index, ip), RTM_DELROUTE)
         except NetlinkError as exc:
             if exc.code == errno.ESRCH:
                 return False
             raise SystemSetupError(f"netlink: remove route {ip}/128 via {ifname}: {exc}") from exc
         return True
+
+    # -- requests
+
+    @staticmethod
+    def _address_msg(index: int, ip: ipaddress.IPv6Address, prefixlen: int) -> Any:
+        msg = ifaddrmsg()
+        msg.update(family=socket.AF_INET6, prefixlen=prefixlen, flags=0, scope=0, index=index)
+        msg["attrs"] = [("IFA_ADDRESS", str(ip))]
+        return msg
+
+    @staticmethod
+    def _neighbour_msg(index: int, ip: ipaddress.IPv6Address) -> Any:
+        msg = ndmsg()
+        msg.update(family=socket.AF_INET6, ifindex=index, state=0, flags=0, ndm_type=0)
+        msg["attrs"] = [("NDA_DST", str(ip))]
+        return msg
+
+    @staticmethod
+    def _route_msg(index: int, ip: ipaddress.IPv6Address) -> Any:
+        """A /128 on-link route in the main table out of interface ``index``."""
+        msg = rtmsg()
+        msg.update(family=socket.AF_INET6, dst_len=128, src_len=0, tos=0, table=RT_TABLE_MAIN,
+                   proto=0, scope=0, type=RTN_UNICAST, flags=0)
+        msg["attrs"] = [("RTA_DST", str(ip)), ("RTA_OIF", index)]
+        return msg

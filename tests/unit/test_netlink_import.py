@@ -16,7 +16,7 @@ class FailOnce(importlib.abc.MetaPathFinder):
     # As a pyroute2 release whose submodules need the package's own names would.
     failed = False
     def find_spec(self, name, path, target=None):
-        if name == "pyroute2.iproute.linux" and not FailOnce.failed:
+        if name == "pyroute2.netlink.rtnl.ifaddrmsg" and not FailOnce.failed:
             FailOnce.failed = True
             raise ImportError("needs the package")
         return None
@@ -25,7 +25,8 @@ sys.meta_path.insert(0, FailOnce())
 import mt6d_mp.io.netlink as netlink
 import pyroute2
 assert FailOnce.failed
-assert netlink.IPRoute is pyroute2.IPRoute and netlink.NetlinkError is pyroute2.NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+assert netlink.ifaddrmsg is ifaddrmsg and netlink.NetlinkError is pyroute2.NetlinkError
 assert "pyroute2.ndb" in sys.modules  # the whole package, by its own __init__
 print("fallback ok")
 """
