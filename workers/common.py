@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,7 @@ class Worker:
         self.bus = BusClient(self.runtime_dir, self.name)
         self.poller = self.bus.poller()
         self.handlers: dict[int, Callable[[], None]] = {}
+        self.ready_fds: Sequence[int] = ()  # what the poller found readable, for the handlers
         self.nfq = NetfilterQueue()
         self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
@@ -276,6 +277,7 @@ class Worker:
                 warm = self.keep_warm_ms > 0 and now < warm_until
                 ready, updates_ready, control_ready = self.poller.poll(
                     self.keep_warm_ms if warm else 200)
+                self.ready_fds = ready
                 for fd in ready:
                     self.handlers[fd]()
                 if warm and not (ready or updates_ready or control_ready):

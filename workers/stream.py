@@ -184,6 +184,7 @@ class RouteSocket(NamedTuple):
     remote_port: int
     aad: bytes  # outer source, destination and ports: the AEAD's associated data prefix
     chunks: Reassembly  # messages in chunks not yet complete
+    fd: int = -1  # the socket's descriptor, as the poller reports it
 
 
 def initial_counter() -> int:
@@ -324,7 +325,8 @@ class StreamWorker(Worker):
                         r.epoch, e)
             return
         rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port,
-                         aad_prefix(r.remote, r.local, r.remote_port, r.local_port), Reassembly())
+                         aad_prefix(r.remote, r.local, r.remote_port, r.local_port), Reassembly(),
+                         sock.fileno())
         self.sockets[(r.local, r.local_port)] = rs
         self.watch(sock.fileno(), self.receive_all)
 
@@ -669,15 +671,22 @@ class StreamWorker(Worker):
         return []  # pragma: no cover - the loop returns
 
     def receive_all(self) -> None:
-        """Drain the route sockets oldest route first, so that a rotation does not reorder.
+        """Drain the route sockets that the poller found readable, oldest route first, so that
+        a rotation does not reorder.
 
         Around a rotation the peer's last packets on the old route and its first ones on the
         new route wait on two sockets; taking the old socket's first keeps the order in which
         they were sent (a reordered TCP stream answers with duplicate ACKs and retransmits).
+        A socket that was not readable when the poller looked waits for the next turn: the path
+        is first in, first out, so it cannot hold a datagram sent before one that waits on a
+        newer route. Not reading it saves a system call that finds nothing (with three routes
+        open, a lone datagram took four reads, three of them EAGAIN; now two).
         """
+        ready = self.ready_fds
         for rs in self.socket_order:
-            if self.receive(rs):
+            if rs.fd in ready and self.receive(rs):
                 return  # more waits on an older route: newer ones must wait their turn
+        self.ready_fds = ()  # all drained: this turn's calls for other route sockets have nothing to do
 
     def receive(self, rs: RouteSocket) -> bool:
         """Datagrams waiting on one route's socket, each to the host; True if a batch was full.
