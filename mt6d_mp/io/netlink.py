@@ -113,9 +113,10 @@ NLM_F_REQUEST, NLM_F_ACK = 0x01, 0x04
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_ACK_TLVS = 0x200  # in an error message: attributes follow
+NLM_F_DUMP_INTR = 0x10  # in a dump's part: the table changed while it ran, the parts may disagree
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSGERR_ATTR_MSG = 1
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_GETLINK = 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
@@ -124,6 +125,8 @@ RTN_UNICAST = 1
 CLONE_NEWNET = 0x40000000
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
+REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang
+DUMP_TRIES = 3  # an interrupted dump is made again, this many times in all
 
 
 def _socket(netns: str | None) -> socket.socket:
@@ -185,6 +188,7 @@ class _Rtnl:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             self.sock.bind((0, 0))
+            self.sock.settimeout(REPLY_TIMEOUT)
         except OSError:
             self.sock.close()
             raise
@@ -196,17 +200,33 @@ class _Rtnl:
     def request(self, msg: Any, kind: int, flags: int = 0, reply: Any = None) -> list[Any]:
         """Send ``msg`` as message type ``kind``; the replies decoded as ``reply`` messages.
 
-        Raises ``NetlinkError`` (``.code`` is the errno) if the kernel refused it.
+        Raises ``NetlinkError`` (``.code`` is the errno) if the kernel refused it or did not
+        answer. A dump that the kernel marks interrupted (the table changed while it ran) is
+        made again, up to DUMP_TRIES times in all.
         """
-        self.seq = self.seq % 0xFFFFFFFF + 1
         dump = flags & NLM_F_DUMP == NLM_F_DUMP
         msg["header"] = {"type": kind, "flags": NLM_F_REQUEST | flags | (0 if dump else NLM_F_ACK),
-                         "sequence_number": self.seq, "pid": 0}
+                         "sequence_number": 0, "pid": 0}
         msg.encode()
-        self.sock.send(msg.data)
+        request = bytearray(msg.data)
+        for _ in range(DUMP_TRIES):
+            self.seq = self.seq % 0xFFFFFFFF + 1
+            struct.pack_into("=I", request, 8, self.seq)  # the header's sequence number
+            out, interrupted = self._exchange(bytes(request), reply)
+            if not interrupted:
+                return out
+        raise NetlinkError(errno.EINTR, f"dump interrupted {DUMP_TRIES} times: the table keeps changing")
+
+    def _exchange(self, request: bytes, reply: Any) -> tuple[list[Any], bool]:
+        """One request and its replies: (the replies decoded, whether a dump was interrupted)."""
+        self.sock.send(request)
         out: list[Any] = []
+        interrupted = False
         while True:
-            data, _, rflags, _ = self.sock.recvmsg(RECV_BUFFER)
+            try:
+                data, _, rflags, _ = self.sock.recvmsg(RECV_BUFFER)
+            except TimeoutError:
+                raise NetlinkError(errno.ETIMEDOUT, f"no reply in {REPLY_TIMEOUT:g} s") from None
             if rflags & socket.MSG_TRUNC:
                 raise NetlinkError(errno.EMSGSIZE, "netlink reply larger than the receive buffer")
             offset = 0
@@ -215,11 +235,12 @@ class _Rtnl:
                 if length < NLMSG_HEADER.size or offset + length > len(data):
                     raise NetlinkError(errno.EBADMSG, "malformed netlink reply")
                 if seq == self.seq:
+                    interrupted |= bool(mflags & NLM_F_DUMP_INTR)
                     if rkind in (NLMSG_ERROR, NLMSG_DONE):
                         code = -struct.unpack_from("=i", data, offset + 16)[0] if length >= 20 else 0
                         if code > 0:
                             raise NetlinkError(code, _ext_ack(data, offset, length, mflags))
-                        return out
+                        return out, interrupted
                     if reply is not None:
                         message = reply(data[offset:offset + length])
                         message.decode()
