@@ -37,3 +37,21 @@ def test_a_failed_bare_import_falls_back_to_the_whole_package() -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["fallback", "ok"]
+
+
+SUPERVISOR_IMPORTS = """
+import sys
+import supervisor
+heavy = sorted(m for m in ("asyncio", "ssl", "unittest", "sqlite3", "pyroute2.ndb", "pyroute2.iproute")
+               if m in sys.modules)
+print("heavy:", ",".join(heavy) or "none")
+"""
+
+
+def test_the_supervisor_loads_none_of_the_heavy_modules() -> None:
+    """What the supervisor imports keeps it small (results/PROFILE.md, sessions 5 and 7): not
+    asyncio and ssl (pyroute2's IPRoute, 10-13 MB), nor the rest of pyroute2 (17.5 MB)."""
+    out = subprocess.run([sys.executable, "-c", SUPERVISOR_IMPORTS], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["heavy:", "none"]
