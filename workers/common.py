@@ -249,18 +249,16 @@ class Worker:
         self.sync()
         try:
             bind_queue(self.nfq, self.queue_num, self._callback)
+            self.drops.fd = self.nfq.get_fd()
+            try:
+                self.on_bound()
+            except OSError:
+                self.on_stop()
+                self.nfq.unbind()
+                raise
         except OSError as e:
             log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
                       self.queue_num, e)
-            return 4
-        self.drops.fd = self.nfq.get_fd()
-        try:
-            self.on_bound()
-        except OSError as e:
-            log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
-                      self.queue_num, e)
-            self.on_stop()
-            self.nfq.unbind()
             return 4
         self.watch(self.drops.fd, self._run_queue)
         self.bus.send(b"ready", self.name.encode())

@@ -292,7 +292,7 @@ class StreamWorker(Worker):
         for key in [k for k in self.sockets if k not in wanted]:
             self.chunk_segments.pop(key, None)
             rs = self.sockets.pop(key)
-            self.unwatch(rs.sock.fileno())
+            self.unwatch(rs.fd)
             rs.sock.close()
         for key, r in wanted.items():
             if key not in self.sockets:
@@ -328,7 +328,7 @@ class StreamWorker(Worker):
                          aad_prefix(r.remote, r.local, r.remote_port, r.local_port), Reassembly(),
                          sock.fileno())
         self.sockets[(r.local, r.local_port)] = rs
-        self.watch(sock.fileno(), self.receive_all)
+        self.watch(rs.fd, self.receive_all)
 
     def _select_active(self, now: float) -> None:
         st = self.state

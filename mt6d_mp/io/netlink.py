@@ -405,21 +405,17 @@ class Netlink:
                 ),
             )
 
-    def _dump(self, cls: Any, kind: int) -> list[Any]:
-        """Every IPv6 object of one kind (``family`` is the first field of each message)."""
+    def _dump(self, cls: Any, kind: int, family: int = socket.AF_INET6) -> list[Any]:
+        """Every object of one kind (``family`` is the first field of each message)."""
         msg = cls()
-        msg["family"] = socket.AF_INET6
+        msg["family"] = family
         try:
             return self._rtnl.request(msg, kind, NLM_F_DUMP, reply=cls)
         except NetlinkError as exc:
             raise SystemSetupError(f"netlink: dump of message type {kind}: {exc}") from exc
 
     def _names(self) -> dict[int, str]:
-        msg = linkmsg()
-        try:
-            links = self._rtnl.request(msg, RTM_GETLINK, NLM_F_DUMP, reply=linkmsg)
-        except NetlinkError as exc:
-            raise SystemSetupError(f"netlink: dump of links: {exc}") from exc
+        links = self._dump(linkmsg, RTM_GETLINK, socket.AF_UNSPEC)
         return {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in links}
 
     def link_local(self, name: str) -> bytes | None:
