@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from mt6d_mp import ctl
 from mt6d_mp.core import config as cfgmod
+from mt6d_mp.core.addressing import mac_text
 from mt6d_mp.core.crypto import derive_direction_key
 from mt6d_mp.core.epochs import next_boundary
 from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
@@ -249,7 +250,7 @@ class Supervisor:
             self.nl.add_neighbour(c.internal, local, s.local.mac)
             self.nl.add_host_route(c.internal, local)
         if self.fw is not None:
-            self.fw.add_stream(s.name, local, remote, s.queue)
+            self.fw.add_stream(s.name, local, remote, s.queue, mac_text(s.local.mac))
         secret = s.key.secret
         state = StreamState(
             name=s.name, queue=s.queue, local=local, remote=remote, crypt=c.effective_crypt,

@@ -5,19 +5,33 @@ which reads and replaces the whole legacy table through ``IP6T_SO_GET_ENTRIES`` 
 ``IP6T_SO_SET_REPLACE`` socket options; ``ip6tables-legacy -S`` shows the result, while Debian 12's
 ``ip6tables`` (the nft variant) shows nothing of it.
 
-Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``)::
+Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``, INT and EXT the interfaces)::
 
     INPUT       position 1: -j P-INPUT                                       "prefix:jump"
-    P-INPUT     stream rules  -s local_true/128 -d remote_true/128 -j NFQUEUE  "prefix:stream:NAME"
-                route rules, two per route                          "prefix:route:NAME:EPOCH"
-                  -s remote_hashed/128 -d local_hashed/128 -p udp --dport PORT -m socket -j ACCEPT
-                  -d local_hashed/128 -j P-GUARD
+    OUTPUT      position 1: -o EXT -j P-OUTPUT                               "prefix:jump"
+    P-INPUT     -i EXT -m frag -j DROP                                       "prefix:frag"
+                -p ipv6-icmp --icmpv6-type 133..137 -j P-ICMP (five rules)   "prefix:nd"
+                two rules per stream                                  "prefix:stream:NAME"
+                  -s local_true -d remote_true -i INT -m mac --mac-source HOST_MAC -j NFQUEUE
+                  -d remote_true -j P-TRUE
+                two rules per route                             "prefix:route:NAME:EPOCH"
+                  -s remote_hashed -d local_hashed -i EXT -p udp --dport PORT -j ACCEPT
+                  -d local_hashed -j P-GUARD
                 last:         -p ipv6-icmp -j P-ICMP                             "prefix:icmp"
+    P-TRUE      RETURN neighbour solicitations/advertisements from INT; DROP the rest: a true
+                address bound here answers nobody (Linux would answer it on every interface).
     P-GUARD     RETURN neighbour discovery (135, 136) and ICMPv6 errors (1-4); DROP the rest:
                 a hashed address answers nobody but its peer's tunnel packets.
     P-ICMP      RETURN neighbour solicitation/advertisement (135, 136), then NFQUEUE router
                 advertisements (134) from the external interface, router solicitations (133) from
                 the internal one and errors (1-4) from the external one; RETURN everything else.
+    P-OUTPUT    DROP ICMPv6 errors, echo replies and MLD reports               "prefix:silent"
+                two rules per stream: -s local_true -j DROP, -s remote_true -j DROP
+                                                                       "prefix:stream:NAME"
+
+So nothing the gateway itself sends leaves on the external interface from a true address, and
+the gateway never answers a stranger there: no errors, no echo replies, no MLD report that names
+a hashed address's solicited-node group before the address is used (docs/SECURITY.md).
 
 Every rule carries ``-m comment --comment "prefix:OWNER"`` naming its owner, so that leftovers of
 a killed run can be found and removed by owner, never by guesswork (the wg-quick idea).
@@ -26,8 +40,8 @@ Fail closed, on purpose: no rule uses ``--queue-bypass``. When no process is bou
 kernel drops the packets queued to it (``nf_queue()`` finds no listener and, without
 ``NFQ_FLAG_BYPASS``, the verdict is NF_DROP). A dead worker therefore stops its traffic instead of
 letting true addresses leak onto the wire unhidden. Tunnel packets are received on UDP sockets
-bound per route; ``-m socket`` accepts them only while such a socket exists, and otherwise the
-guard drops them, so the kernel never answers a dead worker's peer with a port unreachable.
+bound per route; while no such socket exists the kernel's Port Unreachable is dropped by
+``P-OUTPUT``, so a dead worker's peer gets no answer.
 
 Every change is a transaction: refresh the table (a fresh snapshot), apply the operations to the
 snapshot, ``commit()`` the whole table at once. The kernel refuses the replacement with EAGAIN when
@@ -92,6 +106,8 @@ log = logging.getLogger(__name__)
 
 TABLE = "filter"
 HOOK_CHAIN = "INPUT"
+OUTPUT_HOOK = "OUTPUT"
+HOOKS = (HOOK_CHAIN, OUTPUT_HOOK)
 
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
@@ -105,7 +121,19 @@ ND_ROUTER_SOLICIT = 133
 ND_ROUTER_ADVERT = 134
 ND_NEIGHBOR_SOLICIT = 135
 ND_NEIGHBOR_ADVERT = 136
+ND_REDIRECT = 137
+ICMP6_ECHO_REPLY = 129
+MLD_REPORT = 131  # RFC 2710
+MLD_DONE = 132
+MLD2_REPORT = 143  # RFC 3810
 ICMP6_ERRORS = (ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMP6_PARAM_PROBLEM)
+ND_TYPES = (133, ND_ROUTER_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, ND_REDIRECT)
+# What the gateway never sends on the external link: errors (about anything: an error is an answer
+# to a stranger, and its source would be a hashed or true address), echo replies (to ff02::1 the
+# kernel answers from every global address of the interface) and MLD reports, which name the
+# solicited-node group, so the low 24 bits, of each address when it is bound, a rotation before
+# it is used (docs/KERNEL.md).
+SILENT_TYPES = (*ICMP6_ERRORS, ICMP6_ECHO_REPLY, MLD_REPORT, MLD_DONE, MLD2_REPORT)
 
 COMMIT_ATTEMPTS = 5
 COMMIT_BACKOFF_S = 0.02
@@ -127,6 +155,7 @@ _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,7}\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}\Z")
 # IFNAMSIZ is 16 including the NUL; ip(8) refuses '/', ':' and whitespace.
 _IFNAME_RE = re.compile(r"[^/:\s]{1,15}\Z")
+IFNAMSIZ = 16
 
 AddressLike = str | bytes | ipaddress.IPv6Address
 
@@ -149,11 +178,13 @@ class Rule:
     src: str | None = None  # "addr/128"
     dst: str | None = None
     in_if: str | None = None
+    out_if: str | None = None
     proto: int | None = None
     icmp6_type: int | None = None
     queue: int | None = None
     dport: int | None = None  # -m udp --dport
-    socket: bool = False  # -m socket: only if a local socket would receive the packet
+    mac_source: str | None = None  # -m mac --mac-source: the Ethernet source of the frame
+    fragment: bool = False  # -m frag: the packet carries a fragment header (any id)
 
     def text(self) -> str:
         """The rule exactly as ``ip6tables-legacy -S`` prints it."""
@@ -164,14 +195,18 @@ class Rule:
             parts += ["-d", self.dst]
         if self.in_if:
             parts += ["-i", self.in_if]
+        if self.out_if:
+            parts += ["-o", self.out_if]
         if self.proto is not None:
             parts += ["-p", _PROTO_NAMES.get(self.proto, str(self.proto))]
+        if self.fragment:
+            parts += ["-m", "frag"]
         if self.icmp6_type is not None:
             parts += ["-m", "icmp6", "--icmpv6-type", str(self.icmp6_type)]
         if self.dport is not None:
             parts += ["-m", "udp", "--dport", str(self.dport)]
-        if self.socket:
-            parts += ["-m", "socket"]
+        if self.mac_source is not None:
+            parts += ["-m", "mac", "--mac-source", self.mac_source]
         parts += ["-m", "comment", "--comment", f'"{self.comment}"', "-j", self.target]
         if self.queue is not None:
             parts += ["--queue-num", str(self.queue)]
@@ -185,21 +220,39 @@ class Rule:
             rule.dst = self.dst
         if self.in_if:
             rule.in_interface = self.in_if
+            rule.entry.ipv6.iniface_mask = _iface_mask(self.in_if)
+        if self.out_if:
+            rule.out_interface = self.out_if
+            rule.entry.ipv6.outiface_mask = _iface_mask(self.out_if)
         if self.proto is not None:
             # python-iptables knows few protocol names ("ipv6-icmp" is not one); numbers work.
             rule.protocol = str(self.proto)
+        if self.fragment:
+            rule.create_match("frag")  # its init sets the id range to all: any fragment header
         if self.icmp6_type is not None:
             match = rule.create_match("icmp6")
             match.icmpv6_type = str(self.icmp6_type)
         if self.dport is not None:
             rule.create_match("udp").dport = str(self.dport)
-        if self.socket:
-            rule.create_match("socket")
+        if self.mac_source is not None:
+            rule.create_match("mac").mac_source = self.mac_source
         rule.create_match("comment").comment = self.comment
         target = rule.create_target(self.target)
         if self.queue is not None:
             target.queue_num = str(self.queue)
         return rule
+
+
+def _iface_mask(name: str) -> bytes:
+    """The interface mask ip6tables itself writes: 0xff over the name and its NUL.
+
+    python-iptables 1.2.0's Rule6 writes 0x01 bytes instead (ldx/python-iptables#244, open), so
+    the kernel compares only the lowest bit of each character: its ``-i int0`` also matched
+    ``ext0``, and a rule meant for the internal link took packets from outside
+    (docs/KERNEL.md). Its IPv4 Rule writes 0xff.
+    """
+    n = len(name) + 1
+    return b"\xff" * n + b"\x00" * (IFNAMSIZ - n)
 
 
 def _read_rule(chain: str, rule: iptc.Rule6) -> str:
@@ -211,6 +264,8 @@ def _read_rule(chain: str, rule: iptc.Rule6) -> str:
         parts += ["-d", rule.dst]
     if rule.in_interface:
         parts += ["-i", rule.in_interface]
+    if rule.out_interface:
+        parts += ["-o", rule.out_interface]
     proto = _IPTC_PROTO.get(rule.protocol, rule.protocol)
     if proto is not None:
         parts += ["-p", _PROTO_NAMES.get(proto, str(proto)) if isinstance(proto, int) else proto]
@@ -219,6 +274,8 @@ def _read_rule(chain: str, rule: iptc.Rule6) -> str:
             parts += ["-m", "icmp6", "--icmpv6-type", str(match.icmpv6_type)]
         elif match.name == "udp" and match.dport:
             parts += ["-m", "udp", "--dport", str(match.dport)]
+        elif match.name == "mac":
+            parts += ["-m", "mac", "--mac-source", str(match.mac_source).lower()]
         elif match.name == "comment":
             parts += ["-m", "comment", "--comment", f'"{match.comment}"']
         else:
@@ -272,6 +329,16 @@ def _ifname(name: str, what: str) -> str:
     if not isinstance(name, str) or not _IFNAME_RE.match(name):
         raise FirewallInputError(f"{what}: not an interface name: {name!r}")
     return name
+
+
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+
+
+def _mac(mac: str) -> str:
+    text = mac.lower() if isinstance(mac, str) else ""
+    if not _MAC_RE.match(text):
+        raise FirewallInputError(f"local_mac: expected aa:bb:cc:dd:ee:ff, got {mac!r}")
+    return text
 
 
 def _prefix(tag_prefix: str) -> str:
@@ -403,13 +470,15 @@ def _op_delete(rule: Rule) -> _Op:
 # Leftovers of earlier runs
 
 
-def _chain_names(tag_prefix: str) -> tuple[str, str, str]:
+def _chain_names(tag_prefix: str) -> tuple[str, str, str, str, str]:
+    """INPUT, ICMP, GUARD, TRUE and OUTPUT chains of ``tag_prefix``."""
     upper = tag_prefix.upper()
-    return f"{upper}-INPUT", f"{upper}-ICMP", f"{upper}-GUARD"
+    return tuple(f"{upper}-{n}" for n in ("INPUT", "ICMP", "GUARD", "TRUE", "OUTPUT"))  # type: ignore[return-value]
 
 
 def _is_our_jump(rule: iptc.Rule6, tag_prefix: str) -> bool:
-    """A rule in INPUT is ours if its comment names our prefix or it jumps to one of our chains."""
+    """A rule in a hook chain is ours if its comment names our prefix or it jumps to one of our
+    chains."""
     comment = _comment_of(rule) or ""
     target = rule.target.name if rule.target is not None else ""
     return comment.startswith(f"{tag_prefix}:") or target.startswith(f"{tag_prefix.upper()}-")
@@ -433,8 +502,9 @@ def installed(tag_prefix: str = "mt6d") -> list[str]:
     chains = _our_chains(table, tag_prefix)
     lines = [f"-N {name}" for name in chains]
     lines += [
-        _read_rule(HOOK_CHAIN, r)
-        for r in iptc.Chain(table, HOOK_CHAIN).rules
+        _read_rule(hook, r)
+        for hook in HOOKS
+        for r in iptc.Chain(table, hook).rules
         if _is_our_jump(r, tag_prefix)
     ]
     for name in chains:
@@ -456,21 +526,21 @@ def _cleanup_ops(tag_prefix: str) -> list[_Op]:
     table = _table()
     with _xtables_lock():
         table.refresh()
-    jumps = [r for r in iptc.Chain(table, HOOK_CHAIN).rules if _is_our_jump(r, tag_prefix)]
     chains = _our_chains(table, tag_prefix)
     ops: list[_Op] = []
-    if jumps:
+    for hook in HOOKS:
+        jumps = [r for r in iptc.Chain(table, hook).rules if _is_our_jump(r, tag_prefix)]
+        if not jumps:
+            continue
 
-        def delete_jumps(t: iptc.Table6) -> None:
-            chain = iptc.Chain(t, HOOK_CHAIN)
+        def delete_jumps(t: iptc.Table6, hook: str = hook) -> None:
+            chain = iptc.Chain(t, hook)
             for rule in chain.rules:
                 if _is_our_jump(rule, tag_prefix):
                     chain.delete_rule(rule)
 
-        texts = "; ".join(_read_rule(HOOK_CHAIN, r) for r in jumps)
-        ops.append(
-            _Op(f'action=delete_leftover_rules chain={HOOK_CHAIN} rules="{texts}"', delete_jumps)
-        )
+        texts = "; ".join(_read_rule(hook, r) for r in jumps)
+        ops.append(_Op(f'action=delete_leftover_rules chain={hook} rules="{texts}"', delete_jumps))
     # Flush all first: one of our chains may jump to another, and a referenced chain cannot go.
     ops += [_op_flush_chain(name) for name in chains]
     ops += [_op_delete_chain(name) for name in chains]
@@ -490,22 +560,28 @@ def cleanup(tag_prefix: str = "mt6d") -> list[str]:
 
 
 class Firewall:
-    """MT6D's chains, rules and the jump to them, owned by one supervisor.
+    """MT6D's chains, rules and the jumps to them, owned by one supervisor.
 
     Nothing touches the kernel before :meth:`setup`. Positions in ``P-INPUT`` are computed from
-    what this object added (it owns the chain): stream rules first in the order they were added,
-    then route rules in the order they were added, then the ICMP jump. Removing a rule never
-    reorders the others.
+    what this object added (it owns the chain): the fixed head (fragment and neighbour-discovery
+    rules), then each stream's two rules in the order the streams were added, then each route's
+    two rules in the order they were added, then the ICMP jump. ``P-OUTPUT`` holds the fixed
+    silence rules, then each stream's two source rules. Removing a rule never reorders the others.
     """
 
     def __init__(self, tag_prefix: str = "mt6d") -> None:
         self.tag_prefix = _prefix(tag_prefix)
-        self.input_chain, self.icmp_chain, self.guard_chain = _chain_names(tag_prefix)
-        self._base: list[Rule] = []  # jump from INPUT, ICMP chain rules, ICMP jump
-        self._streams: dict[str, Rule] = {}
+        (self.input_chain, self.icmp_chain, self.guard_chain, self.true_chain,
+         self.output_chain) = _chain_names(tag_prefix)
+        self.internal_if = self.external_if = ""
+        self._jumps: list[Rule] = []  # INPUT -> P-INPUT, OUTPUT -o ext -> P-OUTPUT
+        self._head: list[Rule] = []  # first rules of P-INPUT: fragments, neighbour discovery
+        self._icmp_jump: Rule | None = None  # last rule of P-INPUT
+        self._fixed: dict[str, list[Rule]] = {}  # chains whose rules never change after setup
+        self._streams: dict[str, tuple[Rule, Rule]] = {}  # P-INPUT: queue rule, true-address guard
+        self._silenced: dict[str, tuple[Rule, Rule]] = {}  # P-OUTPUT: its two true sources
         self._routes: dict[tuple[str, int], Rule] = {}
         self._guards: dict[tuple[str, int], Rule] = {}
-        self._guard_rules: list[Rule] = []
         self._active = False
 
     # -- owner tags
@@ -520,97 +596,103 @@ class Firewall:
         return self._active
 
     def setup(self, icmp_queue: int, internal_if: str, external_if: str) -> None:
-        """Remove what an earlier run left, then install the chains, the ICMP rules and the jump.
+        """Remove what an earlier run left, then install the chains, the fixed rules and the jumps.
 
         Both happen in one commit: there is no moment with neither the old nor the new state.
         """
         _queue(icmp_queue, "icmp_queue")
         _ifname(internal_if, "internal_if")
         _ifname(external_if, "external_if")
+        if internal_if == external_if:
+            raise FirewallInputError("internal_if and external_if must differ")
         if self._active:
             raise SystemSetupError("firewall: setup() called twice; call teardown() first")
-        icmp, inp = self.icmp_chain, self.input_chain
+        icmp, inp, out = self.icmp_chain, self.input_chain, self.output_chain
         tag = self._tag("icmp")
+        icmp6 = IPPROTO_ICMPV6
+
+        def queue_from(ifname: str, itype: int) -> Rule:
+            return Rule(icmp, tag, "NFQUEUE", in_if=ifname, proto=icmp6, icmp6_type=itype,
+                        queue=icmp_queue)
+
         icmp_rules = [
-            Rule(icmp, tag, "RETURN", proto=IPPROTO_ICMPV6, icmp6_type=ND_NEIGHBOR_SOLICIT),
-            Rule(icmp, tag, "RETURN", proto=IPPROTO_ICMPV6, icmp6_type=ND_NEIGHBOR_ADVERT),
-            Rule(
-                icmp,
-                tag,
-                "NFQUEUE",
-                in_if=external_if,
-                proto=IPPROTO_ICMPV6,
-                icmp6_type=ND_ROUTER_ADVERT,
-                queue=icmp_queue,
-            ),
-            Rule(
-                icmp,
-                tag,
-                "NFQUEUE",
-                in_if=internal_if,
-                proto=IPPROTO_ICMPV6,
-                icmp6_type=ND_ROUTER_SOLICIT,
-                queue=icmp_queue,
-            ),
-            *(
-                Rule(
-                    icmp,
-                    tag,
-                    "NFQUEUE",
-                    in_if=external_if,
-                    proto=IPPROTO_ICMPV6,
-                    icmp6_type=t,
-                    queue=icmp_queue,
-                )
-                for t in ICMP6_ERRORS
-            ),
+            Rule(icmp, tag, "RETURN", proto=icmp6, icmp6_type=ND_NEIGHBOR_SOLICIT),
+            Rule(icmp, tag, "RETURN", proto=icmp6, icmp6_type=ND_NEIGHBOR_ADVERT),
+            queue_from(external_if, ND_ROUTER_ADVERT),
+            queue_from(internal_if, ND_ROUTER_SOLICIT),
+            *(queue_from(external_if, t) for t in ICMP6_ERRORS),
             Rule(icmp, tag, "RETURN"),  # explicit: all other ICMPv6 passes untouched
         ]
         # Our hashed addresses answer nothing but the tunnel (WireGuard's silence rule): after
-        # each route's queue rule, everything else to its local hashed address jumps here and is
+        # each route's accept rule, everything else to its local hashed address jumps here and is
         # dropped, except neighbour discovery (the peer and routers must resolve the address) and
         # ICMPv6 errors (they go on to the ICMP chain and worker). Without this the kernel would
         # answer a stranger's TCP SYN with a RST, UDP with port unreachable, and echo requests.
         guard, gtag = self.guard_chain, self._tag("guard")
         guard_rules = [
             *(
-                Rule(guard, gtag, "RETURN", proto=IPPROTO_ICMPV6, icmp6_type=t)
+                Rule(guard, gtag, "RETURN", proto=icmp6, icmp6_type=t)
                 for t in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, *ICMP6_ERRORS)
             ),
             Rule(guard, gtag, "DROP"),
         ]
-        icmp_jump = Rule(inp, tag, icmp, proto=IPPROTO_ICMPV6)
-        hook_jump = Rule(HOOK_CHAIN, self._tag("jump"), inp)
+        # A remote host's true address is bound on the internal interface only so that the
+        # local host's packets to it are local (the stream rule queues them). Linux is a weak
+        # host: it would answer for that address on any interface, and route the answer out of
+        # whatever interface the route says. So whatever reaches the address without being the
+        # stream's (from outside, or from inside with another source or MAC) is dropped here,
+        # except the local host's neighbour discovery for it.
+        true, ttag = self.true_chain, self._tag("true")
+        true_rules = [
+            Rule(true, ttag, "RETURN", in_if=internal_if, proto=icmp6, icmp6_type=t)
+            for t in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT)
+        ] + [Rule(true, ttag, "DROP")]
+        # Tunnel packets are never fragmented (PROTOCOL.md 1.5). Fragments from outside are
+        # dropped before they reach a socket, so that no reassembly state is ever built for a
+        # stranger; this works because none of our rules loads the kernel's IPv6 defragmentation
+        # (no -m socket, no conntrack: docs/KERNEL.md). And neighbour discovery never enters a
+        # stream: it goes to the ICMP chain before the stream rules can queue a unicast one.
+        head = [Rule(inp, self._tag("frag"), "DROP", in_if=external_if, fragment=True)]
+        head += [Rule(inp, self._tag("nd"), icmp, proto=icmp6, icmp6_type=t) for t in ND_TYPES]
+        silent = [Rule(out, self._tag("silent"), "DROP", proto=icmp6, icmp6_type=t)
+                  for t in SILENT_TYPES]
+        icmp_jump = Rule(inp, tag, icmp, proto=icmp6)
+        jumps = [
+            Rule(HOOK_CHAIN, self._tag("jump"), inp),
+            Rule(OUTPUT_HOOK, self._tag("jump"), out, out_if=external_if),
+        ]
+        fixed = {icmp: icmp_rules, guard: guard_rules, true: true_rules}
         ops = _cleanup_ops(self.tag_prefix)
-        ops += [_op_new_chain(icmp), _op_new_chain(guard), _op_new_chain(inp)]
-        ops += [_op_append(r) for r in icmp_rules]
-        ops += [_op_append(r) for r in guard_rules]
-        ops += [_op_append(icmp_jump), _op_insert(hook_jump, 0)]
+        ops += [_op_new_chain(c) for c in (icmp, guard, true, inp, out)]
+        ops += [_op_append(r) for rules in fixed.values() for r in rules]
+        ops += [_op_append(r) for r in (*head, icmp_jump, *silent)]
+        ops += [_op_insert(j, 0) for j in jumps]
         _transaction(ops, "setup")
-        self._base = [hook_jump, *icmp_rules, icmp_jump]
-        self._guard_rules = guard_rules
+        self.internal_if, self.external_if = internal_if, external_if
+        self._jumps, self._head, self._icmp_jump = jumps, head, icmp_jump
+        self._fixed = {**fixed, out: silent}
         self._streams.clear()
+        self._silenced.clear()
         self._routes.clear()
         self._guards.clear()
         self._active = True
 
+    def _chains(self) -> tuple[str, ...]:
+        return (self.input_chain, self.icmp_chain, self.guard_chain, self.true_chain,
+                self.output_chain)
+
     def teardown(self) -> None:
-        """Remove exactly what :meth:`setup` and later calls added: the jump, then the chains."""
+        """Remove exactly what :meth:`setup` and later calls added: the jumps, then the chains."""
         if not self._active:
             return
-        ops = [
-            _op_delete(self._base[0]),
-            _op_flush_chain(self.input_chain),
-            _op_flush_chain(self.icmp_chain),
-            _op_flush_chain(self.guard_chain),
-            _op_delete_chain(self.input_chain),
-            _op_delete_chain(self.icmp_chain),
-            _op_delete_chain(self.guard_chain),
-        ]
+        ops = [_op_delete(j) for j in self._jumps]
+        ops += [_op_flush_chain(c) for c in self._chains()]
+        ops += [_op_delete_chain(c) for c in self._chains()]
         _transaction(ops, "teardown")
         self._active = False
-        self._base = []
+        self._jumps, self._head, self._icmp_jump, self._fixed = [], [], None, {}
         self._streams.clear()
+        self._silenced.clear()
         self._routes.clear()
         self._guards.clear()
 
@@ -626,44 +708,60 @@ class Firewall:
 
     # -- streams
 
-    def add_stream(self, name: str, local: AddressLike, remote: AddressLike, queue: int) -> bool:
-        """Queue packets from ``local`` (a true address) to ``remote`` to ``queue``.
+    def add_stream(
+        self, name: str, local: AddressLike, remote: AddressLike, queue: int, local_mac: str
+    ) -> bool:
+        """Queue packets from ``local`` (a true address) to ``remote`` to ``queue``, but only
+        those that arrive on the internal interface from the local host's MAC ``local_mac``
+        (``aa:bb:cc:dd:ee:ff``): nothing from outside, or from another machine inside, enters
+        the tunnel. Anything else to ``remote`` goes to the true-address guard, and neither true
+        address may be the source of a packet leaving on the external interface.
 
-        Returns False (and changes nothing) if the same stream rule is already there; a different
-        rule under the same name is an error.
+        Returns False (and changes nothing) if the same stream is already there; a different
+        stream under the same name is an error.
         """
-        rule = Rule(
-            self.input_chain,
-            self._tag("stream", _name(name, "stream")),
-            "NFQUEUE",
-            src=_host(local, "local"),
-            dst=_host(remote, "remote"),
-            queue=_queue(queue),
-        )
+        tag = self._tag("stream", _name(name, "stream"))
+        src, dst = _host(local, "local"), _host(remote, "remote")
+        mac = _mac(local_mac)
         self._require_active()
+        rules = (
+            Rule(self.input_chain, tag, "NFQUEUE", src=src, dst=dst, in_if=self.internal_if,
+                 queue=_queue(queue), mac_source=mac),
+            Rule(self.input_chain, tag, self.true_chain, dst=dst),
+        )
+        silenced = (Rule(self.output_chain, tag, "DROP", src=src),
+                    Rule(self.output_chain, tag, "DROP", src=dst))
         old = self._streams.get(name)
-        if old == rule:
+        if old == rules:
             return False
         if old is not None:
             raise SystemSetupError(f"firewall: stream {name} exists with another rule")
-        _transaction([_op_insert(rule, len(self._streams))], f"add_stream {name}")
-        self._streams[name] = rule
+        position = len(self._head) + 2 * len(self._streams)
+        out_position = len(self._fixed[self.output_chain]) + 2 * len(self._silenced)
+        _transaction(
+            [_op_insert(rules[0], position), _op_insert(rules[1], position + 1),
+             _op_insert(silenced[0], out_position), _op_insert(silenced[1], out_position + 1)],
+            f"add_stream {name}",
+        )
+        self._streams[name] = rules
+        self._silenced[name] = silenced
         return True
 
     def remove_stream(self, name: str) -> bool:
-        """Remove the stream rule and every route rule of the stream, in one commit."""
+        """Remove the stream's rules and every route rule of the stream, in one commit."""
         _name(name, "stream")
         self._require_active()
         if name not in self._streams:
             return False
         routes = [key for key in self._routes if key[0] == name]
         ops = [_op_delete(r[key]) for key in routes for r in (self._routes, self._guards)]
-        ops.append(_op_delete(self._streams[name]))
+        ops += [_op_delete(r) for r in (*self._streams[name], *self._silenced[name])]
         _transaction(ops, f"remove_stream {name}")
         for key in routes:
             del self._routes[key]
             del self._guards[key]
         del self._streams[name]
+        del self._silenced[name]
         return True
 
     # -- routes
@@ -694,14 +792,15 @@ class Firewall:
         """Add and remove route rules in ONE commit; return how many routes changed.
 
         A route's first rule ACCEPTs UDP from the peer's hashed address to ours on the route's
-        port, but only while a socket is bound to it (``-m socket``): the stream worker receives
-        tunnel packets on a UDP socket per route. Without a worker the packet falls through to
-        the guard and is dropped without an answer (no port unreachable), so restarts stay silent.
+        port, from the external interface; its second sends everything else to its local
+        hashed address to the guard. With no worker bound to the port the kernel would answer
+        Port Unreachable, which the silence rules of ``P-OUTPUT`` drop, so restarts stay silent.
+        (The route rule matched ``-m socket`` once; that match loads the kernel's IPv6
+        defragmentation, which reassembled forged fragments before any rule could see them.)
 
         A rotation changes every stream's routes at once. python-iptables replaces the whole
         table on each commit, so one commit per route made a rotation cost grow with the square
-        of the number of streams; one commit per rotation keeps it linear. Each route is two
-        rules, its queue rule and its guard, kept just before the ICMP jump.
+        of the number of streams; one commit per rotation keeps it linear.
         """
         self._require_active()
         new: dict[tuple[str, int], tuple[Rule, Rule]] = {}
@@ -715,9 +814,9 @@ class Firewall:
                 "ACCEPT",
                 src=_host(remote_hashed, "remote_hashed"),
                 dst=_host(local_hashed, "local_hashed"),
+                in_if=self.external_if,
                 proto=IPPROTO_UDP,
                 dport=_port(port),
-                socket=True,
             )
             if stream not in self._streams:
                 raise SystemSetupError(f"firewall: route for unknown stream {stream}")
@@ -736,7 +835,7 @@ class Firewall:
         if not new and not gone:
             return 0
         ops = [_op_delete(r[key]) for key in gone for r in (self._routes, self._guards)]
-        position = len(self._streams) + 2 * (len(self._routes) - len(gone))
+        position = len(self._head) + 2 * len(self._streams) + 2 * (len(self._routes) - len(gone))
         for rule, guard in new.values():
             ops += [_op_insert(rule, position), _op_insert(guard, position + 1)]
             position += 2
@@ -761,16 +860,17 @@ class Firewall:
         """What this object installed, as ``ip6tables-legacy -S`` prints it (our lines only)."""
         if not self._active:
             return []
-        hook_jump, *icmp_rules, icmp_jump = self._base
-        lines = [f"-N {n}" for n in sorted((self.icmp_chain, self.input_chain, self.guard_chain))]
-        lines.append(hook_jump.text())
-        by_chain = {
-            self.icmp_chain: [r.text() for r in icmp_rules],
-            self.guard_chain: [r.text() for r in self._guard_rules],
-            self.input_chain: [r.text() for r in self._streams.values()]
+        assert self._icmp_jump is not None
+        lines = [f"-N {n}" for n in sorted(self._chains())]
+        lines += [j.text() for j in self._jumps]
+        by_chain = {name: [r.text() for r in rules] for name, rules in self._fixed.items()}
+        by_chain[self.input_chain] = (
+            [r.text() for r in self._head]
+            + [r.text() for pair in self._streams.values() for r in pair]
             + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
-            + [icmp_jump.text()],
-        }
+            + [self._icmp_jump.text()]
+        )
+        by_chain[self.output_chain] += [r.text() for pair in self._silenced.values() for r in pair]
         for name in sorted(by_chain):
             lines += by_chain[name]
         return lines

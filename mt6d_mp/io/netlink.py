@@ -124,6 +124,7 @@ RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 CLONE_NEWNET = 0x40000000
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
+INFINITY_LIFE_TIME = 0xFFFFFFFF  # include/net/addrconf.h: a lifetime that never runs out
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
 REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang
 DUMP_TRIES = 3  # an interrupted dump is made again, this many times in all
@@ -449,7 +450,7 @@ class Netlink:
     # -- addresses
 
     def add_address(self, ifname: str, addr: AddressLike, prefixlen: int = 128) -> bool:
-        """Add ``addr/prefixlen`` with NODAD|NOPREFIXROUTE; False if it was already there."""
+        """Add ``addr/prefixlen``, deprecated, with NODAD|NOPREFIXROUTE; False if it was already there."""
         ip, plen = _v6(addr), _prefixlen(prefixlen)
         index = self.ifindex(ifname)
         log.info(
@@ -461,7 +462,16 @@ class Netlink:
         )
         msg = self._address_msg(index, ip, plen)
         # IFA_FLAGS carries the flags above the header field's 8 bits (NOPREFIXROUTE).
-        msg["attrs"] += [("IFA_FLAGS", IFA_F_NODAD | IFA_F_NOPREFIXROUTE), ("IFA_PROTO", self.proto)]
+        # Preferred lifetime 0 (valid for ever): the address is deprecated, so the kernel's source
+        # selection (RFC 6724 rule 3) never picks it for the gateway's own traffic, and a hashed
+        # address is not tied to anything but the tunnel. The workers name it explicitly
+        # (IPV6_PKTINFO), which deprecation does not prevent (docs/KERNEL.md).
+        msg["attrs"] += [
+            ("IFA_FLAGS", IFA_F_NODAD | IFA_F_NOPREFIXROUTE),
+            ("IFA_PROTO", self.proto),
+            ("IFA_CACHEINFO", {"ifa_preferred": 0, "ifa_valid": INFINITY_LIFE_TIME,
+                               "cstamp": 0, "tstamp": 0}),
+        ]
         try:
             self._rtnl.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
         except NetlinkError as exc:

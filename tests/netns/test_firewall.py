@@ -24,6 +24,7 @@ pytestmark = pytest.mark.netns
 POLICIES = ["-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT"]
 
 LOCAL_A = "fd00:a::1"
+MAC_A = "02:00:00:00:0a:01"
 REMOTE_B = "fd00:b::1"
 REMOTE_C = "fd00:c::1"
 HASHED = {
@@ -37,6 +38,19 @@ C = '-m comment --comment "mt6d:icmp"'
 T = "-p ipv6-icmp -m icmp6 --icmpv6-type"
 
 JUMP = '-A INPUT -m comment --comment "mt6d:jump" -j MT6D-INPUT'
+OUT_JUMP = '-A OUTPUT -o ext0 -m comment --comment "mt6d:jump" -j MT6D-OUTPUT'
+HEAD = [
+    '-A MT6D-INPUT -i ext0 -m frag -m comment --comment "mt6d:frag" -j DROP',
+    *(f'-A MT6D-INPUT {T} {t} -m comment --comment "mt6d:nd" -j MT6D-ICMP' for t in range(133, 138)),
+]
+SILENT = [
+    f'-A MT6D-OUTPUT {T} {t} -m comment --comment "mt6d:silent" -j DROP'
+    for t in (1, 2, 3, 4, 129, 131, 132, 143)
+]
+TRUE_RULES = [
+    *(f'-A MT6D-TRUE -i int0 {T} {t} -m comment --comment "mt6d:true" -j RETURN' for t in (135, 136)),
+    '-A MT6D-TRUE -m comment --comment "mt6d:true" -j DROP',
+]
 ICMP_RULES = [
     f"-A MT6D-ICMP {T} 135 {C} -j RETURN",
     f"-A MT6D-ICMP {T} 136 {C} -j RETURN",
@@ -48,24 +62,36 @@ ICMP_RULES = [
     f"-A MT6D-ICMP -i ext0 {T} 4 {C} -j NFQUEUE --queue-num 9",
     f"-A MT6D-ICMP {C} -j RETURN",
 ]
-STREAM_B = (
-    "-A MT6D-INPUT -s fd00:a::1/128 -d fd00:b::1/128 "
-    '-m comment --comment "mt6d:stream:hostA-hostB" -j NFQUEUE --queue-num 1'
-)
-STREAM_C = (
-    "-A MT6D-INPUT -s fd00:a::1/128 -d fd00:c::1/128 "
-    '-m comment --comment "mt6d:stream:hostA-hostC" -j NFQUEUE --queue-num 2'
-)
+
+
+def stream(name: str, remote: str, queue: int) -> list[str]:
+    """A stream's two rules in MT6D-INPUT: its queue rule and its true-address guard."""
+    c = f'-m comment --comment "mt6d:stream:{name}"'
+    return [
+        f"-A MT6D-INPUT -s fd00:a::1/128 -d {remote}/128 -i int0 -m mac --mac-source {MAC_A} "
+        f"{c} -j NFQUEUE --queue-num {queue}",
+        f"-A MT6D-INPUT -d {remote}/128 {c} -j MT6D-TRUE",
+    ]
+
+
+def silenced(name: str, remote: str) -> list[str]:
+    """A stream's two rules in MT6D-OUTPUT: neither true address leaves as a source."""
+    c = f'-m comment --comment "mt6d:stream:{name}"'
+    return [f"-A MT6D-OUTPUT -s fd00:a::1/128 {c} -j DROP", f"-A MT6D-OUTPUT -s {remote}/128 {c} -j DROP"]
+
+
+STREAM_B = stream("hostA-hostB", REMOTE_B, 1)
+STREAM_C = stream("hostA-hostC", REMOTE_C, 2)
 ROUTE_B7 = (
-    "-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -p udp -m udp --dport 1 -m socket "
+    "-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -i ext0 -p udp -m udp --dport 1 "
     '-m comment --comment "mt6d:route:hostA-hostB:7" -j ACCEPT'
 )
 ROUTE_C7 = (
-    "-A MT6D-INPUT -s fd00:c::7c/128 -d fd00:a::7a/128 -p udp -m udp --dport 2 -m socket "
+    "-A MT6D-INPUT -s fd00:c::7c/128 -d fd00:a::7a/128 -i ext0 -p udp -m udp --dport 2 "
     '-m comment --comment "mt6d:route:hostA-hostC:7" -j ACCEPT'
 )
 ROUTE_B8 = (
-    "-A MT6D-INPUT -s fd00:b::8b/128 -d fd00:a::8a/128 -p udp -m udp --dport 1 -m socket "
+    "-A MT6D-INPUT -s fd00:b::8b/128 -d fd00:a::8a/128 -i ext0 -p udp -m udp --dport 1 "
     '-m comment --comment "mt6d:route:hostA-hostB:8" -j ACCEPT'
 )
 ICMP_JUMP = f"-A MT6D-INPUT -p ipv6-icmp {C} -j MT6D-ICMP"
@@ -83,17 +109,19 @@ def guard(route: str) -> str:
     return f'-A MT6D-INPUT -d {dst} -m comment --comment "{comment}" -j MT6D-GUARD'
 
 
-CHAINS = ["-N MT6D-GUARD", "-N MT6D-ICMP", "-N MT6D-INPUT"]
+CHAINS = ["-N MT6D-GUARD", "-N MT6D-ICMP", "-N MT6D-INPUT", "-N MT6D-OUTPUT", "-N MT6D-TRUE"]
 
 # The whole of `ip6tables-legacy -S` after setup(9, "int0", "ext0"), two streams and three routes.
 GOLDEN = [
     *POLICIES,
     *CHAINS,
     JUMP,
+    OUT_JUMP,
     *GUARD_RULES,
     *ICMP_RULES,
-    STREAM_B,
-    STREAM_C,
+    *HEAD,
+    *STREAM_B,
+    *STREAM_C,
     ROUTE_B7,
     guard(ROUTE_B7),
     ROUTE_C7,
@@ -101,6 +129,10 @@ GOLDEN = [
     ROUTE_B8,
     guard(ROUTE_B8),
     ICMP_JUMP,
+    *SILENT,
+    *silenced("hostA-hostB", REMOTE_B),
+    *silenced("hostA-hostC", REMOTE_C),
+    *TRUE_RULES,
 ]
 
 
@@ -120,9 +152,9 @@ def build_golden_state() -> Any:
 
     fw = Firewall()
     fw.setup(ICMP_QUEUE, "int0", "ext0")
-    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1)
+    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1, MAC_A)
     fw.add_route("hostA-hostB", 7, *HASHED[("hostA-hostB", 7)], 1)
-    fw.add_stream("hostA-hostC", LOCAL_A, REMOTE_C, 2)  # goes before the routes
+    fw.add_stream("hostA-hostC", LOCAL_A, REMOTE_C, 2, MAC_A)  # goes before the routes
     fw.add_route("hostA-hostC", 7, *HASHED[("hostA-hostC", 7)], 2)
     fw.add_route("hostA-hostB", 8, *HASHED[("hostA-hostB", 8)], 1)
     return fw
@@ -154,10 +186,10 @@ def _removal_order() -> list[list[str]]:
     steps.append(save())
     fw.remove_stream("hostA-hostC")  # takes its route hostA-hostC:7 along, in one commit
     steps.append(save())
-    fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3)  # after the streams, before routes
+    fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A)  # after the streams, before routes
     fw.add_route("hostA-hostD", 1, "fd00:d::11", "fd00:a::11", 3)  # after the routes
     assert fw.remove_route("hostA-hostB", 7) is False  # already gone: no change
-    assert fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3) is False  # identical: no change
+    assert fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A) is False  # identical: no change
     steps.append(save())
     steps.append(fw.rules())
     steps.append(fw.verify())
@@ -166,20 +198,24 @@ def _removal_order() -> list[list[str]]:
 
 def test_removal_keeps_order(netns: str) -> None:
     after_route, after_stream, after_adds, rules, verify = nsutil.call_in(netns, _removal_order)
-    assert ours(after_route)[-7:] == [
-        STREAM_B, STREAM_C, ROUTE_C7, guard(ROUTE_C7), ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
+    def chain(lines: list[str], name: str) -> list[str]:
+        return [line for line in lines if line.startswith(f"-A {name} ")]
+
+    assert chain(after_route, "MT6D-INPUT")[len(HEAD):] == [
+        *STREAM_B, *STREAM_C, ROUTE_C7, guard(ROUTE_C7), ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
     assert ROUTE_B7 not in after_route
-    assert ours(after_stream)[-4:] == [STREAM_B, ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
-    stream_d = (
-        "-A MT6D-INPUT -s fd00:a::1/128 -d fd00:d::1/128 "
-        '-m comment --comment "mt6d:stream:hostA-hostD" -j NFQUEUE --queue-num 3'
-    )
+    assert chain(after_stream, "MT6D-INPUT")[len(HEAD):] == [
+        *STREAM_B, ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
+    assert chain(after_stream, "MT6D-OUTPUT") == [*SILENT, *silenced("hostA-hostB", REMOTE_B)]
     route_d1 = (
-        "-A MT6D-INPUT -s fd00:d::11/128 -d fd00:a::11/128 -p udp -m udp --dport 3 -m socket "
+        "-A MT6D-INPUT -s fd00:d::11/128 -d fd00:a::11/128 -i ext0 -p udp -m udp --dport 3 "
         '-m comment --comment "mt6d:route:hostA-hostD:1" -j ACCEPT'
     )
-    assert ours(after_adds)[-7:] == [
-        STREAM_B, stream_d, ROUTE_B8, guard(ROUTE_B8), route_d1, guard(route_d1), ICMP_JUMP]
+    assert chain(after_adds, "MT6D-INPUT")[len(HEAD):] == [
+        *STREAM_B, *stream("hostA-hostD", "fd00:d::1", 3), ROUTE_B8, guard(ROUTE_B8), route_d1,
+        guard(route_d1), ICMP_JUMP]
+    assert chain(after_adds, "MT6D-OUTPUT") == [
+        *SILENT, *silenced("hostA-hostB", REMOTE_B), *silenced("hostA-hostD", "fd00:d::1")]
     assert rules == ours(after_adds)
     assert verify == []
 
@@ -231,7 +267,7 @@ def _second_run() -> tuple[list[str], list[str]]:
     )
     fw = Firewall()
     fw.setup(ICMP_QUEUE, "int0", "ext0")
-    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1)
+    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1, MAC_A)
     return save(), fw.rules()
 
 
@@ -251,7 +287,8 @@ def test_next_setup_removes_leftovers_of_killed_run(netns: str) -> None:
 
     after, rules = nsutil.call_in(netns, _second_run)
     assert ours(after) == rules
-    assert ours(after) == [*CHAINS, JUMP, *GUARD_RULES, *ICMP_RULES, STREAM_B, ICMP_JUMP]
+    assert ours(after) == [*CHAINS, JUMP, OUT_JUMP, *GUARD_RULES, *ICMP_RULES, *HEAD, *STREAM_B,
+                           ICMP_JUMP, *SILENT, *silenced("hostA-hostB", REMOTE_B), *TRUE_RULES]
 
     removed, left, saved = nsutil.call_in(netns, _cleanup)
     assert removed == rules
@@ -280,10 +317,12 @@ def _bad_inputs() -> tuple[list[str], list[str], list[str]]:
     fw.setup(ICMP_QUEUE, "int0", "ext0")
     after_setup = save()
     for call in (
-        lambda: fw.add_stream("s", "10.0.0.1", REMOTE_B, 1),
-        lambda: fw.add_stream("s", LOCAL_A, "fd00::zz", 1),
-        lambda: fw.add_stream("s", LOCAL_A, REMOTE_B, 70000),
-        lambda: fw.add_stream("s p", LOCAL_A, REMOTE_B, 1),
+        lambda: fw.add_stream("s", "10.0.0.1", REMOTE_B, 1, MAC_A),
+        lambda: fw.add_stream("s", LOCAL_A, "fd00::zz", 1, MAC_A),
+        lambda: fw.add_stream("s", LOCAL_A, REMOTE_B, 70000, MAC_A),
+        lambda: fw.add_stream("s p", LOCAL_A, REMOTE_B, 1, MAC_A),
+        lambda: fw.add_stream("s", LOCAL_A, REMOTE_B, 1, "02:00:00:00:0a"),
+        lambda: fw.add_stream("s", LOCAL_A, REMOTE_B, 1, "02:00:00:00:0a:01 -j ACCEPT"),
         lambda: fw.add_route("s", -1, REMOTE_B, LOCAL_A, 1),
         lambda: fw.add_route("s", 1, "::ffff:1.2.3.4.5", LOCAL_A, 1),
     ):
@@ -303,7 +342,7 @@ def _bad_inputs() -> tuple[list[str], list[str], list[str]]:
 def test_bad_inputs_rejected_before_any_change(netns: str) -> None:
     before, untouched, errors = nsutil.call_in(netns, _bad_inputs)
     assert untouched == before
-    assert len(errors) == 11, errors
+    assert len(errors) == 13, errors
     assert any("65536" in e for e in errors)
     assert any("10.0.0.1" in e for e in errors)
 
@@ -358,7 +397,7 @@ def _logs_before_changes() -> list[str]:
     fwmod.log.setLevel(logging.INFO)
     fw = fwmod.Firewall()
     fw.setup(ICMP_QUEUE, "int0", "ext0")
-    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1)
+    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1, MAC_A)
     fw.remove_stream("hostA-hostB")
     fw.teardown()
     return records
@@ -366,23 +405,24 @@ def _logs_before_changes() -> list[str]:
 
 def test_one_log_line_per_change(netns: str) -> None:
     records = nsutil.call_in(netns, _logs_before_changes)
-    assert records[:3] == [
-        "action=new_chain chain=MT6D-ICMP",
-        "action=new_chain chain=MT6D-GUARD",
-        "action=new_chain chain=MT6D-INPUT",
-    ]
-    assert records[3] == f'action=add_rule chain=MT6D-ICMP rule="{ICMP_RULES[0]}"'
+    chains = ["MT6D-INPUT", "MT6D-ICMP", "MT6D-GUARD", "MT6D-TRUE", "MT6D-OUTPUT"]
+    assert records[:5] == [f"action=new_chain chain={c}" for c in sorted(chains, key=[
+        "MT6D-ICMP", "MT6D-GUARD", "MT6D-TRUE", "MT6D-INPUT", "MT6D-OUTPUT"].index)]
+    assert records[5] == f'action=add_rule chain=MT6D-ICMP rule="{ICMP_RULES[0]}"'
     assert f'action=add_rule chain=INPUT position=1 rule="{JUMP}"' in records
-    assert records[-9:] == [
-        f'action=add_rule chain=MT6D-INPUT position=1 rule="{STREAM_B}"',
-        f'action=delete_rule chain=MT6D-INPUT rule="{STREAM_B}"',
+    assert f'action=add_rule chain=OUTPUT position=1 rule="{OUT_JUMP}"' in records
+    out = silenced("hostA-hostB", REMOTE_B)
+    head, nout = len(HEAD), len(SILENT)
+    assert records[-(4 + 4 + 2 + 10):] == [
+        f'action=add_rule chain=MT6D-INPUT position={head + 1} rule="{STREAM_B[0]}"',
+        f'action=add_rule chain=MT6D-INPUT position={head + 2} rule="{STREAM_B[1]}"',
+        f'action=add_rule chain=MT6D-OUTPUT position={nout + 1} rule="{out[0]}"',
+        f'action=add_rule chain=MT6D-OUTPUT position={nout + 2} rule="{out[1]}"',
+        *(f'action=delete_rule chain={r.split()[1]} rule="{r}"' for r in (*STREAM_B, *out)),
         f'action=delete_rule chain=INPUT rule="{JUMP}"',
-        "action=flush_chain chain=MT6D-INPUT",
-        "action=flush_chain chain=MT6D-ICMP",
-        "action=flush_chain chain=MT6D-GUARD",
-        "action=delete_chain chain=MT6D-INPUT",
-        "action=delete_chain chain=MT6D-ICMP",
-        "action=delete_chain chain=MT6D-GUARD",
+        f'action=delete_rule chain=OUTPUT rule="{OUT_JUMP}"',
+        *(f"action=flush_chain chain={c}" for c in chains),
+        *(f"action=delete_chain chain={c}" for c in chains),
     ]
 
 
@@ -417,17 +457,18 @@ def _ping(src_ns: str, src: str, dst: str) -> bool:
     return proc.returncode == 0
 
 
-def _fail_closed(peer: str) -> dict[str, Any]:
+def _fail_closed(peer: str, peer_mac: str) -> dict[str, Any]:
     from mt6d_mp.io.firewall import Firewall
 
     fw = Firewall()
-    fw.setup(ICMP_QUEUE, "va", "va")
+    fw.setup(ICMP_QUEUE, "va", "lo")
     got: dict[str, Any] = {"before": _ping(peer, "fd00:1::b", "fd00:1::a")}
     # The stream rule is written from this side: packets from the peer to us go to queue 5,
     # which nobody reads.
-    fw.add_stream("peer", "fd00:1::b", "fd00:1::a", 5)
+    fw.add_stream("peer", "fd00:1::b", "fd00:1::a", 5, peer_mac)
     got["matching"] = _ping(peer, "fd00:1::b", "fd00:1::a")
-    got["other"] = _ping(peer, "fd00:1::c", "fd00:1::a")
+    got["spoofed"] = _ping(peer, "fd00:1::c", "fd00:1::a")  # the true-address guard drops it
+    got["other"] = _ping(peer, "fd00:1::c", "fd00:1::d")
     counters = subprocess.run(
         ["ip6tables-legacy", "-L", "MT6D-INPUT", "-v", "-n", "-x"],
         capture_output=True,
@@ -444,12 +485,15 @@ def _fail_closed(peer: str) -> dict[str, Any]:
 def test_queue_without_reader_drops(netns_factory: Any) -> None:
     a, b = netns_factory("a"), netns_factory("b")
     nsutil.veth(a, "va", b, "vb")
-    nsutil.run_in(a, ["ip", "-6", "addr", "add", "fd00:1::a/64", "dev", "va", "nodad"])
+    for addr in ("fd00:1::a/64", "fd00:1::d/64"):
+        nsutil.run_in(a, ["ip", "-6", "addr", "add", addr, "dev", "va", "nodad"])
     for addr in ("fd00:1::b/64", "fd00:1::c/64"):
         nsutil.run_in(b, ["ip", "-6", "addr", "add", addr, "dev", "vb", "nodad"])
-    got = nsutil.call_in(a, _fail_closed, b)
+    peer_mac = nsutil.run_in(b, ["cat", "/sys/class/net/vb/address"]).strip()
+    got = nsutil.call_in(a, _fail_closed, b, peer_mac)
     assert got["before"] is True
     assert got["matching"] is False, "a packet queued to a queue nobody reads must be dropped"
+    assert got["spoofed"] is False, "another source to the stream's remote address must be dropped"
     assert got["other"] is True
     assert got["queued"] >= 2
     assert got["after"] is True
@@ -467,7 +511,7 @@ def _timing(n: int) -> dict[str, float]:
     fw.setup(ICMP_QUEUE, "int0", "ext0")
     t1 = time.perf_counter()
     for i in range(n):
-        fw.add_stream(f"s{i}", f"fd00:a::{i + 1:x}", f"fd00:b::{i + 1:x}", i % 4)
+        fw.add_stream(f"s{i}", f"fd00:a::{i + 1:x}", f"fd00:b::{i + 1:x}", i % 4, MAC_A)
     t2 = time.perf_counter()
     for i in range(n):
         fw.add_route(f"s{i}", 1, f"fd00:b::1:{i + 1:x}", f"fd00:a::1:{i + 1:x}", i % 4 + 1)
@@ -529,6 +573,7 @@ def test_a_rotation_is_one_commit(netns: str) -> None:
     assert commits == 1
     route_b9 = ROUTE_B8.replace("8b", "9b").replace("8a", "9a").replace("hostB:8", "hostB:9")
     route_c9 = (ROUTE_C7.replace("7c", "9c").replace("7a", "9a").replace("hostC:7", "hostC:9"))
-    assert ours(after)[-9:] == [STREAM_B, STREAM_C, ROUTE_B8, guard(ROUTE_B8), route_b9,
-                                guard(route_b9), route_c9, guard(route_c9), ICMP_JUMP]
+    inputs = [line for line in after if line.startswith("-A MT6D-INPUT ")]
+    assert inputs[len(HEAD):] == [*STREAM_B, *STREAM_C, ROUTE_B8, guard(ROUTE_B8), route_b9,
+                                  guard(route_b9), route_c9, guard(route_c9), ICMP_JUMP]
     assert verify == []
