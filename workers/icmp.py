@@ -12,8 +12,10 @@ before the queue, see mt6d_mp.io.firewall):
   and external MAC.
 * ICMPv6 error (types 1-4) arriving on the external interface about a tunnel packet we sent:
   translated back into the error the host would have received about its own packet (true
-  addresses, decrypted quote, Packet Too Big's MTU lowered) and sent to the host. Errors that
-  quote no route of ours are not MT6D's and pass untouched.
+  addresses, decrypted quote, Packet Too Big's MTU lowered) and sent to the host, but only if
+  the quote matches a packet the stream's worker recorded as sent (mt6d_mp.core.sentlog): a
+  quote cannot be authenticated, and a forged one would otherwise put words in the host's
+  mouth. Errors that quote no route of ours are not MT6D's and pass untouched.
 
 Usage (the supervisor starts it, with the interfaces' indexes, MACs and link-local addresses
 looked up by itself): ``python -m workers.icmp --runtime-dir DIR --name icmp --queue N
@@ -35,6 +37,7 @@ from mt6d_mp.core.icmp import (
     ICMP6_PACKET_TOO_BIG,
     ND_ROUTER_ADVERT,
     ND_ROUTER_SOLICIT,
+    SentCheck,
     parse_icmpv6,
     rewrite_router_advertisement,
     router_solicitation,
@@ -42,6 +45,7 @@ from mt6d_mp.core.icmp import (
 )
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
+from mt6d_mp.io.sentring import SentReader, ring_path
 from workers.common import Worker, main
 
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
@@ -50,7 +54,7 @@ DST = slice(24, 40)
 
 log = logging.getLogger(__name__)
 
-Lookup = tuple[bytes, bytes, crypto.PrefixDecryptor | None]
+Lookup = tuple[bytes, bytes, crypto.PrefixDecryptor | None, SentCheck]
 
 
 class IcmpWorker(Worker):
@@ -67,6 +71,7 @@ class IcmpWorker(Worker):
         self.overhead: int = args.overhead
         self.host = sockets.host_socket()
         self.lookup_table: dict[tuple[bytes, bytes], Lookup] = {}
+        self.sent: dict[str, SentReader] = {}  # per stream: what its worker sent
         # The hosts solicit routers at ff02::2. A gateway without IPv6 forwarding (as it should
         # run: see the README) is not a router and would not listen there, so the kernel would
         # drop the solicitations before our queue; this membership, held while the worker runs,
@@ -90,11 +95,16 @@ class IcmpWorker(Worker):
             ctype = crypto.CRYPT_TYPES[st.crypt]
             decryptors[st.name] = (None if ctype == crypto.CRYPT_NONE
                                    else crypto.Sealer(ctype, st.tx_key, phase=st.key_phase))
+            if st.name not in self.sent:
+                self.sent[st.name] = SentReader(ring_path(self.runtime_dir, st.name))
+        for name in [n for n in self.sent if n not in replica.streams]:
+            self.sent.pop(name).close()
         table: dict[tuple[bytes, bytes], Lookup] = {}
         for r in replica.routes.values():
             owner = replica.streams.get(r.stream)
             if owner is not None:
-                table[(r.local, r.remote)] = (owner.local, owner.remote, decryptors[owner.name])
+                table[(r.local, r.remote)] = (owner.local, owner.remote, decryptors[owner.name],
+                                              self.sent[owner.name].was_sent)
         self.lookup_table = table
 
     def _lookup(self, src16: bytes, dst16: bytes) -> Lookup | None:

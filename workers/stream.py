@@ -50,8 +50,13 @@ from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import (
     CHUNK_HEADERS_LEN,
+    IPPROTO_ICMPV6,
     IPPROTO_TCP,
+    IPV6_HDR_LEN,
     IPV6_MIN_MTU,
+    ND_FIRST,
+    ND_LAST,
+    UDP_HDR_LEN,
     Buffer,
     Reassembly,
     aad_prefix,
@@ -76,6 +81,7 @@ from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
 from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader, packet_message
+from mt6d_mp.io.sentring import SentRing, ring_path
 from workers.common import DropBatch, Worker, bind_queue, main, requeue_message
 
 log = logging.getLogger(__name__)
@@ -170,6 +176,7 @@ class KeepWarm:
         self.reader = QueueReader(-1, queue, self.counters, sock=self.sock)
         self.drops = DropBatch(-1, queue, self.counters)
         self.chunks = Reassembly()
+        self.sent = SentRing(None)
         # A 64-byte echo request from the local host to the remote one, as the queue hands it.
         packet = (bytes.fromhex("60000000") + struct.pack("!HBB", 64, 58, 64) + true_pair
                   + b"\x80\x00" + bytes(62))
@@ -233,6 +240,19 @@ class StreamWorker(Worker):
         # UDP payload per chunk, per route socket, once the kernel reported a narrower path.
         self.chunk_segments: dict[tuple[bytes, int], int] = {}
         self.warm: KeepWarm | None = None  # keep_warm's stand-ins, made on first use
+        # What this worker sent, for the ICMP worker to check the quotes of errors against
+        # (mt6d_mp.core.sentlog). Without it no error about our packets reaches the host.
+        self.sent: SentRing | None = None
+        try:
+            self.sent = SentRing(ring_path(self.runtime_dir, self.name))
+        except OSError as e:
+            self.counters["sent_ring_failed"] += 1
+            log.warning("event=sent_ring_failed worker=%s error=%s note=errors about this "
+                        "stream's packets will not reach the host", self.name, e)
+        # The largest UDP payload that can arrive unfragmented on the external link. A bigger
+        # datagram was reassembled from fragments (possible only if another rule set loads the
+        # kernel's IPv6 defragmentation; ours drops fragments from outside): never ours.
+        self.max_datagram = RECV_BUFFER
         # The segmenting queue (mt6d_mp.core.queues): bound without the GSO flag, so the kernel
         # cuts what arrives there (a host's UDP GSO packets) into datagrams.
         self.seg_queue = segment_queue(self.queue_num)
@@ -262,6 +282,10 @@ class StreamWorker(Worker):
             self.open_journal(st)
         self.local, self.remote = st.local, st.remote
         self.true_pair = st.local + st.remote
+        try:
+            self.max_datagram = sockets.interface_mtu(st.external_ifindex) - IPV6_HDR_LEN - UDP_HDR_LEN
+        except OSError:
+            self.max_datagram = RECV_BUFFER
         self.host_addr = sockets.sockaddr(st.local)
         self.routes = {r.epoch: r for r in self.bus.replica.routes.values() if r.stream == self.name}
         self.update_sockets()
@@ -383,12 +407,12 @@ class StreamWorker(Worker):
             w = self.warm = KeepWarm(st.crypt, self.true_pair, self.queue_num)
         delivered = w.counters["extracted_packets"]
         saved = (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
-                 self.counters, self.drops, self.reader, self.active_until)
+                 self.counters, self.drops, self.reader, self.active_until, self.sent)
         self.tx = self.host = self.link = w.sock  # type: ignore[assignment]
         self.link_ifindex = st.internal_ifindex
         self.active_until = math.inf  # no route choice inside the run
-        self.sealer, self.opener, self.counters, self.drops, self.reader = (
-            w.sealer, w.opener, w.counters, w.drops, w.reader)
+        self.sealer, self.opener, self.counters, self.drops, self.reader, self.sent = (
+            w.sealer, w.opener, w.counters, w.drops, w.reader, w.sent)
         try:
             w.sock.load(w.message)
             self.reader.read(self.on_message)  # -> outbound -> w.sock.sendmsg, kept
@@ -401,7 +425,7 @@ class StreamWorker(Worker):
                 self.receive(RouteSocket(w.sock, source, route.local_port, aad, w.chunks))  # type: ignore[arg-type]
         finally:
             (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
-             self.counters, self.drops, self.reader, self.active_until) = saved
+             self.counters, self.drops, self.reader, self.active_until, self.sent) = saved
         if w.counters["extracted_packets"] == delivered or any(k.startswith("drop_") for k in w.counters):
             # The dummy did not make the round trip: a bug, not traffic. Stop trying, and let
             # the next real packet choose its route again on the real sockets, in case the
@@ -530,6 +554,10 @@ class StreamWorker(Worker):
     def outbound(self, data: Buffer) -> None:
         st = self.state
         assert st is not None
+        if data[6] == IPPROTO_ICMPV6 and len(data) > 40 and ND_FIRST <= data[40] <= ND_LAST:
+            # The rules send neighbour discovery elsewhere; this is the second line.
+            self.counters["drop_neighbour_discovery"] += 1
+            return
         if len(data) > st.tunnel_mtu:
             self._send_host(packet_too_big(bytes(data), st.tunnel_mtu, self.remote), "ptb")
             self.counters["ptb_sent"] += 1
@@ -551,6 +579,8 @@ class StreamWorker(Worker):
             if e.errno == errno.EMSGSIZE:
                 self.too_big_for_path(data, route)
             return
+        if self.sent is not None:
+            self.sent.add(dstopts, payload)
         self.counters["tunnelled_packets"] += 1
         self.counters["tunnelled_bytes"] += len(data)
 
@@ -713,6 +743,8 @@ class StreamWorker(Worker):
                     raise PacketError("unknown_route", "source")
                 if flags & TRUNCATED:
                     raise PacketError("truncated", "datagram or options")
+                if n > self.max_datagram:
+                    raise PacketError("reassembled", f"{n} bytes: larger than the link carries")
                 dstopts = None
                 for level, kind, value in ancillary:
                     if level == LEVEL_IPV6 and kind == DSTOPTS:
@@ -814,6 +846,10 @@ class StreamWorker(Worker):
         completed here.
         """
         st = self.state
+        if plain[6] == IPPROTO_ICMPV6 and len(plain) > 8 and ND_FIRST <= plain[8] <= ND_LAST:
+            # Even from the authenticated peer: a host's neighbour cache is its link's business.
+            self.counters["drop_neighbour_discovery"] += 1
+            return
         off = transport_checksum_offset(plain)
         link = self.link_socket(st.internal_ifindex) if self.host_mac and st is not None else None
         if link is not None:

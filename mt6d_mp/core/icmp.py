@@ -10,7 +10,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from mt6d_mp.core.crypto import TAG_LEN, PrefixDecryptor
+from mt6d_mp.core.crypto import ALG_CHUNKED, TAG_LEN, PrefixDecryptor
 from mt6d_mp.core.packet import (
     INNER_KEEP,
     IP6_ADDR_LEN,
@@ -29,6 +29,7 @@ from mt6d_mp.core.packet import (
     tunnel_overhead,
     walk_extension_headers,
 )
+from mt6d_mp.core.sentlog import SENT_PREFIX
 from mt6d_mp.errors import PacketError
 
 # --- ICMPv6 types (RFC 4443 section 2.1, RFC 4861 section 4) ----------------------------------------------
@@ -59,8 +60,12 @@ UNSPECIFIED: Final = bytes(16)
 _MTU: Final = struct.Struct("!I")
 _U16: Final = struct.Struct("!H")
 
-# lookup(outer src, outer dst) -> (true src, true dst, decryptor for the sending direction) or None
-RouteLookup = Callable[[bytes, bytes], "tuple[bytes, bytes, PrefixDecryptor | None] | None"]
+# was_sent(options header or b"", payload prefix) -> True if the stream's worker sent that packet
+SentCheck = Callable[[bytes, Buffer], bool]
+# lookup(outer src, outer dst) -> (true src, true dst, decryptor for the sending direction,
+# was_sent) or None
+RouteLookup = Callable[
+    [bytes, bytes], "tuple[bytes, bytes, PrefixDecryptor | None, SentCheck] | None"]
 
 
 def parse_icmpv6(packet: Buffer) -> tuple[int, int, int]:
@@ -214,15 +219,17 @@ def translate_icmp_error(packet: Buffer, lookup: RouteLookup) -> bytes:
     """Turn an ICMPv6 error about a tunnel packet into the error the host would have received.
 
     ``packet`` is an error (types 1-4) sent by a router to one of our hashed addresses, quoting a
-    tunnel packet we sent. ``lookup(outer src, outer dst)`` gives the true addresses and a decryptor
-    for the direction the quoted packet travelled (our Sealer, or an Opener with the same key), or None
-    (``unknown_route``). The quote is decrypted without authentication (it is cut before the tag), the
-    true addresses restored, and a new error of the same type and code is built from the same router
-    address to the true source, quoting the restored packet. Packet Too Big's MTU is lowered by
-    the tunnel overhead (never below 1280); Parameter Problem's pointer is mapped (see
-    _map_pointer). An error from the peer's hashed address itself is about the tunnel, not the
-    host's packet: Destination Unreachable is dropped (``peer_unreachable``), any other comes
-    from the remote host's true address instead.
+    tunnel packet we sent. ``lookup(outer src, outer dst)`` gives the true addresses, a decryptor
+    for the direction the quoted packet travelled (our Sealer, or an Opener with the same key) and
+    a check that the stream's worker sent the packet, or None (``unknown_route``). The quote
+    cannot be authenticated (it is cut before the tag), so it must match a packet the worker
+    recorded (``quote_not_sent`` otherwise, see mt6d_mp.core.sentlog), and only the recorded
+    prefix of it is decrypted, the true addresses restored, and a new error of the same type and
+    code is built from the same router address to the true source, quoting the restored prefix.
+    Packet Too Big's MTU is lowered by the tunnel overhead (never below 1280); Parameter
+    Problem's pointer is mapped (see _map_pointer). An error from the peer's hashed address
+    itself is about the tunnel, not the host's packet: Destination Unreachable is dropped
+    (``peer_unreachable``), any other comes from the remote host's true address instead.
     """
     itype, code, off = parse_icmpv6(packet)
     end = ipv6_payload_end(packet)
@@ -239,7 +246,7 @@ def translate_icmp_error(packet: Buffer, lookup: RouteLookup) -> bytes:
     route = lookup(view.src, view.dst)
     if route is None:
         raise PacketError("unknown_route")
-    true_src, true_dst, decryptor = route
+    true_src, true_dst, decryptor, was_sent = route
     router = bytes(packet[IP6_OFF_SRC:IP6_OFF_DST])
     if router == view.dst:
         # From the peer gateway's own stack, about the tunnel datagram itself (for example Port
@@ -249,6 +256,15 @@ def translate_icmp_error(packet: Buffer, lookup: RouteLookup) -> bytes:
             raise PacketError("peer_unreachable", f"code {code}")
         router = true_dst
     body = quote[view.payload_offset : view.payload_end]
+    checked = min(SENT_PREFIX, view.udp_length - 8)  # what the worker recorded of the payload
+    if checked < 0 or len(body) < checked:
+        raise PacketError("quote_short", f"{len(body)} of {checked} payload bytes")
+    body = body[:checked]
+    options = b"" if view.dstopts is None else bytes(view.dstopts)
+    if view.enc_offset >= 0 and view.alg & ALG_CHUNKED:
+        raise PacketError("chunk_quote", "a chunk does not start with the inner packet")
+    if not was_sent(options, body):
+        raise PacketError("quote_not_sent", "the quote matches no packet this gateway sent")
     if view.enc_offset >= 0:
         if decryptor is None:
             raise PacketError("alg_mismatch", "encrypted quote, no key")

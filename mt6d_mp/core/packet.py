@@ -57,6 +57,10 @@ IPPROTO_UDP: Final = 17
 IPPROTO_ROUTING: Final = 43
 IPPROTO_FRAGMENT: Final = 44
 IPPROTO_ICMPV6: Final = 58
+# Neighbor Discovery (RFC 4861 section 4): router solicitation and advertisement, neighbour
+# solicitation and advertisement, redirect. Link-local business: it never crosses the tunnel.
+ND_FIRST: Final = 133
+ND_LAST: Final = 137
 IPPROTO_DSTOPTS: Final = 60
 
 # --- UDP header (RFC 768) -------------------------------------------------------------------------------

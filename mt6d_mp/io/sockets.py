@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import socket
 import struct
 
@@ -93,6 +94,18 @@ def tunnel_socket() -> socket.socket:
     _reject_all_input(sock)
     big_send_buffer(sock)
     return sock
+
+
+SIOCGIFMTU = 0x8921  # linux/sockios.h
+
+
+def interface_mtu(ifindex: int) -> int:
+    """The MTU of interface ``ifindex`` in this process's namespace (SIOCGIFMTU)."""
+    name = socket.if_indextoname(ifindex)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, struct.pack("16si", name.encode(), 0))
+    mtu: int = struct.unpack_from("16xi", ifreq)[0]
+    return mtu
 
 
 def host_socket() -> socket.socket:

@@ -35,13 +35,15 @@ from mt6d_mp.core.crypto import (
 )
 from mt6d_mp.core.icmp import (
     RouteLookup,
+    SentCheck,
     packet_too_big,
     parse_icmpv6,
     rewrite_router_advertisement,
     router_solicitation,
     translate_icmp_error,
 )
-from mt6d_mp.core.packet import encapsulate, tunnel_overhead
+from mt6d_mp.core.packet import Buffer, encapsulate, parse_tunnel, tunnel_overhead
+from mt6d_mp.core.sentlog import SENT_PREFIX, sent_record
 from mt6d_mp.errors import PacketError
 
 KEY = bytes(range(7, 39))
@@ -158,11 +160,26 @@ def _route(ct: int) -> tuple[Sealer | None, PrefixDecryptor | None]:
     return Sealer(ct, KEY), Opener(ct, KEY)  # same key: the direction the quoted packet travelled
 
 
-def _lookup(decryptor: PrefixDecryptor | None) -> RouteLookup:
-    def lookup(src: bytes, dst: bytes) -> tuple[bytes, bytes, PrefixDecryptor | None] | None:
-        return (TA, TB, decryptor) if (src, dst) == (HA, HB) else None
+def _lookup(decryptor: PrefixDecryptor | None, *sent: bytes) -> RouteLookup:
+    """The route HA -> HB, whose worker sent the tunnel packets ``sent`` (and nothing else)."""
+    records = set()
+    for tunnel in sent:
+        view = parse_tunnel(tunnel)
+        payload = tunnel[view.payload_offset : view.payload_end]
+        records.add(sent_record(view.dstopts or b"", payload[:SENT_PREFIX]))
+
+    def was_sent(dstopts: bytes, prefix: Buffer) -> bool:
+        return sent_record(dstopts, prefix) in records
+
+    def lookup(src: bytes, dst: bytes) -> tuple[bytes, bytes, PrefixDecryptor | None, SentCheck] | None:
+        return (TA, TB, decryptor, was_sent) if (src, dst) == (HA, HB) else None
 
     return lookup
+
+
+def quoted(inner: bytes) -> bytes:
+    """What a translated error quotes of the host's packet: the part the worker recorded."""
+    return inner[: 32 + SENT_PREFIX]
 
 
 def _wrap(tunnel: bytes, icmp: Packet) -> bytes:
@@ -177,16 +194,13 @@ def test_translate_packet_too_big(ct: int, size: int) -> None:
     inner = host_packet(size)
     tunnel = encapsulate(inner, HA, HB, 40000, 50000, sealer)
     error = _wrap(tunnel, ICMPv6PacketTooBig(mtu=1400))
-    got = translate_icmp_error(error, _lookup(decryptor))
+    got = translate_icmp_error(error, _lookup(decryptor, tunnel))
     assert len(got) <= 1280
     parsed = IPv6(got)
     assert (parsed.src, parsed.dst, parsed.hlim) == (ROUTER, HOST_A, 64)
     assert parsed[ICMPv6PacketTooBig].mtu == 1400 - tunnel_overhead(ct)
     assert checksum_ok(got, ICMPv6PacketTooBig)
-    quote = got[48:]
-    payload_offset = 48 if ct == CRYPT_NONE else 64
-    plain_avail = min(min(len(tunnel), 1232) - payload_offset, len(inner) - 32)
-    assert quote == inner[: plain_avail + 32]
+    assert got[48:] == quoted(inner)
 
 
 @pytest.mark.parametrize("ct", ALL_TYPES)
@@ -198,10 +212,10 @@ def test_translate_time_exceeded_and_unreachable(ct: int) -> None:
         (ICMPv6TimeExceeded(code=0), ICMPv6TimeExceeded),
         (ICMPv6DestUnreach(code=3), ICMPv6DestUnreach),
     ):
-        got = translate_icmp_error(_wrap(tunnel, layer), _lookup(decryptor))
+        got = translate_icmp_error(_wrap(tunnel, layer), _lookup(decryptor, tunnel))
         parsed = IPv6(got)
         assert parsed[cls].code == layer.code
-        assert got[48:] == inner
+        assert got[48:] == quoted(inner)
         assert checksum_ok(got, cls)
 
 
@@ -209,15 +223,15 @@ def test_translate_mtu_clamped_and_pointer_mapped() -> None:
     sealer, decryptor = _route(CRYPT_AES_256_GCM)
     inner = host_packet(300)
     tunnel = encapsulate(inner, HA, HB, 40000, 50000, sealer)
-    got = translate_icmp_error(_wrap(tunnel, ICMPv6PacketTooBig(mtu=1300)), _lookup(decryptor))
+    got = translate_icmp_error(_wrap(tunnel, ICMPv6PacketTooBig(mtu=1300)), _lookup(decryptor, tunnel))
     assert IPv6(got)[ICMPv6PacketTooBig].mtu == 1280
     # Pointer at the outer hop limit -> inner hop limit; at payload byte 8 -> inner byte 40.
     for ptr, want in ((7, 7), (24, 24), (64 + 3, 3), (64 + 8, 40), (64 + 20, 52)):
-        got = translate_icmp_error(_wrap(tunnel, ICMPv6ParamProblem(ptr=ptr)), _lookup(decryptor))
+        got = translate_icmp_error(_wrap(tunnel, ICMPv6ParamProblem(ptr=ptr)), _lookup(decryptor, tunnel))
         assert IPv6(got)[ICMPv6ParamProblem].ptr == want
     for ptr in (40, 63):
         with pytest.raises(PacketError, match="tunnel_problem"):
-            translate_icmp_error(_wrap(tunnel, ICMPv6ParamProblem(ptr=ptr)), _lookup(decryptor))
+            translate_icmp_error(_wrap(tunnel, ICMPv6ParamProblem(ptr=ptr)), _lookup(decryptor, tunnel))
 
 
 def test_translate_rejects() -> None:
@@ -226,17 +240,17 @@ def test_translate_rejects() -> None:
     with pytest.raises(PacketError, match="unknown_route"):
         translate_icmp_error(_wrap(tunnel, ICMPv6TimeExceeded()), lambda s, d: None)
     with pytest.raises(PacketError, match="alg_mismatch"):
-        translate_icmp_error(_wrap(tunnel, ICMPv6TimeExceeded()), _lookup(None))
+        translate_icmp_error(_wrap(tunnel, ICMPv6TimeExceeded()), _lookup(None, tunnel))
     echo = raw(IPv6(src=ROUTER, dst=HASH_A) / ICMPv6EchoRequest())
     with pytest.raises(PacketError, match="not_icmp_error"):
-        translate_icmp_error(echo, _lookup(decryptor))
+        translate_icmp_error(echo, _lookup(decryptor, tunnel))
     elsewhere = raw(IPv6(src=ROUTER, dst=HASH_B) / ICMPv6TimeExceeded() / Raw(tunnel))
     with pytest.raises(PacketError, match="quote_mismatch"):
-        translate_icmp_error(elsewhere, _lookup(decryptor))
+        translate_icmp_error(elsewhere, _lookup(decryptor, tunnel))
     bad = bytearray(_wrap(tunnel, ICMPv6TimeExceeded()))
     bad[-1] ^= 1
     with pytest.raises(PacketError, match="bad_checksum"):
-        translate_icmp_error(bytes(bad), _lookup(decryptor))
+        translate_icmp_error(bytes(bad), _lookup(decryptor, tunnel))
 
 
 # --- robustness ------------------------------------------------------------------------------------------
@@ -262,8 +276,8 @@ def _fix_icmp_checksum(data: bytearray) -> None:
 
 def _try_all(data: bytes) -> None:
     for fn in (
-        lambda: translate_icmp_error(data, _lookup(_D)),
-        lambda: translate_icmp_error(data, _lookup(None)),
+        lambda: translate_icmp_error(data, _lookup(_D, _TUNNEL)),
+        lambda: translate_icmp_error(data, _lookup(None, _TUNNEL)),
         lambda: rewrite_router_advertisement(data, 48, MAC),
         lambda: parse_icmpv6(data),
         lambda: packet_too_big(data, 1280, a16(GW)),
@@ -310,9 +324,44 @@ def test_errors_from_the_peer_endpoint_never_show_its_hashed_address() -> None:
 
     for code in (0, 1, 3, 4):
         with pytest.raises(PacketError, match="peer_unreachable"):
-            translate_icmp_error(from_peer(ICMPv6DestUnreach(code=code)), _lookup(decryptor))
-    got = translate_icmp_error(from_peer(ICMPv6TimeExceeded()), _lookup(decryptor))
+            translate_icmp_error(from_peer(ICMPv6DestUnreach(code=code)), _lookup(decryptor, tunnel))
+    got = translate_icmp_error(from_peer(ICMPv6TimeExceeded()), _lookup(decryptor, tunnel))
     parsed = IPv6(got)
     assert (parsed.src, parsed.dst) == (HOST_B, HOST_A)
-    assert got[48:] == inner
+    assert got[48:] == quoted(inner)
     assert checksum_ok(got, ICMPv6TimeExceeded)
+
+
+# --- quotes that were never sent ---------------------------------------------------------------------------
+@pytest.mark.parametrize("ct", ALL_TYPES)
+def test_a_forged_quote_is_not_translated(ct: int) -> None:
+    """The quote is cut before the tag, so a flipped ciphertext bit would flip the host's packet
+    as the gateway decrypts it (a stream cipher): only quotes of packets the worker recorded
+    are translated, whatever the attacker changed in them."""
+    sealer, decryptor = _route(ct)
+    inner = host_packet(300)
+    tunnel = encapsulate(inner, HA, HB, 40000, 50000, sealer)
+    lookup = _lookup(decryptor, tunnel)
+    assert translate_icmp_error(_wrap(tunnel, ICMPv6TimeExceeded()), lookup)  # the genuine quote
+    payload_offset = parse_tunnel(tunnel).payload_offset
+    for at in (payload_offset, payload_offset + 9, payload_offset + SENT_PREFIX - 1):
+        forged = bytearray(tunnel)
+        forged[at] ^= 0x04
+        with pytest.raises(PacketError, match="quote_not_sent"):
+            translate_icmp_error(_wrap(bytes(forged), ICMPv6TimeExceeded()), lookup)
+    other = encapsulate(host_packet(300), HA, HB, 40000, 50000, sealer)  # sealed, never sent
+    with pytest.raises(PacketError, match="quote_not_sent"):
+        translate_icmp_error(_wrap(other, ICMPv6DestUnreach(code=3)), lookup)
+    with pytest.raises(PacketError, match="quote_short"):
+        translate_icmp_error(_wrap(tunnel[: payload_offset + 20], ICMPv6TimeExceeded()), lookup)
+
+
+def test_beyond_the_recorded_prefix_nothing_reaches_the_host() -> None:
+    """Bytes after the recorded prefix are not checked, so they are not quoted to the host."""
+    sealer, decryptor = _route(CRYPT_AES_256_GCM)
+    inner = host_packet(600)
+    tunnel = encapsulate(inner, HA, HB, 40000, 50000, sealer)
+    forged = bytearray(tunnel)
+    forged[parse_tunnel(tunnel).payload_offset + SENT_PREFIX + 5] ^= 0xFF
+    got = translate_icmp_error(_wrap(bytes(forged), ICMPv6TimeExceeded()), _lookup(decryptor, tunnel))
+    assert got[48:] == quoted(inner)

@@ -37,6 +37,7 @@ from mt6d_mp.core.crypto import (
 from mt6d_mp.core.packet import (
     TUNNEL_OVERHEAD_AEAD,
     TUNNEL_OVERHEAD_PLAIN,
+    Buffer,
     decapsulate,
     decapsulate_pieces,
     encapsulate,
@@ -410,7 +411,12 @@ def test_protocol_doc_examples() -> None:
     )
     assert doc["te-in"] == te
     opener = Opener(CRYPT_AES_256_GCM, key)
-    assert doc["te-out"] == translate_icmp_error(te, lambda s, d: (ta, tb, opener))
+    view = parse_tunnel(aes)  # the packet gateway A sent, as its worker recorded it
+
+    def was_sent(dstopts: bytes, prefix: Buffer) -> bool:
+        return (dstopts, bytes(prefix)) == (view.dstopts, aes[view.payload_offset :][:64])
+
+    assert doc["te-out"] == translate_icmp_error(te, lambda s, d: (ta, tb, opener, was_sent))
     assert decapsulate(aes, opener, ta, tb) == inner
 
 

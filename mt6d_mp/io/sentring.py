@@ -1,0 +1,113 @@
+"""The ring of sent-packet records a stream worker writes and the ICMP worker reads.
+
+One file per stream in the runtime directory (``sent-STREAM.ring``, mode 0600), mapped shared by
+both processes; the records themselves are defined in ``mt6d_mp.core.sentlog``. The writer
+clears the file in place when it starts (same inode), so a reader's mapping stays valid across a
+worker restart; a reader maps the file again when its inode changed (the stream was removed and
+added again). Nothing here is secret (the records are what went on the wire), but the files are
+private anyway.
+
+A reader may see a slot half-written (no lock: the writer must not wait). That makes a genuine
+error fail the check, once, which costs the host one error message; it never makes a forged one
+pass, since a forged quote would have to equal bytes that were sent.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+from mt6d_mp.core.packet import Buffer
+from mt6d_mp.core.sentlog import RECORD_LEN, SENT_PREFIX, SENT_SLOTS, sent_record, sent_slot
+
+RING_BYTES = RECORD_LEN * SENT_SLOTS
+
+
+def ring_path(runtime_dir: str | Path, stream: str) -> Path:
+    return Path(runtime_dir) / f"sent-{stream}.ring"
+
+
+class SentRing:
+    """The writing side, in the stream worker: one record per packet sent."""
+
+    __slots__ = ("_mm", "_next", "path")
+
+    def __init__(self, path: Path | None) -> None:
+        """Clear and map the ring at ``path``; ``None`` for a private ring nobody reads (the
+        worker's keep-warm runs its real send path with it)."""
+        self.path = path
+        self._next = 0
+        if path is None:
+            self._mm = mmap.mmap(-1, RING_BYTES)
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, 0)  # in place: forget what a predecessor sent
+            os.ftruncate(fd, RING_BYTES)
+            self._mm = mmap.mmap(fd, RING_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+
+    def add(self, dstopts: Buffer, payload: Buffer) -> None:
+        slot = sent_slot(dstopts)
+        if slot < 0:
+            slot = self._next
+            self._next = (slot + 1) % SENT_SLOTS
+        at = slot * RECORD_LEN
+        self._mm[at : at + RECORD_LEN] = sent_record(dstopts, payload[:SENT_PREFIX])
+
+    def close(self) -> None:
+        self._mm.close()
+
+
+class SentReader:
+    """The reading side, in the ICMP worker: was this packet sent by the stream's worker?"""
+
+    __slots__ = ("_inode", "_mm", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mm: mmap.mmap | None = None
+        self._inode = -1
+
+    def _map(self) -> mmap.mmap | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if self._mm is None or st.st_ino != self._inode or st.st_size != RING_BYTES:
+            if self._mm is not None:
+                self._mm.close()
+                self._mm = None
+            if st.st_size != RING_BYTES:
+                return None
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._mm = mmap.mmap(fd, RING_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._inode = st.st_ino
+        return self._mm
+
+    def was_sent(self, dstopts: Buffer, prefix: Buffer) -> bool:
+        mm = self._map()
+        if mm is None:
+            return False
+        record = sent_record(dstopts, prefix)
+        slot = sent_slot(dstopts)
+        if slot >= 0:
+            at = slot * RECORD_LEN
+            return mm[at : at + RECORD_LEN] == record
+        at = mm.find(record)
+        while at >= 0:
+            if at % RECORD_LEN == 0:
+                return True
+            at = mm.find(record, at + 1)
+        return False
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
