@@ -7,7 +7,7 @@ plaintext the gateway would decrypt. An error is therefore translated for the ho
 quote matches, byte for byte, a packet the gateway really sent; the stream worker records, for
 each packet it sends, the destination options (algorithm, phase, lane and counter) and the first
 :data:`SENT_PREFIX` bytes of the UDP payload, and only those bytes are ever decrypted from a
-quote (PROTOCOL.md 1.7).
+quote (PROTOCOL.md 3.1).
 
 Records live in :data:`SENT_SLOTS` slots. A sealed packet goes to the slot its counter names, so
 the check is one comparison; a packet without options (crypt type none) goes to the next slot in

@@ -499,6 +499,37 @@ def test_queue_without_reader_drops(netns_factory: Any) -> None:
     assert got["after"] is True
 
 
+def _interfaces_apart(peer: str) -> dict[str, bool]:
+    from mt6d_mp.io.firewall import Firewall
+
+    fw = Firewall()
+    fw.setup(ICMP_QUEUE, "int0", "ext0")
+    try:
+        return {
+            "internal": _ping(peer, "fd00:1::b", "fd00:1::a"),  # echo reply leaves by int0
+            "external": _ping(peer, "fd00:2::b", "fd00:2::a"),  # by ext0: silenced
+        }
+    finally:
+        fw.teardown()
+
+
+def test_interface_rules_match_only_their_interface(netns_factory: Any) -> None:
+    """``-o ext0`` must not match int0. python-iptables 1.2.0 writes IPv6 interface masks of 0x01
+    bytes, under which the kernel compares only each character's lowest bit: "int0" and "ext0"
+    agree there, so the external interface's silence rules also silenced the internal one, and
+    the stream rule's ``-i int0`` took packets from ext0 (docs/KERNEL.md)."""
+    a, b = netns_factory("a"), netns_factory("b")
+    nsutil.veth(a, "int0", b, "vi")
+    nsutil.veth(a, "ext0", b, "ve")
+    for ns, dev, addr in (
+        (a, "int0", "fd00:1::a/64"), (b, "vi", "fd00:1::b/64"),
+        (a, "ext0", "fd00:2::a/64"), (b, "ve", "fd00:2::b/64"),
+    ):
+        nsutil.run_in(ns, ["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"])
+    got = nsutil.call_in(a, _interfaces_apart, b)
+    assert got == {"internal": True, "external": False}, got
+
+
 # ------------------------------------------------------------------------------------------------
 # Cost
 
