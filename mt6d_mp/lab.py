@@ -1381,6 +1381,17 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+# The threat model in one paragraph (docs/SECURITY.md has it whole; README says the same).
+THREAT_MODEL = """\
+   Threat model: an attacker on the external link sees every tunnel packet and may send any
+   frame to any MAC and address (forge, replay, fragment, flood). They never see a true address,
+   a host MAC or a key, cannot link one rotation's addresses to the next, and get no answer:
+   the gateways answer nothing but their peer's authenticated tunnel packets (and neighbour
+   discovery for the addresses in use) and send no error, echo reply or MLD report outside; a
+   host gets nothing that did not come sealed from the peer gateway, and nothing but the
+   protected host's own packets from the internal link enters the tunnel."""
+
+
 def demo(
     topology: str = "switched",
     prefix: str | None = None,
@@ -1398,6 +1409,8 @@ def demo(
             f"== mt6d-lab demo: lab {prefix}, {topology}, "
             f"{'MT6D rotation ' + format(rotation_time, 'g') + ' s' if mt6d else 'no MT6D'}"
         )
+        if mt6d:
+            _say(THREAT_MODEL)
         info = lab.up()
         ha, hb = info.host_a(), info.host_b()
         assert ha.address and hb.address
