@@ -713,9 +713,15 @@ class Supervisor:
                 "installed": [_route_dict(r) for r in routes.installed()],
                 "next_rotation": nxt, "next_rotation_in": nxt - now,
             })
+        firewall_drops: dict[str, int] = {}
+        if self.fw is not None:
+            try:
+                firewall_drops = self.fw.drop_counts()
+            except SystemSetupError as e:  # a status must not fail because the table is busy
+                log.warning("event=firewall_counters_unreadable error=%s", e)
         return {"pid": os.getpid(), "config": str(self.config.path), "workers": workers,
                 "streams": streams, "tunnel_mtu": self.tunnel_mtu,
-                "uptime": self.monotonic() - self.started}
+                "firewall_drops": firewall_drops, "uptime": self.monotonic() - self.started}
 
     def stop(self, signum: int, frame: Any) -> None:
         log.info("event=signal signal=%s", signal.Signals(signum).name)

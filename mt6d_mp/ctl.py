@@ -135,7 +135,10 @@ class Status(Command):
     "user_dropped"}, "segment_queue": (the same for a stream worker's segmenting queue, or null),
     "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
-    "next_rotation", "next_rotation_in"}]}``. ``packets_out`` counts tunnelled packets (host to
+    "next_rotation", "next_rotation_in"}], "firewall_drops": {kind: packets}}``.
+    ``firewall_drops`` counts what the kernel dropped by MT6D's rules (kinds in
+    mt6d_mp.io.firewall.Firewall.drop_counts: fragment, true_address, hashed_address, silenced,
+    true_source). ``packets_out`` counts tunnelled packets (host to
     tunnel), ``packets_in`` extracted ones (tunnel to host), as the hosts see them: a TCP
     super-packet is one, whatever number of chunks carried it (``counters`` has
     ``messages_sent``, ``chunks_sent`` and ``messages_received``, docs/PROTOCOL.md 1.6).
@@ -173,6 +176,9 @@ class Status(Command):
             a = s.get("active")
             route = f"{a['epoch']}: {a['local']} -> {a['remote']}" if a else "none"
             add(f"{s['name']:<22} {route:<80} in {s['next_rotation_in']:.1f}s")
+        fw = reply.get("firewall_drops") or {}
+        if fw:
+            add("FIREWALL DROPS  " + " ".join(f"{k}={v}" for k, v in sorted(fw.items())))
         return "\n".join(lines)
 
 

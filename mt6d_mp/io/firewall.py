@@ -875,6 +875,33 @@ class Firewall:
             lines += by_chain[name]
         return lines
 
+    def drop_counts(self) -> dict[str, int]:
+        """Packets the kernel dropped by our rules, by kind, from the rules' counters:
+        ``fragment`` (from outside), ``true_address`` (to a remote host's address, not the
+        stream's), ``hashed_address`` (to a hashed address, not the peer's tunnel packets),
+        ``silenced`` (errors, echo replies, MLD the gateway would have sent outside) and
+        ``true_source`` (anything leaving outside from a true address)."""
+        if not self._active:
+            return {}
+        kinds = {
+            (self.input_chain, "frag"): "fragment",
+            (self.true_chain, "true"): "true_address",
+            (self.guard_chain, "guard"): "hashed_address",
+            (self.output_chain, "silent"): "silenced",
+            (self.output_chain, "stream"): "true_source",
+        }
+        counts = dict.fromkeys(kinds.values(), 0)
+        table = _table()
+        with _xtables_lock():
+            table.refresh()
+        for chain in {c for c, _ in kinds}:
+            for rule in iptc.Chain(table, chain).rules:
+                parts = (_comment_of(rule) or "").split(":")
+                kind = kinds.get((chain, parts[1] if len(parts) > 1 else ""))
+                if kind is not None and rule.target is not None and rule.target.name == "DROP":
+                    counts[kind] += int(rule.get_counters()[0])
+        return counts
+
     def verify(self) -> list[str]:
         """Differences between :meth:`rules` and the kernel; empty when they agree."""
         want, have = self.rules(), installed(self.tag_prefix)

@@ -505,10 +505,16 @@ def _interfaces_apart(peer: str) -> dict[str, bool]:
     fw = Firewall()
     fw.setup(ICMP_QUEUE, "int0", "ext0")
     try:
-        return {
+        got: dict[str, Any] = {
             "internal": _ping(peer, "fd00:1::b", "fd00:1::a"),  # echo reply leaves by int0
             "external": _ping(peer, "fd00:2::b", "fd00:2::a"),  # by ext0: silenced
         }
+        # Fragments from outside are dropped before reassembly (and from inside they are not).
+        for dst in ("fd00:2::a", "fd00:1::a"):
+            subprocess.run(["ip", "netns", "exec", peer, "ping", "-6", "-n", "-q", "-c", "1",
+                            "-W", "1", "-s", "3000", dst], capture_output=True, check=False)
+        got["drops"] = fw.drop_counts()
+        return got
     finally:
         fw.teardown()
 
@@ -527,7 +533,13 @@ def test_interface_rules_match_only_their_interface(netns_factory: Any) -> None:
     ):
         nsutil.run_in(ns, ["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"])
     got = nsutil.call_in(a, _interfaces_apart, b)
+    drops = got.pop("drops")
     assert got == {"internal": True, "external": False}, got
+    # Counted: the silenced echo replies (and any MLD report the new interfaces sent), and
+    # the three fragments of the 3000-byte echo request that came by ext0; the one by int0 was
+    # reassembled and answered, by int0.
+    assert drops["silenced"] >= 2, drops
+    assert drops["fragment"] == 3, drops
 
 
 # ------------------------------------------------------------------------------------------------
