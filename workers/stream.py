@@ -70,6 +70,7 @@ from mt6d_mp.core.packet import (
     restore_inner,
     seal_message,
     segment_tcp,
+    split_fragment,
     transport_checksum_offset,
     tunnel_overhead,
     tunnel_pieces,
@@ -559,6 +560,12 @@ class StreamWorker(Worker):
             self.counters["drop_neighbour_discovery"] += 1
             return
         if len(data) > st.tunnel_mtu:
+            pieces = split_fragment(data, st.tunnel_mtu)
+            if pieces is not None:  # a host's fragment, cut smaller rather than lost
+                self.counters["fragments_split"] += 1
+                for piece in pieces:
+                    self.outbound(piece)
+                return
             self._send_host(packet_too_big(bytes(data), st.tunnel_mtu, self.remote), "ptb")
             self.counters["ptb_sent"] += 1
             return

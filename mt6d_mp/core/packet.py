@@ -221,6 +221,47 @@ def walk_extension_headers(packet: Buffer, end: int) -> tuple[int, int, int, int
         off = nxt
 
 
+_FRAG_HDR: Final = struct.Struct("!BBHI")  # next header, reserved, offset << 3 | M, identification
+
+
+def split_fragment(packet: Buffer, mtu: int) -> list[bytes] | None:
+    """Cut a host's IPv6 *fragment* that is larger than ``mtu`` into smaller fragments of the same
+    datagram (same identification, offsets and the M flag adjusted), or None if ``packet`` is not
+    a fragment or cannot be cut.
+
+    A fragmenting host sizes its fragments to the link (1500) before it knows the tunnel's MTU.
+    Answering Packet Too Big would lose that datagram (UDP does not resend it: a large DNS answer,
+    say); the receiving host reassembles fragments by offset, so smaller pieces of a fragment are
+    as good as the fragment. Packets that are not fragments still get Packet Too Big. The
+    unfragmentable part (the IPv6 header and any hop-by-hop, routing or destination options before
+    the fragment header, RFC 8200 4.5) is repeated in every piece.
+    """
+    end = ipv6_payload_end(packet)
+    nh, off = packet[IP6_OFF_NH], IPV6_HDR_LEN
+    while nh in (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS):
+        if off + 2 > end:
+            return None
+        nh, off = packet[off], off + ((packet[off + 1] + 1) << 3)
+    if nh != IPPROTO_FRAGMENT or off + _FRAG_HDR.size > end:
+        return None
+    nxt, _, field, ident = _FRAG_HDR.unpack_from(packet, off)
+    start, more = field & ~7, field & 1  # the offset (in units of 8 bytes, shifted by 3: bytes)
+    data = memoryview(packet)[off + _FRAG_HDR.size : end]
+    step = (mtu - off - _FRAG_HDR.size) & ~7
+    if step <= 0 or len(data) <= step:
+        return None
+    mv = memoryview(packet)
+    pieces = []
+    for k in range(0, len(data), step):
+        chunk = data[k : k + step]
+        last = k + step >= len(data)
+        header = bytearray(mv[:off])
+        _U16.pack_into(header, IP6_OFF_PLEN, off - IPV6_HDR_LEN + _FRAG_HDR.size + len(chunk))
+        frag = _FRAG_HDR.pack(nxt, 0, (start + k) | (more if last else 1), ident)
+        pieces.append(b"".join((header, frag, chunk)))
+    return pieces
+
+
 # --- the tunnel view -----------------------------------------------------------------------------------
 class TunnelView(NamedTuple):
     """Parsed outer headers of a tunnel packet; offsets index the buffer given to parse_tunnel."""

@@ -466,3 +466,41 @@ def test_open_payload_walks_a_longer_options_header() -> None:
     no_option = raw(IPv6ExtHdrDestOpt(nh=17, options=[PadN(optdata=b"\x00" * 4)]))
     with pytest.raises(PacketError, match="not_encrypted"):
         open_payload(Opener(CRYPT_AES_256_GCM, KEY), aad, no_option, payload)
+
+
+# --- a host's fragments, cut to the tunnel MTU ------------------------------------------------------------
+def test_a_fragment_too_big_for_the_tunnel_is_cut_into_fragments_that_reassemble() -> None:
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, defragment6, fragment6
+    from scapy.packet import Raw
+
+    from mt6d_mp.core.packet import split_fragment
+
+    for ext in (False, True):
+        base = IPv6(src=HOST_A, dst=HOST_B)
+        if ext:
+            base = base / IPv6ExtHdrDestOpt()
+        datagram = base / IPv6ExtHdrFragment(id=0xABCD) / UDP(sport=5, dport=6) / Raw(bytes(range(256)) * 12)
+        frags = [raw(f) for f in fragment6(datagram, 1500)]  # as the host sends them on its link
+        assert max(len(f) for f in frags) > 1452
+        pieces = []
+        for f in frags:
+            cut = split_fragment(f, 1452)
+            assert cut is not None if len(f) > 1452 else cut is None
+            pieces += cut or [f]
+        assert max(len(p) for p in pieces) <= 1452
+        assert all(IPv6(p)[IPv6ExtHdrFragment].id == 0xABCD for p in pieces)
+        whole = defragment6([IPv6(p) for p in pieces])
+        assert raw(whole[UDP]) == raw(datagram[UDP])
+
+
+def test_only_fragments_are_cut() -> None:
+    from scapy.layers.inet import UDP
+    from scapy.packet import Raw
+
+    from mt6d_mp.core.packet import split_fragment
+
+    big = raw(IPv6(src=HOST_A, dst=HOST_B) / UDP() / Raw(bytes(1600)))
+    assert split_fragment(big, 1452) is None
+    with pytest.raises(PacketError, match="truncated"):
+        split_fragment(big[:30], 1452)
