@@ -23,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import secrets
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,7 +336,7 @@ def assert_no_leaks(al: AttackLab, pkts: Sequence[Pkt], what: str = "") -> None:
 def csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -434,24 +433,18 @@ def drops(w: dict[str, Any]) -> dict[str, int]:
 
 
 def firewall_counters(al: AttackLab, gateway: str, needle: str) -> dict[str, int]:
-    """Packet counts of the gateway's ip6tables-legacy rules whose comment contains ``needle``."""
-    r = al.lab.exec(al.info.ns(gateway).name, ["ip6tables-legacy", "-S", "-v", "-w"], check=False)
-    if r.returncode != 0:  # older ip6tables: -S ignores -v; read -L instead
-        r = al.lab.exec(al.info.ns(gateway).name, ["ip6tables-legacy", "-L", "-v", "-x", "-n"])
+    """Packet counts of the gateway's ip6tables-legacy rules (every table) whose comment contains
+    ``needle``, by table and rule text without its counters."""
     out: dict[str, int] = {}
-    for line in r.stdout.splitlines():
-        if needle in line and "comment" in line:
-            out[line] = _packets_of(line)
+    for table in ("raw", "mangle", "filter"):
+        r = al.lab.exec(al.info.ns(gateway).name, ["ip6tables-legacy", "-t", table, "-S", "-v", "-w"],
+                        check=False)
+        for line in r.stdout.splitlines():
+            cols = line.split()
+            if "--comment" in cols and needle in line and "-c" in cols:
+                i = cols.index("-c")
+                out[f"{table}: {' '.join(cols[:i] + cols[i + 3:])}"] = int(cols[i + 1])
     return out
-
-
-def _packets_of(line: str) -> int:
-    cols = line.split()
-    if "-c" in cols:  # -S -v: "... -c PACKETS BYTES"
-        return int(cols[cols.index("-c") + 1])
-    with contextlib.suppress(ValueError, IndexError):
-        return int(cols[0])  # -L -v -x: "pkts bytes target ..."
-    return 0
 
 
 # --- a receiver in a host ----------------------------------------------------------------------
@@ -520,7 +513,7 @@ def host_send_udp(lab: Lab, ns: str, address: str, port: int, data: bytes) -> No
     lab.exec(ns, [sys.executable, "-c", SEND_UDP, address, str(port), data.hex()])
 
 
-def wait_for(cond: Any, timeout: float, step: float = 0.1) -> bool:
+def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -538,5 +531,39 @@ def neighbour_mac(lab: Lab, ns: str, address: str) -> str | None:
     return None
 
 
-def env_pid_alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
+
+def ctl(al: AttackLab, gateway: str, *args: str) -> str:
+    """``mt6dctl -c CONFIG ARGS`` for ``gateway``; fails the test if it fails."""
+    config = al.info.ns(gateway).config
+    assert config is not None
+    r = subprocess.run([sys.executable, "-m", "mt6d_mp.ctl", "-c", config, *args], capture_output=True,
+                       text=True, timeout=120, cwd=HERE.parents[1])
+    assert r.returncode == 0, (f"mt6dctl {' '.join(args)} at {gateway}: exit {r.returncode}: "
+                               f"{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def wait_worker_state(al: AttackLab, gateway: str, name: str, state: str, *, not_pid: int | None = None,
+                      timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        w = worker(al.info, name, gateway)
+        if w["state"] == state and (not_pid is None or w["pid"] != not_pid):
+            return w
+        assert time.monotonic() < deadline, f"worker {name} at {gateway} not {state}: {w}"
+        time.sleep(0.1)
+
+
+def route_state(al: AttackLab, gateway: str, local: str) -> str:
+    """State of the route whose local hashed address is ``local`` ("gone" once uninstalled)."""
+    for r in routes(al, gateway):
+        if r["local"] == local:
+            return str(r["state"])
+    return "gone"
+
+
+def tunnel_packets(al: AttackLab, pkts: Sequence[Pkt], sender: str) -> list[Pkt]:
+    """Encrypted tunnel packets ``sender`` sent to the other gateway."""
+    other = "gateway-b" if sender == "gateway-a" else "gateway-a"
+    return [p for p in pkts if p.src_mac == al.gw_macs[sender] and p.dst_mac == al.gw_macs[other]
+            and p.ip[6] == 60 and p.nh == 17]

@@ -26,11 +26,10 @@ from tests.attack.harness import (
     l4_checksum,
     private_kb,
     routes,
-    status,
     stream_worker,
     udp_sink,
 )
-from tests.lab.test_mt6d import datapath_report, ping
+from tests.lab.test_mt6d import datapath_report, ping, status
 
 pytestmark = [pytest.mark.attack]
 
