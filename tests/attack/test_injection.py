@@ -9,6 +9,7 @@ tunnel.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests.attack.harness import (
     echo_request,
     from_gateways,
     leaks,
+    mac_bytes,
     neighbor_solicitation,
     neighbour_mac,
     packets,
@@ -52,6 +54,15 @@ def _probes(src: str, dst: str, marker: bytes, seq: int) -> list[bytes]:
         udp(src, dst, 40404, 9999, marker),
         tcp_syn(src, dst, 40405, 22, seq),
     ]
+
+
+def solicited_node(address: str) -> str:
+    return str(ipaddress.IPv6Address(ipaddress.IPv6Address("ff02::1:ff00:0").packed[:13]
+                                     + ipaddress.IPv6Address(address).packed[13:]))
+
+
+def solicited_node_frame(src_mac: str, ip: bytes) -> bytes:
+    return b"\x33\x33" + ip[36:40] + mac_bytes(src_mac) + b"\x86\xdd" + ip
 
 
 def test_injected_packets_with_true_addresses_do_not_reach_host_b(al: AttackLab, tmp_path: Path) -> None:
@@ -92,14 +103,21 @@ def test_injected_packets_with_true_addresses_do_not_reach_host_b(al: AttackLab,
 
 def test_true_addresses_answer_the_attacker_nothing(al: AttackLab, tmp_path: Path) -> None:
     """Item 2: echo, SYN and UDP from the attacker's own address to either host's true address,
-    sent to either gateway's ext0: no answer, and no frame from a gateway with a true address."""
+    sent to either gateway's ext0, and neighbour solicitations for them (unicast and multicast):
+    no answer but neighbour discovery, and no frame from a gateway with a true address."""
     s = al.info.streams[0]
     me = al.attacker.address
     marker = b"ASK-" + secrets.token_hex(6).encode()
+    trues = (s.host_b_address, s.host_a_address)
     with al.watch(tmp_path / "ext.pcap") as ext:
         for role in ("gateway-a", "gateway-b"):
-            al.send(role, [p for dst in (s.host_b_address, s.host_a_address)
-                           for p in _probes(me, dst, marker, 1234)])
+            _, my_mac = al.attacker.ports[role]
+            al.send(role, [p for dst in trues for p in _probes(me, dst, marker, 1234)])
+            # Neighbour solicitations for the true addresses, unicast and to the solicited-node
+            # group: an advertisement would say which gateway holds them.
+            al.send(role, [neighbor_solicitation(me, dst, target=dst, lladdr=my_mac) for dst in trues])
+            al.send_frames(role, [solicited_node_frame(my_mac, neighbor_solicitation(
+                me, solicited_node(dst), target=dst, lladdr=my_mac)) for dst in trues])
         time.sleep(1.5)
     pkts = packets(ext)
     answers = sorted({p.describe() for p in from_gateways(al, pkts)
