@@ -163,7 +163,7 @@ def _routed_attacker(info: LabInfo) -> Attacker:
 
 def attack_lab(topology: str, rotation: float, **kw: Any) -> Iterator[AttackLab]:
     """A lab with an attacker on its external link; everything is removed afterwards."""
-    prefix = "k" + secrets.token_hex(3)
+    prefix = "at" + secrets.token_hex(3)  # 8 characters, the most a lab prefix may have
     lab = Lab(prefix, topology, rotation_time=rotation, **kw)
     attacker_ns = f"{prefix}-at"
     made_attacker = False
@@ -404,14 +404,16 @@ def routes(al: AttackLab, gateway: str) -> list[dict[str, Any]]:
 
 
 def bound_hashed(al: AttackLab, gateway: str) -> set[str]:
-    """Global addresses on the gateway's ext0 now (the hashed addresses it has bound)."""
-    r = al.lab.exec(al.info.ns(gateway).name, ["ip", "-6", "-j", "addr", "show", "dev", "ext0"])
-    out = set()
+    """The hashed addresses the gateway holds now: every global address in its namespace that is
+    not a host's true address (on ext0 today, wherever a fix may put them), and the local
+    addresses of its installed routes."""
+    r = al.lab.exec(al.info.ns(gateway).name, ["ip", "-6", "-j", "addr", "show"])
+    out = {r_["local"] for r_ in routes(al, gateway)}
     for link in json.loads(r.stdout or "[]"):
         for a in link.get("addr_info", []):
             if a.get("scope") == "global":
                 out.add(a["local"])
-    return out
+    return out - set(al.info.true_addresses)
 
 
 def stream_worker(al: AttackLab, gateway: str) -> dict[str, Any]:
