@@ -243,7 +243,10 @@ class _Rtnl:
                         return out, interrupted
                     if reply is not None:
                         message = reply(data[offset:offset + length])
-                        message.decode()
+                        try:
+                            message.decode()
+                        except struct.error as exc:  # shorter than its fixed header
+                            raise NetlinkError(errno.EBADMSG, f"malformed netlink reply: {exc}") from None
                         out.append(message)
                 offset += (length + 3) & ~3
 

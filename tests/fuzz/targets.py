@@ -924,6 +924,7 @@ TARGETS: dict[str, Target] = {
     "router_advert": Target(check_router_advert, ra_seeds, _parts),
     "packet_too_big": Target(check_packet_too_big, ptb_seeds, _bytes),
     "nfqueue": Target(check_nfqueue, nfqueue_seeds, _bytes),
+    "netlink": Target(check_netlink, netlink_seeds, _parts),
     "records": Target(check_records, records_seeds, _msgpack(wire_seeds)),
     "bus_client": Target(check_bus_client, bus_client_seeds,
                          lambda seeds: st.one_of(_parts(seeds), bus_client_strategy())),
