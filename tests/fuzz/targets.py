@@ -930,4 +930,5 @@ TARGETS: dict[str, Target] = {
                          lambda seeds: st.one_of(_parts(seeds), bus_client_strategy())),
     "control": Target(check_control, control_seeds,
                       lambda seeds: st.one_of(_parts(seeds), control_strategy())),
+    "ctl_reply": Target(check_ctl_reply, ctl_reply_seeds, _msgpack(ctl_reply_objects)),
 }
