@@ -521,6 +521,7 @@ class Ctl:
         return None if Path(f"/proc/{pid}").exists() else pid
 
     def call(self, command: bytes, *args: bytes) -> dict[str, Any]:
+        from mt6d_mp.core.messages import BusError
         from mt6d_mp.io.bus import CONTROL, request
 
         sock = self.runtime_dir / CONTROL
@@ -539,7 +540,10 @@ class Ctl:
         if stale is not None:  # killed: its socket file is left, nobody answers
             raise NotRunning(f"supervisor not running: pid {stale} in "
                              f"{self.runtime_dir / 'supervisor.pid'} is dead", stale)
-        reply = request(self.runtime_dir, command, *args, timeout=self.timeout)
+        try:
+            reply = request(self.runtime_dir, command, *args, timeout=self.timeout)
+        except BusError as e:  # not msgpack
+            raise CommandError(f"unexpected reply from the supervisor: {e}") from None
         if reply is None:
             raise NotRunning(f"supervisor not running: no answer on {sock} within {self.timeout:g}s")
         if not isinstance(reply, dict):

@@ -239,12 +239,17 @@ class _Rtnl:
                     interrupted |= bool(mflags & NLM_F_DUMP_INTR)
                     if rkind in (NLMSG_ERROR, NLMSG_DONE):
                         code = -struct.unpack_from("=i", data, offset + 16)[0] if length >= 20 else 0
+                        if code > 0xFFF:  # no errno (MAX_ERRNO is 4095)
+                            raise NetlinkError(errno.EBADMSG, f"netlink error code {code}")
                         if code > 0:
                             raise NetlinkError(code, _ext_ack(data, offset, length, mflags))
                         return out, interrupted
                     if reply is not None:
                         message = reply(data[offset:offset + length])
-                        message.decode()
+                        try:
+                            message.decode()
+                        except struct.error as exc:  # shorter than its fixed header
+                            raise NetlinkError(errno.EBADMSG, f"malformed netlink reply: {exc}") from None
                         out.append(message)
                 offset += (length + 3) & ~3
 

@@ -146,11 +146,13 @@ class QueueReader:
                     pos, end = off + _HDR_LEN, off + length
                     while pos + 4 <= end:
                         alen, atype = unpack_nla(buf, pos)
-                        if alen < 4:
+                        if alen < 4 or pos + alen > end:  # malformed: overruns its message
                             break
                         atype &= NLA_TYPE_MASK
                         if atype == NFQA_PAYLOAD:
                             payload = view[pos + 4 : pos + alen]
+                        elif alen < 8:
+                            pass  # too short for any value below: read nothing past it
                         elif atype == NFQA_PACKET_HDR:
                             pkt_id = unpack_be32(buf, pos + 4)[0]
                         elif atype == NFQA_SKB_INFO:
@@ -158,14 +160,15 @@ class QueueReader:
                         elif atype == NFQA_IFINDEX_INDEV:
                             indev = unpack_be32(buf, pos + 4)[0]
                         elif atype == NFQA_HWADDR:
-                            mac = bytes(buf[pos + 8 : pos + 8 + min(_HWADDR.unpack_from(buf, pos + 4)[0], 8)])
+                            hwlen = min(_HWADDR.unpack_from(buf, pos + 4)[0], 8, alen - 8)
+                            mac = bytes(buf[pos + 8 : pos + 8 + hwlen])
                         elif atype == NFQA_CAP_LEN:
                             info |= TRUNCATED_COPY
                         pos += (alen + 3) & ~3
                     if pkt_id >= 0:
                         done += 1
                         handle(pkt_id, payload, info, indev, mac)
-                elif kind == NLMSG_ERROR:
+                elif kind == NLMSG_ERROR and length >= 20:  # header and error code
                     code = -struct.unpack_from("=i", buf, off + 16)[0]
                     if code:
                         self.counters["queue_netlink_" + errno_name(code)] += 1
