@@ -32,6 +32,7 @@ from mt6d_mp.core.crypto import (
     CRYPT_AES_256_GCM,
     CRYPT_CHACHA20_POLY1305,
     CRYPT_NONE,
+    DSTOPTS_LEN,
     OPT_KEYX,
     OPT_PADN,
     Opener,
@@ -43,6 +44,7 @@ from mt6d_mp.core.icmp import (
     ICMP_ERROR_MAX,
     ICMP_HDR,
     ND_ROUTER_ADVERT,
+    SentCheck,
     packet_too_big,
     parse_icmpv6,
     rewrite_router_advertisement,
@@ -57,6 +59,7 @@ from mt6d_mp.core.packet import (
     IPV6_HDR,
     IPV6_HDR_LEN,
     UDP_HDR,
+    Buffer,
     Reassembly,
     _checksum,
     aad_prefix,
@@ -77,6 +80,7 @@ from mt6d_mp.core.packet import (
     udp_checksum,
     walk_extension_headers,
 )
+from mt6d_mp.core.sentlog import SENT_PREFIX
 from mt6d_mp.errors import Mt6dError, PacketError
 from mt6d_mp.io import bus, netlink, nfqueue
 from mt6d_mp.io.bus import BusClient, BusServer
@@ -493,9 +497,15 @@ def check_icmp_error(data: bytes) -> None:
         sealer(CRYPT_AES_256_GCM), sealer(CRYPT_CHACHA20_POLY1305), opener(CRYPT_AES_256_GCM),
         opener(CRYPT_CHACHA20_POLY1305), sealer(CRYPT_NONE), None, None, None)[kind]
 
-    def lookup(src: bytes, dst: bytes) -> tuple[bytes, bytes, PrefixDecryptor | None] | None:
+    def was_sent(dstopts: bytes, prefix: Buffer) -> bool:
+        """Every quote counts as sent, so that mutated quotes reach the decryption; what the
+        check is asked must be what a sent-packet record holds (mt6d_mp.core.sentlog)."""
+        assert len(dstopts) in (0, DSTOPTS_LEN) and len(prefix) <= SENT_PREFIX
+        return True
+
+    def lookup(src: bytes, dst: bytes) -> tuple[bytes, bytes, PrefixDecryptor | None, SentCheck] | None:
         assert len(src) == 16 and len(dst) == 16
-        return None if kind >= 6 else (TA, TB, decryptor)
+        return None if kind >= 6 else (TA, TB, decryptor, was_sent)
 
     try:
         out = translate_icmp_error(packet, lookup)
