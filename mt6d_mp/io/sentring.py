@@ -22,6 +22,7 @@ from mt6d_mp.core.packet import Buffer
 from mt6d_mp.core.sentlog import RECORD_LEN, SENT_PREFIX, SENT_SLOTS, sent_record, sent_slot
 
 RING_BYTES = RECORD_LEN * SENT_SLOTS
+PRIVATE_SLOTS = 4  # divides SENT_SLOTS: a counter's slot modulo 4 stays in range
 
 
 def ring_path(runtime_dir: str | Path, stream: str) -> Path:
@@ -31,16 +32,19 @@ def ring_path(runtime_dir: str | Path, stream: str) -> Path:
 class SentRing:
     """The writing side, in the stream worker: one record per packet sent."""
 
-    __slots__ = ("_mm", "_next", "path")
+    __slots__ = ("_mm", "_next", "_slots", "path")
 
     def __init__(self, path: Path | None) -> None:
-        """Clear and map the ring at ``path``; ``None`` for a private ring nobody reads (the
-        worker's keep-warm runs its real send path with it)."""
+        """Clear and map the ring at ``path``; ``None`` for a private ring of a few slots that
+        nobody reads (the worker's keep-warm runs its real send path with it, and needs no
+        history: 4 slots instead of 360 KB)."""
         self.path = path
         self._next = 0
         if path is None:
-            self._mm = mmap.mmap(-1, RING_BYTES)
+            self._slots = PRIVATE_SLOTS
+            self._mm = mmap.mmap(-1, RECORD_LEN * PRIVATE_SLOTS)
             return
+        self._slots = SENT_SLOTS
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
@@ -54,8 +58,8 @@ class SentRing:
         slot = sent_slot(dstopts)
         if slot < 0:
             slot = self._next
-            self._next = (slot + 1) % SENT_SLOTS
-        at = slot * RECORD_LEN
+            self._next = (slot + 1) % self._slots
+        at = slot % self._slots * RECORD_LEN
         self._mm[at : at + RECORD_LEN] = sent_record(dstopts, payload[:SENT_PREFIX])
 
     def close(self) -> None:

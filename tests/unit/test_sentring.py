@@ -75,3 +75,12 @@ def test_a_restarted_writer_forgets_and_a_reader_follows_a_new_file(tmp_path: Pa
 
 def test_no_file_means_nothing_was_sent(tmp_path: Path) -> None:
     assert not SentReader(tmp_path / "missing.ring").was_sent(b"", b"x")
+
+
+def test_a_private_ring_is_small_and_takes_any_counter() -> None:
+    ring = SentRing(None)
+    sealer = Sealer(CRYPT_AES_256_GCM, bytes(32), counter=2**50 + 3)
+    for i in range(10):
+        ring.add(*sealed(sealer, i))
+        ring.add(b"", bytes(100))
+    assert len(ring._mm) == 4 * 88
