@@ -1,11 +1,20 @@
 """What every worker process shares: parent-death handling, the bus, the poll loop, counters.
 
-A worker is one thread with one poll loop over its netfilter queue's fd, its two bus sockets and
-whatever sockets it adds (a stream worker's per-route UDP sockets). Every queued packet gets
-exactly one verdict: in the queue callback, or (a stream worker's drops) in a batch sent once
-the queue is drained or BATCH_MAX packets are waiting (see DropBatch). The queues are
-fail-closed on purpose: the firewall rules carry no ``--queue-bypass``, so while no worker is
-bound (not started yet, restarting, crashed) the kernel drops what the rules send to the queue.
+The flow of a worker process (:meth:`Worker.run`):
+
+1. die with the supervisor (``PR_SET_PDEATHSIG``), log, subscribe to the bus and wait for the
+   snapshot (the Clone pattern), then ``rebuild`` the worker's state from it;
+2. bind its netfilter queue (mt6d_mp.io.nfqueue), say ``ready`` on the bus;
+3. loop: poll the queue's fd, the bus and whatever sockets the worker watches (a stream worker's
+   per-route UDP sockets); call the handler of each readable fd (the queue's is
+   :meth:`Worker.read_queue`); apply bus updates; report counters every second; when idle and a
+   packet came in the last 2 s, run ``keep_warm``;
+4. on SIGTERM, or when the supervisor is gone: unbind and report once more.
+
+Every queued packet gets exactly one verdict: in the queue callback, or (a stream worker's
+drops) in a batch (mt6d_mp.io.nfqueue.DropBatch). The queues are fail-closed on purpose: the
+firewall rules carry no ``--queue-bypass``, so while no worker is bound (not started yet,
+restarting, crashed) the kernel drops what the rules send to the queue.
 """
 
 from __future__ import annotations
@@ -16,8 +25,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
-import struct
 import sys
 import time
 from collections import Counter
@@ -25,10 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from netfilterqueue import NetfilterQueue, Packet
-
 from mt6d_mp.io.bus import BusClient
-from mt6d_mp.io.sockets import errno_name
+from mt6d_mp.io.nfqueue import BoundQueue, DropBatch, Packet
 from mt6d_mp.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -38,80 +43,6 @@ STATS_INTERVAL = 1.0
 KEEP_WARM_FOR = 2.0  # seconds after the last packet that --keep-warm-ms stays on
 SNAPSHOT_TIMEOUT = 10.0
 SNAPSHOT_RETRY = 0.5
-# Packets the kernel may hold for one queue before it drops (the default is 1024).
-QUEUE_MAXLEN = 8192
-# Receive buffer of the queue's netlink socket: bursts of full-size packets fit.
-QUEUE_SOCK_LEN = 8 * 1024 * 1024
-
-# nfnetlink_queue's batch verdict (linux/netfilter/nfnetlink_queue.h): one message gives the
-# verdict for every packet still queued with an id up to the given one.
-NFNL_SUBSYS_QUEUE = 3
-NFQNL_MSG_VERDICT = 1
-NFQNL_MSG_VERDICT_BATCH = 3
-NFQA_VERDICT_HDR = 2
-NLM_F_REQUEST = 1
-NF_DROP = 0
-NF_QUEUE = 3  # with the target queue number in the upper 16 bits (NF_QUEUE_NR)
-# Most drop verdicts one batch waits for: bounds what the kernel holds under a steady flood.
-BATCH_MAX = 64
-
-
-def _verdict_message(msg_type: int, queue: int, verdict: int, packet_id: int) -> bytes:
-    """nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR."""
-    attr = struct.pack("=HH", 12, NFQA_VERDICT_HDR) + struct.pack("!II", verdict, packet_id)
-    nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue))
-    kind = (NFNL_SUBSYS_QUEUE << 8) | msg_type
-    return struct.pack("=IHHII", 16 + len(nfgen) + len(attr), kind, NLM_F_REQUEST, 0, 0) + nfgen + attr
-
-
-def verdict_batch_message(queue: int, verdict: int, top_id: int) -> bytes:
-    """``verdict`` for every packet of ``queue`` still queued with an id <= ``top_id``."""
-    return _verdict_message(NFQNL_MSG_VERDICT_BATCH, queue, verdict, top_id)
-
-
-def requeue_message(queue: int, packet_id: int, target: int) -> bytes:
-    """The verdict that moves one packet from ``queue`` to queue ``target`` (NF_QUEUE_NR). With
-    no one bound to ``target`` the kernel drops it (no bypass flag: fail closed)."""
-    return _verdict_message(NFQNL_MSG_VERDICT, queue, NF_QUEUE | (target << 16), packet_id)
-
-
-def bind_queue(nfq: NetfilterQueue, queue: int, callback: Callable[[Packet], None]) -> None:
-    """Bind ``queue`` with the kernel queue length and socket buffer every worker uses."""
-    nfq.bind(queue, callback, max_len=QUEUE_MAXLEN, sock_len=QUEUE_SOCK_LEN)
-
-
-class DropBatch:
-    """Drop verdicts in batches, written on the queue's own netlink socket.
-
-    NetfilterQueue 1.1 gives one verdict per call (one system call per packet); the kernel also
-    takes a batch verdict that covers every queued id up to the last one. Ids grow in the order
-    packets are delivered, so after the callbacks for ids up to ``top`` one message drops them
-    all. A failed write leaves them queued; the next batch, with a higher id, covers them too.
-    """
-
-    def __init__(self, fd: int, queue: int, counters: Counter[str]) -> None:
-        self.fd, self.queue, self.counters = fd, queue, counters
-        self.top = -1
-        self.waiting = 0
-
-    def add(self, packet_id: int) -> None:
-        self.top = packet_id
-        self.waiting += 1
-        if self.waiting >= BATCH_MAX:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.waiting:
-            return
-        try:
-            os.write(self.fd, verdict_batch_message(self.queue, NF_DROP, self.top))
-        except OSError as e:
-            self.counters["verdict_batch_failed_" + errno_name(e.errno)] += 1
-            return
-        self.waiting = 0
-        self.counters["verdict_batches"] += 1
-
-
 def die_with_parent(supervisor: int | None) -> int:
     """Ask the kernel to SIGTERM us when the supervisor dies; return the supervisor's pid.
 
@@ -151,7 +82,8 @@ def parse_args(
 
 
 class Worker:
-    """The skeleton: subclasses implement ``on_packet`` and ``rebuild``."""
+    """The skeleton: subclasses implement ``rebuild``, and either ``on_packet`` (one callback per
+    queued packet, NetfilterQueue's way) or ``read_queue`` (a reader of their own)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.name: str = args.name
@@ -168,7 +100,7 @@ class Worker:
         self.poller = self.bus.poller()
         self.handlers: dict[int, Callable[[], None]] = {}
         self.ready_fds: Sequence[int] = ()  # what the poller found readable, for the handlers
-        self.nfq = NetfilterQueue()
+        self.queue: BoundQueue | None = None
         self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
         self.keep_warm_ms: int = args.keep_warm_ms
@@ -182,17 +114,23 @@ class Worker:
         self.poller.unwatch(fd)
         del self.handlers[fd]
 
-    def _run_queue(self) -> None:
-        self.nfq.run(block=False)  # every packet waiting, one callback each
-        self.drops.flush()
 
     def _stop(self, signum: int, frame: Any) -> None:
         self.running = False
 
     # --- subclass API -------------------------------------------------------------------------
 
+    def read_queue(self) -> None:
+        """The queue's fd is readable: every packet waiting, one ``on_packet`` call each."""
+        assert self.queue is not None
+        self.queue.run()
+        self.drops.flush()
+
     def on_packet(self, pkt: Packet) -> None:
-        raise NotImplementedError
+        """One queued packet (from :meth:`read_queue`). A worker that reads its queue itself
+        never gets here; if it did, the packet is dropped and counted."""
+        self.counters["drop_unexpected_callback"] += 1
+        pkt.drop()
 
     def rebuild(self) -> None:
         """Recompute derived state after the replica changed."""
@@ -248,19 +186,19 @@ class Worker:
     def run(self) -> int:
         self.sync()
         try:
-            bind_queue(self.nfq, self.queue_num, self._callback)
-            self.drops.fd = self.nfq.get_fd()
+            self.queue = queue = BoundQueue(self.queue_num, self._callback)
+            self.drops.fd = queue.fd
             try:
                 self.on_bound()
             except OSError:
                 self.on_stop()
-                self.nfq.unbind()
+                queue.unbind()
                 raise
         except OSError as e:
             log.error("event=queue_bind_failed worker=%s queue=%d error=%s", self.name,
                       self.queue_num, e)
             return 4
-        self.watch(self.drops.fd, self._run_queue)
+        self.watch(queue.fd, self.read_queue)
         self.bus.send(b"ready", self.name.encode())
         log.info("event=worker_started worker=%s pid=%d queue=%d", self.name, os.getpid(),
                  self.queue_num)
@@ -302,7 +240,7 @@ class Worker:
                         break
         finally:
             self.on_stop()
-            self.nfq.unbind()
+            queue.unbind()
             self.report()
             self.bus.close()
         log.info("event=worker_stopped worker=%s pid=%d", self.name, os.getpid())

@@ -29,8 +29,6 @@ import logging
 import socket
 import sys
 
-from netfilterqueue import Packet
-
 from mt6d_mp.core import crypto
 from mt6d_mp.core.icmp import (
     ICMP6_ERROR_TYPES,
@@ -45,6 +43,7 @@ from mt6d_mp.core.icmp import (
 )
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
+from mt6d_mp.io.nfqueue import Packet
 from mt6d_mp.io.sentring import SentReader, ring_path
 from workers.common import Worker, main
 

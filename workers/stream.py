@@ -41,8 +41,6 @@ import time
 from collections import Counter
 from typing import Any, NamedTuple
 
-from netfilterqueue import NetfilterQueue
-
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
 from mt6d_mp.core.epochs import epoch_at
@@ -81,9 +79,17 @@ from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.journal import ReplayJournal
 from mt6d_mp.io.journal import fingerprint as journal_fingerprint
-from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, TRUNCATED_COPY, QueueReader, packet_message
+from mt6d_mp.io.nfqueue import (
+    NFQA_SKB_GSO,
+    TRUNCATED_COPY,
+    BoundQueue,
+    DropBatch,
+    QueueReader,
+    packet_message,
+    requeue_message,
+)
 from mt6d_mp.io.sentring import SentRing, ring_path
-from workers.common import DropBatch, Worker, bind_queue, main, requeue_message
+from workers.common import Worker, main
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +263,7 @@ class StreamWorker(Worker):
         # The segmenting queue (mt6d_mp.core.queues): bound without the GSO flag, so the kernel
         # cuts what arrives there (a host's UDP GSO packets) into datagrams.
         self.seg_queue = segment_queue(self.queue_num)
-        self.seg_nfq: NetfilterQueue | None = None
+        self.seg_bound: BoundQueue | None = None
         self.seg_reader: QueueReader | None = None
         self.seg_drops = DropBatch(-1, self.seg_queue, self.counters)
 
@@ -442,20 +448,18 @@ class StreamWorker(Worker):
         bind the segmenting queue, read the same way but with GSO packets cut by the kernel."""
         self.reader = QueueReader(self.drops.fd, self.queue_num, self.counters)
         self.reader.configure(gso=True)
-        nfq = NetfilterQueue()
-        bind_queue(nfq, self.seg_queue, self._callback)
-        self.seg_nfq = nfq
-        self.seg_drops.fd = nfq.get_fd()
+        self.seg_bound = BoundQueue(self.seg_queue, self._callback)
+        self.seg_drops.fd = self.seg_bound.fd
         self.seg_reader = QueueReader(self.seg_drops.fd, self.seg_queue, self.counters)
         self.seg_reader.configure(gso=False)
         self.watch(self.seg_drops.fd, self._run_segments)
 
     def on_stop(self) -> None:
-        if self.seg_nfq is not None:
-            self.seg_nfq.unbind()
-            self.seg_nfq = None
+        if self.seg_bound is not None:
+            self.seg_bound.unbind()
+            self.seg_bound = None
 
-    def _run_queue(self) -> None:
+    def read_queue(self) -> None:
         assert self.reader is not None
         self.reader.read(self.on_message)
         self.drops.flush()

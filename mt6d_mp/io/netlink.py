@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mt6d_mp.errors import SystemSetupError
+from mt6d_mp.io.nlmsg import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,11 @@ NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # an error echoes the request's header only, not its payload
 NETLINK_EXT_ACK = 11  # and says what was wrong ("ipv6: Invalid prefix length")
-NLM_F_REQUEST, NLM_F_ACK = 0x01, 0x04
+NLM_F_ACK = 0x04
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_ACK_TLVS = 0x200  # in an error message: attributes follow
 NLM_F_DUMP_INTR = 0x10  # in a dump's part: the table changed while it ran, the parts may disagree
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSGERR_ATTR_MSG = 1
 RTM_GETLINK = 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -123,7 +123,6 @@ RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 CLONE_NEWNET = 0x40000000
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
 INFINITY_LIFE_TIME = 0xFFFFFFFF  # include/net/addrconf.h: a lifetime that never runs out
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
 REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang

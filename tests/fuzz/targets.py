@@ -84,6 +84,7 @@ from mt6d_mp.core.sentlog import SENT_PREFIX
 from mt6d_mp.errors import Mt6dError, PacketError
 from mt6d_mp.io import bus, netlink, nfqueue
 from mt6d_mp.io.bus import BusClient, BusServer
+from mt6d_mp.io.nlmsg import nla
 from tests.fuzz.mutate import fields, frame, mutated, mutated_msgpack, mutated_parts, pack, unframe
 
 # --- the addresses, keys and packets of docs/PROTOCOL.md section 4 --------------------------------------
@@ -549,7 +550,7 @@ def check_packet_too_big(data: bytes) -> None:
 
 
 def _nla(kind: int, value: bytes) -> bytes:
-    return nfqueue._attr(kind, value)
+    return nla(kind, value)
 
 
 def nfqueue_seeds() -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""Batched drop verdicts on a real netfilter queue (workers.common.DropBatch).
+"""Batched drop verdicts on a real netfilter queue (mt6d_mp.io.nfqueue.DropBatch).
 
 In a fresh namespace, an ip6tables rule queues UDP datagrams sent to ::1 port 9; a bound
 NetfilterQueue hands them to a callback that only records their ids in a DropBatch. The batch
@@ -35,7 +35,7 @@ def _waiting(queue: int) -> int:
 def _run(count: int, flush_at_end: bool) -> tuple[int, int, int, int]:
     from netfilterqueue import NetfilterQueue
 
-    from workers.common import BATCH_MAX, DropBatch
+    from mt6d_mp.io.nfqueue import BATCH_MAX, DropBatch
 
     nsutil.run(["ip", "link", "set", "lo", "up"])
     nsutil.run(["ip6tables-legacy", "-A", "OUTPUT", "-o", "lo", "-p", "udp", "--dport", str(PORT),
@@ -102,8 +102,7 @@ def _read_tcp_messages(sender_ns: str, gso: bool) -> list[tuple[int, int]]:
 
     from netfilterqueue import NetfilterQueue
 
-    from mt6d_mp.io.nfqueue import QueueReader
-    from workers.common import DropBatch
+    from mt6d_mp.io.nfqueue import DropBatch, QueueReader
 
     nsutil.run(["ip6tables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", str(TCP_PORT),
                 "-m", "length", "--length", "200:65535", "-j", "NFQUEUE", "--queue-num", str(QUEUE)])
@@ -185,8 +184,7 @@ def _requeue_udp_gso(sender_ns: str) -> tuple[list[int], int, list[tuple[int, in
 
     from netfilterqueue import NetfilterQueue
 
-    from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, QueueReader
-    from workers.common import DropBatch, requeue_message
+    from mt6d_mp.io.nfqueue import NFQA_SKB_GSO, DropBatch, QueueReader, requeue_message
 
     nsutil.run(["ip6tables-legacy", "-A", "INPUT", "-p", "udp", "--dport", str(UDP_PORT),
                 "-j", "NFQUEUE", "--queue-num", str(QUEUE)])

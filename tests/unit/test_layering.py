@@ -15,7 +15,7 @@ IO_LIBRARIES = {
     "msgpack": {"mt6d_mp/io/bus.py"},
     "pyroute2": {"mt6d_mp/io/netlink.py"},
     "iptc": {"mt6d_mp/io/firewall.py"},
-    "netfilterqueue": {"workers/common.py", "workers/stream.py", "workers/icmp.py"},
+    "netfilterqueue": {"mt6d_mp/io/nfqueue.py"},
 }
 PURE_ALLOWED = {"mt6d_mp.core", "mt6d_mp.errors", "cryptography"}
 

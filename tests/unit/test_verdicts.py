@@ -1,11 +1,11 @@
-"""The verdict messages a worker writes on its queue's netlink socket (workers.common)."""
+"""The verdict messages a worker writes on its queue's netlink socket (mt6d_mp.io.nfqueue)."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
-from workers.common import (
+from mt6d_mp.io.nfqueue import (
     NF_DROP,
     NF_QUEUE,
     NFNL_SUBSYS_QUEUE,
