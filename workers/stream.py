@@ -14,8 +14,8 @@
   authenticate and decrypt, drop replays, restore the true addresses and send the packet to the
   host. Receiving on sockets instead of the queue saves the netlink copy, the verdict and the
   header walk for every inbound packet (the kernel has checked the headers and the UDP checksum);
-  see results/ for the measurements. The firewall accepts a route's packets only while its
-  socket exists, so with no worker they are dropped without an answer. Each accepted counter is
+  see results/ for the measurements. With no worker the kernel's Port Unreachable for them is
+  dropped by the firewall, so a dead worker's peer gets no answer. Each accepted counter is
   journaled (mt6d_mp.io.journal) before the packet is delivered, so a restarted worker refuses
   replays of everything its predecessor took, up to the last packet.
 
@@ -30,16 +30,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import fcntl
 import logging
-import math
 import os
 import socket
-import struct
 import sys
 import time
-from collections import Counter
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
@@ -48,12 +44,15 @@ from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import (
     CHUNK_HEADERS_LEN,
+    INNER_KEEP,
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPV6_HDR_LEN,
     IPV6_MIN_MTU,
     ND_FIRST,
     ND_LAST,
+    STRIPPED,
+    TCP_MIN_HDR,
     UDP_HDR_LEN,
     Buffer,
     Reassembly,
@@ -69,6 +68,7 @@ from mt6d_mp.core.packet import (
     seal_message,
     segment_tcp,
     split_fragment,
+    tcp_header_len,
     transport_checksum_offset,
     tunnel_overhead,
     tunnel_pieces,
@@ -85,11 +85,11 @@ from mt6d_mp.io.nfqueue import (
     BoundQueue,
     DropBatch,
     QueueReader,
-    packet_message,
     requeue_message,
 )
 from mt6d_mp.io.sentring import SentRing, ring_path
 from workers.common import Worker, main
+from workers.keepwarm import KeepWarm, keep_warm
 
 log = logging.getLogger(__name__)
 
@@ -97,97 +97,12 @@ ADDRESSES = 8  # offset of the source address; the destination follows it
 RECV_BATCH = 64  # datagrams read from one socket before the loop looks at the others
 RECV_BUFFER = 65535
 ANC_BUFFER = socket.CMSG_SPACE(64)  # room for one destination options header
-SO_RCVBUFFORCE = 33  # missing from Python 3.11's socket module
-RECEIVE_BUFFER = 4 * 1024 * 1024
-# Plain ints: the socket module's constants are enums, and enum arithmetic per packet showed up
-# as 3 % of a busy worker's time.
-TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
-LEVEL_IPV6 = int(socket.IPPROTO_IPV6)
-DSTOPTS = int(socket.IPV6_DSTOPTS)
-SOL_UDP = 17
-UDP_SEGMENT = 103  # linux/udp.h: send one buffer as datagrams of this size (UDP GSO)
-IPV6_DONTFRAG = 62
-IPV6_MTU = 24  # getsockopt on a connected socket: the path MTU the kernel knows
-SOL_PACKET = 263
-PACKET_VNET_HDR = 15
-SIOCGIFHWADDR = 0x8927
-# struct virtio_net_hdr (linux/virtio_net.h), little endian on a packet socket on x86: flags,
-# gso_type, hdr_len, gso_size, csum_start, csum_offset.
-VNET_HDR = struct.Struct("<BBHHHH")
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_GSO_TCPV6 = 4
-ETH_HLEN = 14
-ETH_P_IPV6 = b"\x86\xdd"
-CSUM_START = ETH_HLEN + 40  # where the TCP or UDP header starts in the frame
-# The virtio-net header of a single packet: TCP or UDP checksum to complete at offset 16 or 6
-# (CHECKSUM_PARTIAL, as a NIC driver hands it over), or nothing to do.
-VNET_CSUM = {8 + 16: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 16),
-             8 + 6: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, 6)}
-VNET_PLAIN = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
-
-
-class WarmSocket:
-    """keep_warm's stand-in for every socket: hands out one loaded datagram, sends nothing.
-
-    It keeps the tunnel packet ``outbound`` gave it (payload and options) so that the same
-    packet can come back through ``receive``.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.ancillary: list[tuple[int, int, bytes]] = []
-        self.source: tuple[str, int, int, int] | None = None
-        self.loaded = False
-        self.sent: tuple[bytes, bytes] | None = None
-
-    def load(self, data: bytes, dstopts: bytes = b"",
-             source: tuple[str, int] | None = None) -> None:
-        self.data, self.loaded, self.sent = data, True, None
-        self.ancillary = [sockets.dstopts_cmsg(dstopts)] if dstopts else []
-        self.source = (*source, 0, 0) if source else None
-
-    def _take(self, buf: Any) -> int:
-        if not self.loaded:
-            raise BlockingIOError
-        self.loaded = False
-        buf[: len(self.data)] = self.data
-        return len(self.data)
-
-    def recv_into(self, buf: Any, nbytes: int = 0, flags: int = 0) -> int:
-        return self._take(buf)
-
-    def recvmsg_into(self, buffers: Any, ancbufsize: int = 0,
-                     flags: int = 0) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
-        return self._take(buffers[0]), self.ancillary, 0, self.source
-
-    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
-        parts = list(buffers)
-        if len(parts) == 2 and ancdata:  # outbound's (UDP header, payload) with its options
-            dstopts = next((v for lvl, kind, v in ancdata if kind == DSTOPTS), b"")
-            self.sent = (bytes(parts[1]), bytes(dstopts))
-        return sum(len(p) for p in parts)
-
-    def sendto(self, data: Any, address: Any = None) -> int:
-        return len(data)
-
-
-class KeepWarm:
-    """What keep_warm runs with: its own keys, counters, drop batch, queue reader and socket."""
-
-    def __init__(self, crypt: str, true_pair: bytes, queue: int) -> None:
-        ctype, key = crypto.CRYPT_TYPES[crypt], os.urandom(32)
-        self.crypt, self.true_pair = crypt, true_pair
-        self.sealer, self.opener = crypto.Sealer(ctype, key), crypto.Opener(ctype, key)
-        self.counters: Counter[str] = Counter()
-        self.sock = WarmSocket()
-        self.reader = QueueReader(-1, queue, self.counters, sock=self.sock)
-        self.drops = DropBatch(-1, queue, self.counters)
-        self.chunks = Reassembly()
-        self.sent = SentRing(None)
-        # A 64-byte echo request from the local host to the remote one, as the queue hands it.
-        packet = (bytes.fromhex("60000000") + struct.pack("!HBB", 64, 58, 64) + true_pair
-                  + b"\x80\x00" + bytes(62))
-        self.message = packet_message(queue, 1, packet)
+# Hot-path constants as module globals (plain ints; see mt6d_mp.io.sockets).
+TRUNCATED, LEVEL_IPV6, DSTOPTS = sockets.TRUNCATED, sockets.LEVEL_IPV6, sockets.DSTOPTS
+# The virtio-net header of a single packet to the host, by where its checksum field is in the
+# packet without addresses (transport_checksum_offset): TCP, UDP.
+VNET_CSUM = {INNER_KEEP + sockets.TCP_CSUM_OFF: sockets.VNET_CSUM_TCP,
+             INNER_KEEP + sockets.UDP_CSUM_OFF: sockets.VNET_CSUM_UDP}
 
 
 class RouteSocket(NamedTuple):
@@ -331,26 +246,11 @@ class StreamWorker(Worker):
         self.socket_order = [self.sockets[k] for k in sorted(self.sockets, key=lambda k: wanted[k].epoch)]
 
     def open_route_socket(self, r: RouteUpdate) -> None:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
-            # The kernel hands over the destination options header (RFC 3542 section 4).
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVDSTOPTS, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            # Chunks of messages go out on this socket too (outbound_large).
-            sockets.big_send_buffer(sock)
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
-            sock.bind((sockets.sockaddr(r.local)[0], r.local_port))
-            # Connected to the peer's end of the route: only its datagrams are queued here, and
-            # the kernel keeps the path MTU for it (IPV6_MTU), which chunk sizes follow.
-            sock.connect((sockets.sockaddr(r.remote)[0], r.remote_port))
-            sock.setblocking(False)
+            sock = sockets.route_socket(r.local, r.local_port, r.remote, r.remote_port)
         except OSError as e:
             # The supervisor binds the address before it publishes the route, so this is a bug
             # or a race with an operator; the next update tries again.
-            sock.close()
             self.counters["route_socket_failed"] += 1
             log.warning("event=route_socket_failed worker=%s epoch=%d error=%s", self.name,
                         r.epoch, e)
@@ -391,57 +291,8 @@ class StreamWorker(Worker):
         return label
 
     def keep_warm(self) -> None:
-        """Run one packet each way through the real per-packet code, with nothing sent.
-
-        A dummy packet from the local host goes through the queue parser, ``on_message`` and
-        ``outbound``; what ``outbound`` would have sent comes back through ``receive``, the
-        opening and ``inbound`` (rebuilt as the remote host's packet to ours). For the run the
-        worker's sockets are stand-ins that send nothing, and its sealer, opener, counters and
-        drop batch are keep-warm's own (a random key: the stream's nonce counter, replay window,
-        journal and counters are untouched). Everything is put back afterwards, also on error.
-        A dummy that does not make the round trip turns keep-warm off (``keep_warm_failed``).
-        """
-        st = self.state
-        if st is None or self.reader is None:
-            return
-        # Choosing the route touches the real transmit socket (a flow label is leased on it), so
-        # it must never run on a stand-in: choose it here if it is due, and hold it for the run.
-        route = self._route_now()
-        if route is None:
-            return
-        w = self.warm
-        if w is None or w.crypt != st.crypt or w.true_pair != self.true_pair:
-            w = self.warm = KeepWarm(st.crypt, self.true_pair, self.queue_num)
-        delivered = w.counters["extracted_packets"]
-        saved = (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
-                 self.counters, self.drops, self.reader, self.active_until, self.sent)
-        self.tx = self.host = self.link = w.sock  # type: ignore[assignment]
-        self.link_ifindex = st.internal_ifindex
-        self.active_until = math.inf  # no route choice inside the run
-        self.sealer, self.opener, self.counters, self.drops, self.reader, self.sent = (
-            w.sealer, w.opener, w.counters, w.drops, w.reader, w.sent)
-        try:
-            w.sock.load(w.message)
-            self.reader.read(self.on_message)  # -> outbound -> w.sock.sendmsg, kept
-            w.drops.waiting = 0
-            if w.sock.sent is not None:
-                payload, dstopts = w.sock.sent
-                source = sockets.sockaddr(route.local)[0]
-                w.sock.load(payload, dstopts, (source, route.local_port))
-                aad = aad_prefix(route.local, route.remote, route.local_port, route.remote_port)
-                self.receive(RouteSocket(w.sock, source, route.local_port, aad, w.chunks))  # type: ignore[arg-type]
-        finally:
-            (self.tx, self.host, self.link, self.link_ifindex, self.sealer, self.opener,
-             self.counters, self.drops, self.reader, self.active_until, self.sent) = saved
-        if w.counters["extracted_packets"] == delivered or any(k.startswith("drop_") for k in w.counters):
-            # The dummy did not make the round trip: a bug, not traffic. Stop trying, and let
-            # the next real packet choose its route again on the real sockets, in case the
-            # failed run left the choice half made.
-            self.counters["keep_warm_failed"] += 1
-            self.keep_warm_ms = 0
-            self.active_until = 0.0
-            log.warning("event=keep_warm_failed worker=%s counters=%s note=keep-warm off",
-                        self.name, dict(w.counters))
+        """The idle loop's call: one dummy packet each way (workers/keepwarm.py)."""
+        keep_warm(self)
 
     def on_bound(self) -> None:
         """Read the queue ourselves, with GSO packets queued whole (mt6d_mp.io.nfqueue), and
@@ -603,21 +454,13 @@ class StreamWorker(Worker):
         """
         st = self.state
         rs = self.sockets.get((route.local, route.local_port))
-        path_mtu = self.path_mtu(rs) if rs is not None else 0
+        path_mtu = sockets.path_mtu(rs.sock) if rs is not None else 0
         if st is None or not path_mtu:
             return
         inner_mtu = max(path_mtu - tunnel_overhead(crypto.CRYPT_TYPES[st.crypt]), IPV6_MIN_MTU)
         if len(data) > inner_mtu:
             self._send_host(packet_too_big(bytes(data), inner_mtu, self.remote), "ptb")
             self.counters["ptb_sent_path_mtu"] += 1
-
-    @staticmethod
-    def path_mtu(rs: RouteSocket) -> int:
-        """The path MTU the kernel knows toward the route's peer, or 0 if it cannot say."""
-        try:
-            return int(rs.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
-        except OSError:
-            return 0
 
     def outbound_large(self, data: memoryview, info: int) -> None:
         """A GSO packet: sealed once and sent as chunks in one UDP GSO sendmsg (PROTOCOL.md 1.6).
@@ -631,8 +474,8 @@ class StreamWorker(Worker):
             raise PacketError("queue_truncated", "the queue copied only part of the packet")
         sealer = self.sealer
         if sealer is None or sealer.crypt_type == crypto.CRYPT_NONE:
-            doff = (data[40 + 12] >> 4) * 4 if len(data) > 52 else 20
-            for segment in segment_tcp(data, st.tunnel_mtu - 40 - doff):
+            doff = tcp_header_len(data, IPV6_HDR_LEN) if len(data) > 52 else TCP_MIN_HDR
+            for segment in segment_tcp(data, st.tunnel_mtu - IPV6_HDR_LEN - doff):
                 self.outbound(segment)
             return
         if data[6] != IPPROTO_TCP:
@@ -677,13 +520,8 @@ class StreamWorker(Worker):
         """
         st = self.state
         assert st is not None
-        # Options and hop limit as socket options, not ancillary data: with IPv6 ancillary data
-        # the kernel treats a connected socket as unconnected and keeps no route for it, and
-        # IPV6_MTU below needs that route.
         try:
-            rs.sock.setsockopt(socket.IPPROTO_IPV6, DSTOPTS, dstopts)
-            rs.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
-            rs.sock.setsockopt(socket.IPPROTO_IPV6, sockets.IPV6_TCLASS, tclass)
+            sockets.set_message_options(rs.sock, dstopts, hop_limit, tclass)
         except OSError as e:
             self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
             return []
@@ -691,13 +529,13 @@ class StreamWorker(Worker):
             segment = self.chunk_segments.get(key, chunk_segment_size(st.tunnel_mtu))
             iov = chunk_iov(message, segment)
             try:
-                rs.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))])
+                rs.sock.sendmsg(iov, [sockets.udp_gso_cmsg(segment)])
                 return iov
             except OSError as e:
                 if attempt == 3 or e.errno not in (errno.EMSGSIZE, errno.EINVAL):
                     self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
                     return []
-                path_mtu = self.path_mtu(rs)
+                path_mtu = sockets.path_mtu(rs.sock)
                 narrower = path_mtu - CHUNK_HEADERS_LEN
                 if 0 < narrower < segment:
                     self.chunk_segments[key] = narrower
@@ -799,16 +637,14 @@ class StreamWorker(Worker):
         assert st is not None
         if len(plain) < 8 + 20 or plain[6] != IPPROTO_TCP:
             raise PacketError("gso_not_tcp", "a message must carry TCP")
-        doff = (plain[8 + 12] >> 4) * 4
-        mss = st.tunnel_mtu - 40 - doff
-        if len(plain) + 32 <= st.tunnel_mtu:
+        doff = tcp_header_len(plain, INNER_KEEP)
+        mss = st.tunnel_mtu - IPV6_HDR_LEN - doff
+        if len(plain) + STRIPPED <= st.tunnel_mtu:
             self.inbound(plain)
             return
         link = self.link_socket(st.internal_ifindex) if self.host_mac else None
         if link is not None:
-            vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6,
-                                 CSUM_START + doff, mss, CSUM_START, 16)
-            self.to_link(link, plain, vnet, 8 + 16)
+            self.to_link(link, plain, sockets.vnet_tcp_gso(doff, mss), INNER_KEEP + sockets.TCP_CSUM_OFF)
             return
         self.counters["segmented_for_host"] += 1
         for segment in segment_tcp(restore_inner(plain, self.remote, self.local), mss):
@@ -818,7 +654,7 @@ class StreamWorker(Worker):
                 self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
                 return
         self.counters["extracted_packets"] += 1
-        self.counters["extracted_bytes"] += len(plain) + 32
+        self.counters["extracted_bytes"] += len(plain) + STRIPPED
 
     def link_socket(self, ifindex: int) -> socket.socket | None:
         """A packet socket on the internal link that takes a virtio-net header (never reads)."""
@@ -828,22 +664,13 @@ class StreamWorker(Worker):
             self.link.close()
             self.link = None
         try:
-            name = socket.if_indextoname(ifindex)
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: receives nothing
-            try:
-                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-                sock.bind((name, 0))
-                ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()))
-            except OSError:
-                sock.close()
-                raise
+            sock, self.own_mac = sockets.link_socket(ifindex)
         except OSError as e:
             self.counters["link_socket_failed"] += 1
             if self.counters["link_socket_failed"] == 1:
                 log.warning("event=link_socket_failed worker=%s ifindex=%d error=%s", self.name,
                             ifindex, e)
             return None
-        self.own_mac = ifreq[18:24]
         self.link, self.link_ifindex = sock, ifindex
         return sock
 
@@ -864,7 +691,7 @@ class StreamWorker(Worker):
         off = transport_checksum_offset(plain)
         link = self.link_socket(st.internal_ifindex) if self.host_mac and st is not None else None
         if link is not None:
-            self.to_link(link, plain, VNET_CSUM[off] if off >= 0 else VNET_PLAIN, off)
+            self.to_link(link, plain, VNET_CSUM[off] if off >= 0 else sockets.VNET_PLAIN, off)
             return
         try:
             if off >= 0:
@@ -878,14 +705,14 @@ class StreamWorker(Worker):
             self.counters["drop_send_" + reason] += 1
             return
         self.counters["extracted_packets"] += 1
-        self.counters["extracted_bytes"] += len(plain) + 32
+        self.counters["extracted_bytes"] += len(plain) + STRIPPED
 
     def to_link(self, link: socket.socket, plain: Buffer, vnet: bytes, csum_off: int) -> None:
         """One frame to the host: virtio-net header, Ethernet header, the packet with its true
         addresses; the checksum field at ``csum_off`` (if >= 0) holds the pseudo-header sum that
         the kernel completes from."""
         mv = memoryview(plain)
-        eth = self.host_mac + self.own_mac + ETH_P_IPV6
+        eth = self.host_mac + self.own_mac + sockets.ETH_P_IPV6
         iov: tuple[Buffer, ...]
         if csum_off >= 0:
             field = pseudo_header_sum(self.remote, self.local, len(plain) - 8, plain[6]).to_bytes(2, "big")
@@ -898,7 +725,7 @@ class StreamWorker(Worker):
             self.counters["drop_send_link_" + sockets.errno_name(e.errno)] += 1
             return
         self.counters["extracted_packets"] += 1
-        self.counters["extracted_bytes"] += len(plain) + 32
+        self.counters["extracted_bytes"] += len(plain) + STRIPPED
         self.counters["host_link_frames"] += 1
 
     def _send_host(self, packet: bytes, what: str) -> None:

@@ -48,6 +48,7 @@ IP6_OFF_DST: Final = 24
 IP6_ADDR_LEN: Final = 16
 IP6_MAX_PAYLOAD: Final = 0xFFFF  # jumbograms (RFC 2675) are not supported
 INNER_KEEP: Final = 8  # inner bytes 0-7 travel, bytes 8-39 (the addresses) do not
+STRIPPED: Final = 32  # the two addresses: a host's packet is this much longer than what travels
 _U32: Final = struct.Struct("!I")
 _U16: Final = struct.Struct("!H")
 
@@ -552,6 +553,12 @@ TCP_FIN: Final = 0x01
 TCP_PSH: Final = 0x08
 TCP_CWR: Final = 0x80
 TCP_MIN_HDR: Final = 20
+TCP_OFF_DOFF: Final = 12  # data offset, in 32-bit words, in the high nibble
+
+
+def tcp_header_len(packet: Buffer, at: int) -> int:
+    """Length of the TCP header at offset ``at`` (its data offset field)."""
+    return (packet[at + TCP_OFF_DOFF] >> 4) * 4
 
 
 def chunk_segment_size(tunnel_mtu_: int) -> int:
@@ -669,7 +676,7 @@ def segment_tcp(inner: Buffer, mss: int) -> list[bytes]:
     mv = memoryview(inner)
     if len(mv) < IPV6_HDR_LEN + TCP_MIN_HDR:
         raise PacketError("bad_inner", "short TCP header")
-    doff = (mv[IPV6_HDR_LEN + 12] >> 4) * 4
+    doff = tcp_header_len(mv, IPV6_HDR_LEN)
     data_start = IPV6_HDR_LEN + doff
     if doff < TCP_MIN_HDR or data_start > len(mv) or mss < 1:
         raise PacketError("bad_inner", "TCP header length")

@@ -159,3 +159,104 @@ def join_group(group16: bytes, ifindex: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+# --- a route's UDP socket (the stream worker receives on it, and sends messages' chunks) ---------
+SO_RCVBUFFORCE = 33  # missing from Python 3.11's socket module
+RECEIVE_BUFFER = 4 * 1024 * 1024
+IPV6_DONTFRAG = 62
+IPV6_MTU = 24  # getsockopt on a connected socket: the path MTU the kernel knows
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h: send one buffer as datagrams of this size (UDP GSO)
+# Plain ints: the socket module's constants are enums, and enum arithmetic per packet showed up
+# as 3 % of a busy worker's time.
+TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
+LEVEL_IPV6 = int(socket.IPPROTO_IPV6)
+DSTOPTS = int(socket.IPV6_DSTOPTS)
+_U16 = struct.Struct("=H")
+
+
+def route_socket(local16: bytes, port: int, remote16: bytes, remote_port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to a route's hashed address and port, connected to the
+    peer's: only the peer's datagrams are queued on it, the kernel hands over their destination
+    options header (RFC 3542 section 4) and keeps the path MTU toward the peer (IPV6_MTU)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVDSTOPTS, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        big_send_buffer(sock)  # chunks of messages go out on this socket too
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        sock.bind((sockaddr(local16)[0], port))
+        sock.connect((sockaddr(remote16)[0], remote_port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def path_mtu(sock: socket.socket) -> int:
+    """The path MTU the kernel knows toward a connected socket's peer, or 0 if it cannot say."""
+    try:
+        return int(sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+    except OSError:
+        return 0
+
+
+def set_message_options(sock: socket.socket, dstopts: bytes, hop_limit: int, tclass: int) -> None:
+    """Options, hop limit and traffic class of the datagrams a route socket sends next, as socket
+    options rather than ancillary data: with IPv6 ancillary data the kernel treats a connected
+    socket as unconnected and keeps no route for it, and IPV6_MTU needs that route."""
+    sock.setsockopt(socket.IPPROTO_IPV6, DSTOPTS, dstopts)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hop_limit)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TCLASS, tclass)
+
+
+def udp_gso_cmsg(segment: int) -> tuple[int, int, bytes]:
+    """Ancillary data that makes one sendmsg go out as datagrams of ``segment`` bytes."""
+    return (SOL_UDP, UDP_SEGMENT, _U16.pack(segment))
+
+
+# --- the packet socket to the host (frames with a virtio-net header) -----------------------------
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
+SIOCGIFHWADDR = 0x8927
+# struct virtio_net_hdr (linux/virtio_net.h), little endian on a packet socket on x86: flags,
+# gso_type, hdr_len, gso_size, csum_start, csum_offset.
+VNET_HDR = struct.Struct("<BBHHHH")
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+ETH_HLEN = 14
+ETH_P_IPV6 = b"\x86\xdd"
+CSUM_START = ETH_HLEN + 40  # where the TCP or UDP header starts in the frame (no extension headers)
+TCP_CSUM_OFF, UDP_CSUM_OFF = 16, 6  # the checksum field in the transport header
+# The virtio-net header of a single packet: a checksum to complete (CHECKSUM_PARTIAL, as a NIC
+# driver hands it over), or nothing to do.
+VNET_CSUM_TCP = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, TCP_CSUM_OFF)
+VNET_CSUM_UDP = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, CSUM_START, UDP_CSUM_OFF)
+VNET_PLAIN = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
+
+
+def vnet_tcp_gso(tcp_header_len: int, mss: int) -> bytes:
+    """The virtio-net header of a TCP super-packet: the kernel cuts it into ``mss`` segments
+    (if the link needs it) and completes their checksums."""
+    return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6,
+                         CSUM_START + tcp_header_len, mss, CSUM_START, TCP_CSUM_OFF)
+
+
+def link_socket(ifindex: int) -> tuple[socket.socket, bytes]:
+    """A packet socket on interface ``ifindex`` that takes a virtio-net header before each frame
+    and reads nothing (protocol 0), and the interface's MAC address."""
+    name = socket.if_indextoname(ifindex)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.bind((name, 0))
+        ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()))
+    except OSError:
+        sock.close()
+        raise
+    return sock, ifreq[18:24]
