@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 from typing import NamedTuple
+
+from mt6d_mp.core.epochs import epoch_at
 
 HASH_TYPES = ("sha256", "sha384", "sha512", "sha3_256", "sha3_512", "blake2b", "blake2s")
 DEFAULT_HASH = "sha256"
@@ -109,7 +110,7 @@ def salt_for(t: float, rotation_time: float, offset: int = 0) -> int:
     """
     if rotation_time <= 0:
         raise ValueError("rotation_time must be positive")
-    return math.floor(t / rotation_time) + offset
+    return epoch_at(t, rotation_time) + offset
 
 
 def flow_label(source16: bytes, destination16: bytes) -> int:

@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mt6d_mp.core import crypt_names
 from mt6d_mp.core.addressing import HASH_TYPES, mac_bytes, mac_text
+from mt6d_mp.core.crypt_names import CRYPT_NAMES
 from mt6d_mp.core.queues import MAX_QUEUE, QUEUE_RANGE
 from mt6d_mp.errors import ConfigError
 
-CRYPT_TYPES = ("aes-256-gcm", "chacha20-poly1305", "none")
+CRYPT_TYPES = CRYPT_NAMES
 LOG_HANDLERS = ("console", "file", "syslog")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_KEY_BYTES = 32
@@ -118,7 +120,7 @@ class Config:
     @property
     def effective_crypt(self) -> str:
         """The crypt type packets use: ``none`` whenever ``encrypt`` is off."""
-        return self.crypt_type if self.encrypt else "none"
+        return self.crypt_type if self.encrypt else crypt_names.NONE
 
     def stream(self, name: str) -> StreamConfig:
         for s in self.streams:
@@ -214,7 +216,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "crypto": {
         "encrypt": Key(bool, True, "encrypt and authenticate every tunnel packet"),
-        "crypt_type": Key(str, "aes-256-gcm", "AEAD for tunnel packets", _one_of(CRYPT_TYPES)),
+        "crypt_type": Key(str, crypt_names.AES_256_GCM, "AEAD for tunnel packets", _one_of(CRYPT_TYPES)),
         "regen_interval": Key(
             NUMBER, 0.0, "seconds between in-band session key changes; 0 = never",
             lambda v: None if v >= 0 else "a number >= 0",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from mt6d_mp.core import crypt_names as names
 from mt6d_mp.errors import PacketError
 
 Buffer = bytes | bytearray | memoryview  # what the packet code accepts, defined once here
@@ -33,9 +34,9 @@ CRYPT_NONE: Final = 0
 CRYPT_AES_256_GCM: Final = 1
 CRYPT_CHACHA20_POLY1305: Final = 2
 CRYPT_TYPES: Final[dict[str, int]] = {
-    "aes-256-gcm": CRYPT_AES_256_GCM,
-    "chacha20-poly1305": CRYPT_CHACHA20_POLY1305,
-    "none": CRYPT_NONE,
+    names.AES_256_GCM: CRYPT_AES_256_GCM,
+    names.CHACHA20_POLY1305: CRYPT_CHACHA20_POLY1305,
+    names.NONE: CRYPT_NONE,
 }
 
 KEY_LEN: Final = 32
@@ -160,6 +161,24 @@ def _nonce(dstopts: Buffer, enc_offset: int) -> bytes:
     return _NONCE_PAD + bytes(dstopts[start : start + 10])
 
 
+def _decrypt_prefix(
+    crypt_type: int, key: bytes, dstopts: Buffer, ciphertext_prefix: Buffer, enc_offset: int
+) -> bytes:
+    """Decrypt a ciphertext prefix without its tag, e.g. a packet quoted in an ICMPv6 error.
+
+    RFC 4443 2.4(c) cuts the quote so that the error fits in 1280 bytes, so the tag is usually
+    missing and nothing can be authenticated: the result may have been altered by anyone on the
+    path, unless the caller checked the quote against what was sent (mt6d_mp.core.sentlog). Use
+    it only to give a host an error about its own packet, never to accept data.
+    """
+    alg = _enc_fields(dstopts, enc_offset)[0]
+    if alg & ALG_CHUNKED:
+        raise PacketError("chunk_quote", "a chunk does not start with the inner packet")
+    if alg != crypt_type:
+        raise PacketError("alg_mismatch", f"got {alg}, expected {crypt_type}")
+    return _stream_decrypt(alg, key, _nonce(dstopts, enc_offset), ciphertext_prefix)
+
+
 class Sealer:
     """Seals tunnel payloads for one direction (one key) and one lane (one sender process).
 
@@ -243,13 +262,8 @@ class Sealer:
     def decrypt_unauthenticated_prefix(
         self, dstopts: Buffer, ciphertext_prefix: Buffer, enc_offset: int = ENC_OPT_OFFSET
     ) -> bytes:
-        """Decrypt the quoted prefix of a packet this sealer sealed (see Opener's method)."""
-        alg = _enc_fields(dstopts, enc_offset)[0]
-        if alg & ALG_CHUNKED:
-            raise PacketError("chunk_quote", "a chunk does not start with the inner packet")
-        if alg != self.crypt_type:
-            raise PacketError("alg_mismatch", f"got {alg}, expected {self.crypt_type}")
-        return _stream_decrypt(alg, self._key, _nonce(dstopts, enc_offset), ciphertext_prefix)
+        """Decrypt the quoted prefix of a packet this sealer sealed (see :func:`_decrypt_prefix`)."""
+        return _decrypt_prefix(self.crypt_type, self._key, dstopts, ciphertext_prefix, enc_offset)
 
 
 class ReplayWindow:
@@ -420,16 +434,6 @@ class Opener:
     def decrypt_unauthenticated_prefix(
         self, dstopts: Buffer, ciphertext_prefix: Buffer, enc_offset: int = ENC_OPT_OFFSET
     ) -> bytes:
-        """Decrypt a ciphertext prefix without its tag, e.g. a packet quoted in an ICMPv6 error.
-
-        RFC 4443 2.4(c) cuts the quote so that the error fits in 1280 bytes, so the tag is usually
-        missing and nothing can be authenticated: the result may have been altered by anyone on the
-        path. Use it only to give a host an error about its own packet, never to accept data. The
-        replay window is not touched.
-        """
-        alg = _enc_fields(dstopts, enc_offset)[0]
-        if alg & ALG_CHUNKED:
-            raise PacketError("chunk_quote", "a chunk does not start with the inner packet")
-        if alg != self.crypt_type:
-            raise PacketError("alg_mismatch", f"got {alg}, expected {self.crypt_type}")
-        return _stream_decrypt(alg, self._key, _nonce(dstopts, enc_offset), ciphertext_prefix)
+        """Decrypt a ciphertext prefix without its tag, e.g. a packet quoted in an ICMPv6 error
+        (see :func:`_decrypt_prefix`). The replay window is not touched."""
+        return _decrypt_prefix(self.crypt_type, self._key, dstopts, ciphertext_prefix, enc_offset)

@@ -38,8 +38,15 @@ ICMP6_PACKET_TOO_BIG: Final = 2
 ICMP6_TIME_EXCEEDED: Final = 3
 ICMP6_PARAM_PROB: Final = 4
 ICMP6_ERROR_TYPES: Final = frozenset((1, 2, 3, 4))
+ICMP6_ECHO_REPLY: Final = 129
+MLD_REPORT: Final = 131  # RFC 2710
+MLD_DONE: Final = 132
+MLD2_REPORT: Final = 143  # RFC 3810
 ND_ROUTER_SOLICIT: Final = 133
 ND_ROUTER_ADVERT: Final = 134
+ND_NEIGHBOR_SOLICIT: Final = 135
+ND_NEIGHBOR_ADVERT: Final = 136
+ND_REDIRECT: Final = 137
 
 # --- layouts ---------------------------------------------------------------------------------------------
 ICMP_HDR: Final = struct.Struct("!BBHI")  # type, code, checksum, 32-bit field (MTU, pointer, unused)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from mt6d_mp.core.crypt_names import CRYPT_NAMES
+
 VERSION = 1
 ROUTE_STATES = ("accepted", "expired", "released")
 
@@ -99,7 +101,7 @@ class StreamState(NamedTuple):
         a = _array(v, 15, "stream")
         _expect(isinstance(a[14], bool), "flow label switch: expected true or false")
         crypt = _str(a[5], "stream crypt")
-        _expect(crypt in ("aes-256-gcm", "chacha20-poly1305", "none"), f"unknown crypt {crypt!r}")
+        _expect(crypt in CRYPT_NAMES, f"unknown crypt {crypt!r}")
         return cls(_str(a[1], "stream name"), _int(a[2], 0, 65535, "queue"),
                    _bytes(a[3], 16, "local"), _bytes(a[4], 16, "remote"), crypt,
                    _bytes(a[6], 32, "tx key"), _bytes(a[7], 32, "rx key"),

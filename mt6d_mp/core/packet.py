@@ -342,12 +342,18 @@ def parse_tunnel(packet: Buffer, allow_truncated: bool = False) -> TunnelView:
 
 
 # --- encapsulation ---------------------------------------------------------------------------------------
-def _check_inner(inner: Buffer) -> None:
-    n = len(inner)
-    if n < IPV6_HDR_LEN or inner[0] >> 4 != 6:
+def _check_ipv6(packet: Buffer, header_len: int) -> None:
+    """Version 6, and the payload length field equals what follows a header of ``header_len``
+    bytes (40 for a host's packet, INNER_KEEP for one without its addresses)."""
+    n = len(packet)
+    if n < header_len or packet[0] >> 4 != 6:
         raise PacketError("bad_inner", "not an IPv6 packet")
-    if ((inner[IP6_OFF_PLEN] << 8) | inner[IP6_OFF_PLEN + 1]) != n - IPV6_HDR_LEN:
+    if ((packet[IP6_OFF_PLEN] << 8) | packet[IP6_OFF_PLEN + 1]) != n - header_len:
         raise PacketError("bad_inner", "payload length does not match")
+
+
+def _check_inner(inner: Buffer) -> None:
+    _check_ipv6(inner, IPV6_HDR_LEN)
 
 
 def _strip(inner: Buffer) -> bytes:
@@ -440,11 +446,7 @@ def encapsulate(
 # --- decapsulation ---------------------------------------------------------------------------------------
 def check_inner_plain(plain: Buffer) -> None:
     """Validate a decrypted inner packet without addresses: IPv6 version and payload length."""
-    n = len(plain)
-    if n < INNER_KEEP or plain[0] >> 4 != 6:
-        raise PacketError("bad_inner", "not an IPv6 packet")
-    if ((plain[IP6_OFF_PLEN] << 8) | plain[IP6_OFF_PLEN + 1]) != n - INNER_KEEP:
-        raise PacketError("bad_inner", "payload length does not match")
+    _check_ipv6(plain, INNER_KEEP)
 
 
 def open_tunnel(packet: Buffer, opener: Opener | None) -> tuple[TunnelView, bytes | memoryview]:

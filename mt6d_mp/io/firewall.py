@@ -72,6 +72,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mt6d_mp.core.icmp import (
+    ICMP6_ECHO_REPLY,
+    ICMP6_ERROR_TYPES,
+    MLD2_REPORT,
+    MLD_DONE,
+    MLD_REPORT,
+    ND_NEIGHBOR_ADVERT,
+    ND_NEIGHBOR_SOLICIT,
+    ND_ROUTER_ADVERT,
+    ND_ROUTER_SOLICIT,
+)
+from mt6d_mp.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP, ND_FIRST, ND_LAST
 from mt6d_mp.errors import SystemSetupError
 
 
@@ -109,25 +121,9 @@ HOOK_CHAIN = "INPUT"
 OUTPUT_HOOK = "OUTPUT"
 HOOKS = (HOOK_CHAIN, OUTPUT_HOOK)
 
-IPPROTO_UDP = 17
-IPPROTO_ICMPV6 = 58
 
-# ICMPv6 types (RFC 4443 section 2.1, RFC 4861 section 4).
-ICMP6_DEST_UNREACH = 1
-ICMP6_PACKET_TOO_BIG = 2
-ICMP6_TIME_EXCEEDED = 3
-ICMP6_PARAM_PROBLEM = 4
-ND_ROUTER_SOLICIT = 133
-ND_ROUTER_ADVERT = 134
-ND_NEIGHBOR_SOLICIT = 135
-ND_NEIGHBOR_ADVERT = 136
-ND_REDIRECT = 137
-ICMP6_ECHO_REPLY = 129
-MLD_REPORT = 131  # RFC 2710
-MLD_DONE = 132
-MLD2_REPORT = 143  # RFC 3810
-ICMP6_ERRORS = (ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMP6_PARAM_PROBLEM)
-ND_TYPES = (133, ND_ROUTER_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, ND_REDIRECT)
+ICMP6_ERRORS = tuple(sorted(ICMP6_ERROR_TYPES))  # 1-4, in the order the rules list them
+ND_TYPES = tuple(range(ND_FIRST, ND_LAST + 1))
 # What the gateway never sends on the external link: errors (about anything: an error is an answer
 # to a stranger, and its source would be a hashed or true address), echo replies (to ff02::1 the
 # kernel answers from every global address of the interface) and MLD reports, which name the
