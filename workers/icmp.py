@@ -102,7 +102,7 @@ class IcmpWorker(Worker):
         for r in replica.routes.values():
             owner = replica.streams.get(r.stream)
             if owner is not None:
-                table[(r.local, r.remote)] = (owner.local, owner.remote, decryptors[owner.name],
+                table[(r.local_hashed, r.remote_hashed)] = (owner.local, owner.remote, decryptors[owner.name],
                                               self.sent[owner.name].was_sent)
         self.lookup_table = table
 

@@ -155,9 +155,9 @@ def keep_warm(worker: StreamWorker) -> None:
         w.drops.waiting = 0
         if w.sock.sent is not None:
             payload, dstopts = w.sock.sent
-            source = sockets.sockaddr(route.local)[0]
+            source = sockets.sockaddr(route.local_hashed)[0]
             w.sock.load(payload, dstopts, (source, route.local_port))
-            aad = aad_prefix(route.local, route.remote, route.local_port, route.remote_port)
+            aad = aad_prefix(route.local_hashed, route.remote_hashed, route.local_port, route.remote_port)
             # receive() uses only recvmsg_into of its socket, which the stand-in has.
             stand_in = cast("socket.socket", w.sock)
             worker.receive(RouteSocket(stand_in, source, route.local_port, aad, w.chunks))

@@ -234,7 +234,7 @@ class StreamWorker(Worker):
 
     def update_sockets(self) -> None:
         """One bound UDP socket per accepted route; close those of routes no longer accepted."""
-        wanted = {(r.local, r.local_port): r for r in self.routes.values() if r.state == "accepted"}
+        wanted = {(r.local_hashed, r.local_port): r for r in self.routes.values() if r.state == "accepted"}
         for key in [k for k in self.sockets if k not in wanted]:
             self.chunk_segments.pop(key, None)
             rs = self.sockets.pop(key)
@@ -247,7 +247,7 @@ class StreamWorker(Worker):
 
     def open_route_socket(self, r: RouteUpdate) -> None:
         try:
-            sock = sockets.route_socket(r.local, r.local_port, r.remote, r.remote_port)
+            sock = sockets.route_socket(r.local_hashed, r.local_port, r.remote_hashed, r.remote_port)
         except OSError as e:
             # The supervisor binds the address before it publishes the route, so this is a bug
             # or a race with an operator; the next update tries again.
@@ -255,10 +255,10 @@ class StreamWorker(Worker):
             log.warning("event=route_socket_failed worker=%s epoch=%d error=%s", self.name,
                         r.epoch, e)
             return
-        rs = RouteSocket(sock, sockets.sockaddr(r.remote)[0], r.remote_port,
-                         aad_prefix(r.remote, r.local, r.remote_port, r.local_port), Reassembly(),
-                         sock.fileno())
-        self.sockets[(r.local, r.local_port)] = rs
+        aad = aad_prefix(r.remote_hashed, r.local_hashed, r.remote_port, r.local_port)
+        rs = RouteSocket(sock, sockets.sockaddr(r.remote_hashed)[0], r.remote_port, aad,
+                         Reassembly(), sock.fileno())
+        self.sockets[(r.local_hashed, r.local_port)] = rs
         self.watch(rs.fd, self.receive_all)
 
     def _select_active(self, now: float) -> None:
@@ -268,18 +268,18 @@ class StreamWorker(Worker):
         self.active = route = self.routes.get(epoch)
         self.active_until = (epoch + 1) * st.rotation_time
         if route is not None:
-            self.tx_pktinfo = sockets.pktinfo_cmsg(route.local, st.external_ifindex)
-            self.tx_addr = sockets.sockaddr(route.remote, flow_label=self.label_for(route))
+            self.tx_pktinfo = sockets.pktinfo_cmsg(route.local_hashed, st.external_ifindex)
+            self.tx_addr = sockets.sockaddr(route.remote_hashed, flow_label=self.label_for(route))
 
     def label_for(self, route: RouteUpdate) -> int:
         """The route's flow label when the switch is on (leased once per route), else 0."""
         st = self.state
         if st is None or not st.flow_label:
             return 0
-        label = flow_label(route.local, route.remote)
+        label = flow_label(route.local_hashed, route.remote_hashed)
         if label != self.leased_label:
             try:
-                sockets.lease_flow_label(self.tx, route.remote, label)
+                sockets.lease_flow_label(self.tx, route.remote_hashed, label)
             except OSError as e:
                 self.counters["flow_label_lease_failed"] += 1
                 log.warning("event=flow_label_lease_failed worker=%s error=%s", self.name, e)
@@ -428,9 +428,9 @@ class StreamWorker(Worker):
         if route is None:
             return
         dstopts, udp, payload = tunnel_pieces(
-            data, route.local, route.remote, route.local_port, route.remote_port, self.sealer
+            data, route.local_hashed, route.remote_hashed, route.local_port, route.remote_port, self.sealer
         )
-        hop = sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]]
+        hop = sockets.HOPLIMIT_CMSG[data[7]]
         tclass = sockets.TCLASS_CMSG[outer_traffic_class(data)]
         cmsg = [self.tx_pktinfo, hop, tclass, sockets.dstopts_cmsg(dstopts)] if dstopts else [
             self.tx_pktinfo, hop, tclass]
@@ -453,7 +453,7 @@ class StreamWorker(Worker):
         worker passes to the kernel (PROTOCOL.md 1.6); the route's connected socket reports it.
         """
         st = self.state
-        rs = self.sockets.get((route.local, route.local_port))
+        rs = self.sockets.get((route.local_hashed, route.local_port))
         path_mtu = sockets.path_mtu(rs.sock) if rs is not None else 0
         if st is None or not path_mtu:
             return
@@ -483,13 +483,13 @@ class StreamWorker(Worker):
         route = self.current_route()
         if route is None:
             return
-        dstopts, message = seal_message(data, route.local, route.remote, route.local_port,
+        dstopts, message = seal_message(data, route.local_hashed, route.remote_hashed, route.local_port,
                                         route.remote_port, sealer)
-        key = (route.local, route.local_port)
+        key = (route.local_hashed, route.local_port)
         rs = self.sockets.get(key)
         if rs is None or self.tx_addr[2]:  # a flow label is leased on the raw socket only
             iov = chunk_iov(message, self.chunk_segments.get(key, chunk_segment_size(st.tunnel_mtu)))
-            cmsg = [self.tx_pktinfo, sockets.HOPLIMIT_CMSG[st.hop_limit or data[7]],
+            cmsg = [self.tx_pktinfo, sockets.HOPLIMIT_CMSG[data[7]],
                     sockets.TCLASS_CMSG[outer_traffic_class(data)], sockets.dstopts_cmsg(dstopts)]
             try:
                 for i in range(0, len(iov), 2):
@@ -500,7 +500,7 @@ class StreamWorker(Worker):
                 self.counters["drop_send_" + sockets.errno_name(e.errno)] += 1
                 return
         else:
-            iov = self.send_chunks(rs, key, message, dstopts, st.hop_limit or data[7],
+            iov = self.send_chunks(rs, key, message, dstopts, data[7],
                                    outer_traffic_class(data))
             if not iov:
                 return

@@ -84,18 +84,6 @@ def host_digest(
     return h.digest()
 
 
-def hashed_address(
-    true_address: AddressLike,
-    session_key: bytes,
-    salt: int,
-    mac: MacLike,
-    hash_type: str = DEFAULT_HASH,
-) -> ipaddress.IPv6Address:
-    """The hashed address of ``true_address`` for one salt (thesis equation 2.1, plus the MAC)."""
-    digest = host_digest(true_address, session_key, salt, mac, hash_type)
-    return ipaddress.IPv6Address(address_bytes(true_address)[:8] + digest[:8])
-
-
 def port_from_digest(digest: bytes) -> int:
     """The obscured UDP port carried by a digest: 1024 + (bytes 8-9 as big endian) % 64512."""
     return PORT_BASE + int.from_bytes(digest[8:10], "big") % PORT_SPAN

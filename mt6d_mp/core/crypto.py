@@ -355,10 +355,6 @@ class Opener:
 
     __str__ = __repr__
 
-    def tops(self) -> list[tuple[int, int]]:
-        """(lane, highest counter accepted) for every lane seen: what a successor must refuse."""
-        return [(lane, w.top) for lane, w in self._windows.items()]
-
     def resume_above(self, lane: int, top: int) -> None:
         """Refuse every counter up to ``top`` on ``lane`` (see ReplayWindow.resume_above).
 

@@ -7,12 +7,13 @@ knows the shapes. Never pickle across the bus.
 
 Wire shapes (msgpack arrays; the first element is the message version):
 
-* StreamState  ``[1, name, queue, local16, remote16, crypt, tx_key32, rx_key32, key_phase,
-  internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, hop_limit, flow_label]``
-* RouteUpdate  ``[1, stream, epoch, state, local16, local_port, remote16, remote_port,
-  key_phase]`` where state is ``"accepted"`` or ``"expired"`` or ``"released"``
-* Snapshot     ``[1, seq, [StreamState...], [RouteUpdate...]]``
-* Update       ``[1, seq, kind, payload]`` with kind ``"stream"``, ``"route"`` or
+* StreamState  ``[2, name, queue, local16, remote16, crypt, tx_key32, rx_key32, key_phase,
+  internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, flow_label]``: ``local16`` and
+  ``remote16`` are the hosts' true addresses
+* RouteUpdate  ``[2, stream, epoch, state, local_hashed16, local_port, remote_hashed16,
+  remote_port, key_phase]`` where state is ``"accepted"`` or ``"expired"`` or ``"released"``
+* Snapshot     ``[2, seq, [StreamState...], [RouteUpdate...]]``
+* Update       ``[2, seq, kind, payload]`` with kind ``"stream"``, ``"route"`` or
   ``"stream-removed"`` (payload is the stream name)
 
 NamedTuple rather than frozen dataclasses: every worker loads this module, and ``dataclasses``
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 from mt6d_mp.core.crypt_names import CRYPT_NAMES
 
-VERSION = 1
+VERSION = 2  # 2: StreamState lost hop_limit (never set; the inner hop limit is always copied)
 ROUTE_STATES = ("accepted", "expired", "released")
 
 
@@ -85,7 +86,6 @@ class StreamState(NamedTuple):
     external_ifindex: int
     tunnel_mtu: int
     rotation_time: float
-    hop_limit: int = 0  # 0: copy the inner packet's hop limit
     flow_label: bool = False  # put addressing.flow_label() of the route on tunnel packets
 
     def __repr__(self) -> str:  # never show keys
@@ -94,12 +94,12 @@ class StreamState(NamedTuple):
     def to_wire(self) -> list[Any]:
         return [VERSION, self.name, self.queue, self.local, self.remote, self.crypt, self.tx_key,
                 self.rx_key, self.key_phase, self.internal_ifindex, self.external_ifindex,
-                self.tunnel_mtu, self.rotation_time, self.hop_limit, self.flow_label]
+                self.tunnel_mtu, self.rotation_time, self.flow_label]
 
     @classmethod
     def from_wire(cls, v: Any) -> StreamState:
-        a = _array(v, 15, "stream")
-        _expect(isinstance(a[14], bool), "flow label switch: expected true or false")
+        a = _array(v, 14, "stream")
+        _expect(isinstance(a[13], bool), "flow label switch: expected true or false")
         crypt = _str(a[5], "stream crypt")
         _expect(crypt in CRYPT_NAMES, f"unknown crypt {crypt!r}")
         return cls(_str(a[1], "stream name"), _int(a[2], 0, 65535, "queue"),
@@ -107,23 +107,22 @@ class StreamState(NamedTuple):
                    _bytes(a[6], 32, "tx key"), _bytes(a[7], 32, "rx key"),
                    _int(a[8], 0, 255, "key phase"), _int(a[9], 1, 2**31, "internal ifindex"),
                    _int(a[10], 1, 2**31, "external ifindex"), _int(a[11], 1, 65535, "mtu"),
-                   _float(a[12], "rotation time"), _int(a[13], 0, 255, "hop limit"),
-                   bool(a[14]))
+                   _float(a[12], "rotation time"), bool(a[13]))
 
 
 class RouteUpdate(NamedTuple):
     stream: str
     epoch: int
     state: str
-    local: bytes  # our hashed address (bound here)
+    local_hashed: bytes  # our hashed address (bound here)
     local_port: int
-    remote: bytes  # the peer's hashed address
+    remote_hashed: bytes  # the peer's hashed address
     remote_port: int
     key_phase: int = 0
 
     def to_wire(self) -> list[Any]:
-        return [VERSION, self.stream, self.epoch, self.state, self.local, self.local_port,
-                self.remote, self.remote_port, self.key_phase]
+        return [VERSION, self.stream, self.epoch, self.state, self.local_hashed, self.local_port,
+                self.remote_hashed, self.remote_port, self.key_phase]
 
     @classmethod
     def from_wire(cls, v: Any) -> RouteUpdate:

@@ -148,22 +148,3 @@ class RouteList:
     def active(self, now: float) -> Route | None:
         return self._routes.get(epoch_at(now, self.rotation_time))
 
-    def newest(self) -> Route | None:
-        return self._routes[max(self._routes)] if self._routes else None
-
-    def rekey(self, from_epoch: int) -> RouteChanges:
-        """Recompute routes from ``from_epoch`` on with the key schedule now in force.
-
-        Used when the session key changes: routes already installed for later epochs were
-        hashed with the old key and are replaced (released + added).
-        """
-        changes = RouteChanges()
-        for epoch in sorted(self._routes):
-            if epoch >= from_epoch:
-                old = self._routes[epoch]
-                new = self._make(epoch)
-                if new != old:
-                    changes.released.append(old)
-                    changes.added.append(new)
-                    self._routes[epoch] = new
-        return changes

@@ -762,24 +762,6 @@ class Firewall:
 
     # -- routes
 
-    def add_route(
-        self,
-        stream: str,
-        epoch: int,
-        remote_hashed: AddressLike,
-        local_hashed: AddressLike,
-        port: int,
-    ) -> bool:
-        """Let UDP from ``remote_hashed`` to ``local_hashed``, port ``port`` (a stream's epoch) in.
-
-        The stream must exist. Returns False if the identical route rule is already there.
-        """
-        return self.change_routes(add=[(stream, epoch, remote_hashed, local_hashed, port)]) > 0
-
-    def remove_route(self, stream: str, epoch: int) -> bool:
-        """Remove one route's rules; False if there were none."""
-        return self.change_routes(remove=[(stream, epoch)]) > 0
-
     def change_routes(
         self,
         add: Sequence[tuple[str, int, AddressLike, AddressLike, int]] = (),

@@ -715,7 +715,7 @@ def check_netlink(data: bytes) -> None:
 
 STREAM = StreamState(name="host-a-host-b", queue=2, local=TA, remote=TB, crypt="aes-256-gcm",
                      tx_key=b"\x01" * 32, rx_key=b"\x02" * 32, key_phase=0, internal_ifindex=3,
-                     external_ifindex=4, tunnel_mtu=1452, rotation_time=2.0, hop_limit=64,
+                     external_ifindex=4, tunnel_mtu=1452, rotation_time=2.0,
                      flow_label=True)
 ROUTE = RouteUpdate("host-a-host-b", 881234, "accepted", HA, SPORT, HB, DPORT, 0)
 

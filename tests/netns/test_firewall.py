@@ -136,6 +136,15 @@ GOLDEN = [
 ]
 
 
+def add_route(fw: Any, stream: str, epoch: int, remote: str, local: str, port: int) -> bool:
+    """One route added in its own commit (the supervisor adds a rotation's routes in one)."""
+    return bool(fw.change_routes(add=[(stream, epoch, remote, local, port)]) > 0)
+
+
+def remove_route(fw: Any, stream: str, epoch: int) -> bool:
+    return bool(fw.change_routes(remove=[(stream, epoch)]) > 0)
+
+
 def save() -> list[str]:
     """``ip6tables-legacy -S`` of the namespace this (child) process is in."""
     out = subprocess.run(["ip6tables-legacy", "-S"], capture_output=True, text=True, check=True)
@@ -153,10 +162,10 @@ def build_golden_state() -> Any:
     fw = Firewall()
     fw.setup(ICMP_QUEUE, "int0", "ext0")
     fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1, MAC_A)
-    fw.add_route("hostA-hostB", 7, *HASHED[("hostA-hostB", 7)], 1)
+    add_route(fw, "hostA-hostB", 7, *HASHED[("hostA-hostB", 7)], 1)
     fw.add_stream("hostA-hostC", LOCAL_A, REMOTE_C, 2, MAC_A)  # goes before the routes
-    fw.add_route("hostA-hostC", 7, *HASHED[("hostA-hostC", 7)], 2)
-    fw.add_route("hostA-hostB", 8, *HASHED[("hostA-hostB", 8)], 1)
+    add_route(fw, "hostA-hostC", 7, *HASHED[("hostA-hostC", 7)], 2)
+    add_route(fw, "hostA-hostB", 8, *HASHED[("hostA-hostB", 8)], 1)
     return fw
 
 
@@ -182,13 +191,13 @@ def test_golden_rule_list(netns: str) -> None:
 def _removal_order() -> list[list[str]]:
     fw = build_golden_state()
     steps = []
-    fw.remove_route("hostA-hostB", 7)
+    remove_route(fw, "hostA-hostB", 7)
     steps.append(save())
     fw.remove_stream("hostA-hostC")  # takes its route hostA-hostC:7 along, in one commit
     steps.append(save())
     fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A)  # after the streams, before routes
-    fw.add_route("hostA-hostD", 1, "fd00:d::11", "fd00:a::11", 3)  # after the routes
-    assert fw.remove_route("hostA-hostB", 7) is False  # already gone: no change
+    add_route(fw, "hostA-hostD", 1, "fd00:d::11", "fd00:a::11", 3)  # after the routes
+    assert remove_route(fw, "hostA-hostB", 7) is False  # already gone: no change
     assert fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A) is False  # identical: no change
     steps.append(save())
     steps.append(fw.rules())
@@ -323,15 +332,15 @@ def _bad_inputs() -> tuple[list[str], list[str], list[str]]:
         lambda: fw.add_stream("s p", LOCAL_A, REMOTE_B, 1, MAC_A),
         lambda: fw.add_stream("s", LOCAL_A, REMOTE_B, 1, "02:00:00:00:0a"),
         lambda: fw.add_stream("s", LOCAL_A, REMOTE_B, 1, "02:00:00:00:0a:01 -j ACCEPT"),
-        lambda: fw.add_route("s", -1, REMOTE_B, LOCAL_A, 1),
-        lambda: fw.add_route("s", 1, "::ffff:1.2.3.4.5", LOCAL_A, 1),
+        lambda: add_route(fw, "s", -1, REMOTE_B, LOCAL_A, 1),
+        lambda: add_route(fw, "s", 1, "::ffff:1.2.3.4.5", LOCAL_A, 1),
     ):
         try:
             call()
         except FirewallInputError as exc:
             errors.append(str(exc))
     try:
-        fw.add_route("nosuchstream", 1, REMOTE_B, LOCAL_A, 1)
+        add_route(fw, "nosuchstream", 1, REMOTE_B, LOCAL_A, 1)
     except SystemSetupError as exc:
         errors.append(str(exc))
     assert save() == after_setup
@@ -557,10 +566,10 @@ def _timing(n: int) -> dict[str, float]:
         fw.add_stream(f"s{i}", f"fd00:a::{i + 1:x}", f"fd00:b::{i + 1:x}", i % 4, MAC_A)
     t2 = time.perf_counter()
     for i in range(n):
-        fw.add_route(f"s{i}", 1, f"fd00:b::1:{i + 1:x}", f"fd00:a::1:{i + 1:x}", i % 4 + 1)
+        add_route(fw, f"s{i}", 1, f"fd00:b::1:{i + 1:x}", f"fd00:a::1:{i + 1:x}", i % 4 + 1)
     t3 = time.perf_counter()
     for i in range(n):
-        fw.remove_route(f"s{i}", 1)
+        remove_route(fw, f"s{i}", 1)
     t4 = time.perf_counter()
     for i in range(n):
         fw.remove_stream(f"s{i}")

@@ -6,8 +6,12 @@ import ipaddress
 import pytest
 
 from mt6d_mp.core.addressing import (
+    DEFAULT_HASH,
+    AddressLike,
+    MacLike,
+    address_bytes,
     endpoint,
-    hashed_address,
+    host_digest,
     mac_bytes,
     port_from_digest,
     salt_for,
@@ -16,6 +20,15 @@ from mt6d_mp.core.addressing import (
 TRUE_A = "2001:468:c80:c111::1"
 MAC_A = "00:ab:cd:11:22:01"
 KEY = bytes(range(64))
+
+
+def hashed_address(
+    true_address: AddressLike, session_key: bytes, salt: int, mac: MacLike, hash_type: str = DEFAULT_HASH
+) -> ipaddress.IPv6Address:
+    """The hashed address of one salt as the product composes it (the true /64, then the digest's
+    first 64 bits): what ``endpoint`` gives, without the port."""
+    digest = host_digest(true_address, session_key, salt, mac, hash_type)
+    return ipaddress.IPv6Address(address_bytes(true_address)[:8] + digest[:8])
 
 
 def by_hand(true: str, key: bytes, salt: int, mac: bytes, name: str = "sha256") -> bytes:

@@ -218,10 +218,8 @@ def test_a_restarted_opener_refuses_what_its_predecessor_accepted() -> None:
     sealed = [sealer.seal(bytes([i]), PREFIX) for i in range(5)]
     for hdr, ct in sealed[:4]:
         first.open(PREFIX, hdr, ct)
-    assert first.tops() == [(0, 3)]
     second = Opener(CRYPT_AES_256_GCM, KEY)
-    for lane, top in first.tops():
-        second.resume_above(lane, top)
+    second.resume_above(0, 3)  # lane 0 up to counter 3: what the journal gives a successor
     for hdr, ct in sealed[:4]:  # replays of everything the first one saw
         with pytest.raises(PacketError) as err:
             second.open(PREFIX, hdr, ct)
