@@ -2,7 +2,7 @@
 
 Two ``ipc://`` endpoints in the supervisor's runtime directory, which only root can enter
 (ipc:// paths on the shared filesystem work across network namespaces; abstract ``ipc://@``
-and ``tcp://127.0.0.1`` do not, see MACHINE-FACTS):
+and ``tcp://127.0.0.1`` do not: measured in namespaces on these machines):
 
 * ``updates.sock``: PUB. Every state change is one msgpack frame ``Update(seq, item)``.
 * ``control.sock``: ROUTER. Workers send ``[b"snapshot"]`` and get ``Snapshot``; they send

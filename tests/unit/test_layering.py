@@ -1,4 +1,4 @@
-"""The folders are the architecture: dependencies point one way (STYLE.md point 1).
+"""The folders are the architecture: dependencies point one way (README, Layout).
 
 Pure code (mt6d_mp/core) imports no I/O library and nothing outside core; each I/O library is
 imported by exactly one adapter module; workers and the supervisor wire the two together.
