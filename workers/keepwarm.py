@@ -29,7 +29,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from mt6d_mp.core import crypto
-from mt6d_mp.core.packet import Reassembly, aad_prefix
+from mt6d_mp.core.chunks import Reassembly
+from mt6d_mp.core.packet import aad_prefix
 from mt6d_mp.io import sockets
 from mt6d_mp.io.nfqueue import DropBatch, QueueReader, packet_message
 from mt6d_mp.io.sentring import SentRing

@@ -39,37 +39,35 @@ from typing import NamedTuple
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.addressing import flow_label
+from mt6d_mp.core.chunks import CHUNK_HEADERS_LEN, Reassembly, chunk_iov, chunk_segment_size, seal_message
 from mt6d_mp.core.epochs import epoch_at
 from mt6d_mp.core.icmp import packet_too_big
 from mt6d_mp.core.messages import RouteUpdate, StreamState
+from mt6d_mp.core.offload import (
+    IPPROTO_TCP,
+    TCP_MIN_HDR,
+    complete_checksum,
+    pseudo_header_sum,
+    segment_tcp,
+    tcp_header_len,
+    transport_checksum_offset,
+)
 from mt6d_mp.core.packet import (
-    CHUNK_HEADERS_LEN,
     INNER_KEEP,
     IPPROTO_ICMPV6,
-    IPPROTO_TCP,
     IPV6_HDR_LEN,
     IPV6_MIN_MTU,
     ND_FIRST,
     ND_LAST,
     STRIPPED,
-    TCP_MIN_HDR,
     UDP_HDR_LEN,
     Buffer,
-    Reassembly,
     aad_prefix,
     check_inner_plain,
-    chunk_iov,
-    chunk_segment_size,
-    complete_checksum,
     open_payload,
     outer_traffic_class,
-    pseudo_header_sum,
     restore_inner,
-    seal_message,
-    segment_tcp,
     split_fragment,
-    tcp_header_len,
-    transport_checksum_offset,
     tunnel_overhead,
     tunnel_pieces,
     udp_header,

@@ -11,7 +11,15 @@ Tunnel packet::
     payload: inner[0:8] + inner[40:]  (or its AEAD ciphertext + 16-byte tag)
 
 The inner packet loses its two addresses (32 bytes); the receiver restores them from the route the
-packet arrived on.
+packet arrived on. Messages in chunks are in mt6d_mp.core.chunks, segmentation and checksum offload
+in mt6d_mp.core.offload.
+
+The workers send with :func:`tunnel_pieces` (scatter/gather, the kernel builds the headers) and
+receive with :func:`open_payload` (the kernel parsed the headers). The whole-packet functions
+:func:`encapsulate`, :func:`open_tunnel` and :func:`decapsulate` are the same protocol on one
+buffer: what PROTOCOL.md's worked examples are checked against, what the ICMP error translation
+parses quotes with (:func:`parse_tunnel`), and what the tests and fuzz targets build real tunnel
+packets with; they stay here, beside the pieces, so that the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ def tunnel_mtu(link_mtu: int, crypt_type: int) -> int:
 
 
 # --- checksums (RFC 8200 section 8.1 pseudo-header, RFC 1071 arithmetic) ---------------------------------
-def _checksum(src16: Buffer, dst16: Buffer, proto: int, segment: Buffer, csum_off: int) -> int:
+def transport_checksum(src16: Buffer, dst16: Buffer, proto: int, segment: Buffer, csum_off: int) -> int:
     """Internet checksum over the IPv6 pseudo-header and ``segment``, ignoring its checksum field.
 
     Uses the RFC 1071 property that the one's complement sum of 16-bit words is congruent to the
@@ -118,12 +126,12 @@ def udp_checksum(src16: Buffer, dst16: Buffer, udp_segment: Buffer) -> int:
 
     A computed 0 is sent as 0xFFFF (RFC 8200 section 8.1: zero means "no checksum").
     """
-    return _checksum(src16, dst16, IPPROTO_UDP, udp_segment, UDP_OFF_CSUM) or 0xFFFF
+    return transport_checksum(src16, dst16, IPPROTO_UDP, udp_segment, UDP_OFF_CSUM) or 0xFFFF
 
 
 def icmpv6_checksum(src16: Buffer, dst16: Buffer, icmp_message: Buffer) -> int:
     """ICMPv6 checksum (RFC 4443 section 2.3) of ``icmp_message`` as if its checksum were zero."""
-    return _checksum(src16, dst16, IPPROTO_ICMPV6, icmp_message, ICMP_OFF_CSUM)
+    return transport_checksum(src16, dst16, IPPROTO_ICMPV6, icmp_message, ICMP_OFF_CSUM)
 
 
 def udp_header(sport: int, dport: int, payload_len: int) -> bytes:
@@ -352,11 +360,11 @@ def _check_ipv6(packet: Buffer, header_len: int) -> None:
         raise PacketError("bad_inner", "payload length does not match")
 
 
-def _check_inner(inner: Buffer) -> None:
+def check_inner(inner: Buffer) -> None:
     _check_ipv6(inner, IPV6_HDR_LEN)
 
 
-def _strip(inner: Buffer) -> bytes:
+def strip_addresses(inner: Buffer) -> bytes:
     """inner[0:8] + inner[40:]: the inner packet without its addresses, in one copy."""
     mv = memoryview(inner)
     return b"".join((mv[:INNER_KEEP], mv[IPV6_HDR_LEN:]))
@@ -381,8 +389,8 @@ def tunnel_pieces(
     as ``IPV6_DSTOPTS`` ancillary data, and lets the kernel fill the UDP checksum (``IPV6_CHECKSUM``
     offset 6, RFC 3542 section 3.1).
     """
-    _check_inner(inner)
-    plain = _strip(inner)
+    check_inner(inner)
+    plain = strip_addresses(inner)
     if sealer is None or sealer.crypt_type == CRYPT_NONE:
         return b"", udp_header(sport, dport, len(plain)), plain
     dstopts, payload = sealer.seal(plain, aad_prefix(src16, dst16, sport, dport))
@@ -534,197 +542,3 @@ def restore_inner(plain: Buffer, true_src16: bytes, true_dst16: bytes) -> bytes:
     """plain[0:8] + true source + true destination + plain[8:] (no validation)."""
     mv = memoryview(plain)
     return b"".join((mv[:INNER_KEEP], true_src16, true_dst16, mv[INNER_KEEP:]))
-
-
-# --- messages in chunks (docs/PROTOCOL.md 1.6) ---------------------------------------------------------
-# A large inner packet (a TCP super-packet that a host's TSO or a gateway's GRO built, up to 64 KB) is
-# sealed once, as a message, and the ciphertext travels in chunks: each datagram's UDP payload is a
-# 2-byte chunk header (index, count) and one slice of the message. All chunks of a message carry the
-# same destination options (the counter is the message's), so one sendmsg with UDP_SEGMENT sends them
-# all, and the receiver joins them back and opens the message once.
-CHUNK_HDR_LEN: Final = 2
-CHUNK_HEADERS_LEN: Final = IPV6_HDR_LEN + DSTOPTS_LEN + UDP_HDR_LEN  # before a chunk's payload
-MAX_CHUNKS: Final = 64
-# CHUNK_HEADERS[count][index]: every chunk header, built once.
-CHUNK_HEADERS: Final = tuple(tuple(bytes((i, n)) for i in range(n)) for n in range(MAX_CHUNKS + 1))
-IPPROTO_TCP: Final = 6
-TCP_OFF_SEQ: Final = 4
-TCP_OFF_FLAGS: Final = 13
-TCP_OFF_CSUM: Final = 16
-TCP_FIN: Final = 0x01
-TCP_PSH: Final = 0x08
-TCP_CWR: Final = 0x80
-TCP_MIN_HDR: Final = 20
-TCP_OFF_DOFF: Final = 12  # data offset, in 32-bit words, in the high nibble
-
-
-def tcp_header_len(packet: Buffer, at: int) -> int:
-    """Length of the TCP header at offset ``at`` (its data offset field)."""
-    return (packet[at + TCP_OFF_DOFF] >> 4) * 4
-
-
-def chunk_segment_size(tunnel_mtu_: int) -> int:
-    """UDP payload of each chunk datagram: the datagram fills the link MTU exactly.
-
-    The link MTU is ``tunnel_mtu + 48`` (TUNNEL_OVERHEAD_AEAD) and a chunk datagram has
-    CHUNK_HEADERS_LEN (40 + 16 + 8) bytes of headers: ``tunnel_mtu - 16`` bytes, 2 of chunk
-    header and ``tunnel_mtu - 18`` of message.
-    """
-    return tunnel_mtu_ + TUNNEL_OVERHEAD_AEAD - CHUNK_HEADERS_LEN
-
-
-def seal_message(
-    inner: Buffer,
-    src16: bytes,
-    dst16: bytes,
-    sport: int,
-    dport: int,
-    sealer: Sealer,
-) -> tuple[bytes, bytes]:
-    """(dstopts with ALG_CHUNKED, the message: ciphertext || tag) for ``chunk_iov``."""
-    _check_inner(inner)
-    return sealer.seal(_strip(inner), aad_prefix(src16, dst16, sport, dport), chunked=True)
-
-
-def chunk_iov(message: bytes, segment: int) -> list[Buffer]:
-    """The UDP payloads of all chunks of ``message`` as one iovec: header, slice, header, ...
-
-    Every chunk's UDP payload is ``segment`` bytes except the last, so the list can go out in one
-    ``sendmsg`` with ``UDP_SEGMENT`` = ``segment``. The split is not authenticated (the receiver
-    joins the slices back before opening), so a message can be cut again, smaller, and resent.
-    """
-    step = segment - CHUNK_HDR_LEN
-    count = -(-len(message) // step) if step > 0 else 0
-    if not 2 <= count <= MAX_CHUNKS:
-        raise PacketError("chunk_count", f"{count} chunks of {segment} bytes")
-    mv = memoryview(message)
-    iov: list[Buffer] = []
-    for i, hdr in enumerate(CHUNK_HEADERS[count]):
-        iov.append(hdr)
-        iov.append(mv[i * step : (i + 1) * step])
-    return iov
-
-
-class Reassembly:
-    """Chunks of messages not yet complete, for one route; the oldest message goes first when full.
-
-    Nothing here is authenticated: the message is opened (and its counter checked against the
-    replay window) once all chunks are in, and a forged or altered chunk makes that fail. A chunk
-    only ever takes a slot of its own (index, count) under its own options, so forged chunks can
-    at worst evict partial messages, as dropping them on the path would.
-    """
-
-    __slots__ = ("evicted", "limit", "partial")
-
-    def __init__(self, limit: int = 8) -> None:
-        self.limit = limit
-        self.partial: dict[bytes, list[Buffer | None]] = {}
-        self.evicted = 0
-
-    def add(self, dstopts: bytes, payload: Buffer) -> bytes | None:
-        """Store one chunk; return the whole message once its last missing chunk arrives."""
-        if len(payload) <= CHUNK_HDR_LEN:
-            raise PacketError("bad_chunk", "empty chunk")
-        index, count = payload[0], payload[1]
-        if not 2 <= count <= MAX_CHUNKS or index >= count:
-            raise PacketError("bad_chunk", f"chunk {index} of {count}")
-        parts = self.partial.get(dstopts)
-        if parts is None:
-            if len(self.partial) >= self.limit:
-                del self.partial[next(iter(self.partial))]
-                self.evicted += 1
-            parts = self.partial[dstopts] = [None] * count
-        elif len(parts) != count:
-            raise PacketError("bad_chunk", "chunk count differs within a message")
-        if parts[index] is not None:
-            raise PacketError("chunk_duplicate", f"chunk {index}")
-        parts[index] = payload[CHUNK_HDR_LEN:]
-        if None in parts:
-            return None
-        del self.partial[dstopts]
-        return b"".join(parts)  # type: ignore[arg-type]  # no None left
-
-
-
-def pseudo_header_sum(src16: Buffer, dst16: Buffer, length: int, proto: int = IPPROTO_TCP) -> int:
-    """The folded (not complemented) RFC 8200 8.1 pseudo-header sum: what the TCP or UDP checksum
-    field holds while the checksum is left to a NIC (Linux CHECKSUM_PARTIAL)."""
-    total = int.from_bytes(src16, "big") + int.from_bytes(dst16, "big") + length + proto
-    return total % 0xFFFF or 0xFFFF
-
-
-def transport_checksum_offset(plain: Buffer) -> int:
-    """Offset in a packet without its addresses (``inner[0:8] + inner[40:]``) of the TCP or UDP
-    checksum when that header follows the IPv6 header directly; -1 otherwise."""
-    nh, n = plain[IP6_OFF_NH], len(plain)
-    if nh == IPPROTO_TCP and n >= INNER_KEEP + TCP_MIN_HDR:
-        return INNER_KEEP + TCP_OFF_CSUM
-    if nh == IPPROTO_UDP and n >= INNER_KEEP + UDP_HDR_LEN:
-        return INNER_KEEP + UDP_OFF_CSUM
-    return -1
-
-
-def segment_tcp(inner: Buffer, mss: int) -> list[bytes]:
-    """Split a TCP/IPv6 super-packet into packets with at most ``mss`` bytes of data each.
-
-    What a NIC's TSO does (and the kernel's GSO in software): every segment gets the IPv6 and TCP
-    headers with its own payload length, sequence number and a full checksum; FIN and PSH stay
-    on the last segment only and CWR on the first only. The TCP header must follow the IPv6
-    header directly (``bad_inner`` otherwise).
-    """
-    _check_inner(inner)
-    if inner[IP6_OFF_NH] != IPPROTO_TCP:
-        raise PacketError("gso_not_tcp", f"next header {inner[IP6_OFF_NH]}")
-    mv = memoryview(inner)
-    if len(mv) < IPV6_HDR_LEN + TCP_MIN_HDR:
-        raise PacketError("bad_inner", "short TCP header")
-    doff = tcp_header_len(mv, IPV6_HDR_LEN)
-    data_start = IPV6_HDR_LEN + doff
-    if doff < TCP_MIN_HDR or data_start > len(mv) or mss < 1:
-        raise PacketError("bad_inner", "TCP header length")
-    src, dst = mv[IP6_OFF_SRC:IP6_OFF_DST], mv[IP6_OFF_DST:IPV6_HDR_LEN]
-    seq = _U32.unpack_from(mv, IPV6_HDR_LEN + TCP_OFF_SEQ)[0]
-    flags = mv[IPV6_HDR_LEN + TCP_OFF_FLAGS]
-    total = len(mv) - data_start
-    out = []
-    for off in range(0, max(total, 1), mss):
-        part = mv[data_start + off : data_start + min(off + mss, total)]
-        pkt = bytearray(mv[:data_start])
-        pkt += part
-        _U16.pack_into(pkt, IP6_OFF_PLEN, doff + len(part))
-        _U32.pack_into(pkt, IPV6_HDR_LEN + TCP_OFF_SEQ, (seq + off) & 0xFFFFFFFF)
-        f = flags
-        if off + mss < total:
-            f &= ~(TCP_FIN | TCP_PSH)
-        if off:
-            f &= ~TCP_CWR
-        pkt[IPV6_HDR_LEN + TCP_OFF_FLAGS] = f
-        segment = memoryview(pkt)[IPV6_HDR_LEN:]
-        _U16.pack_into(pkt, IPV6_HDR_LEN + TCP_OFF_CSUM,
-                       _checksum(src, dst, IPPROTO_TCP, segment, TCP_OFF_CSUM))
-        out.append(bytes(pkt))
-    return out
-
-
-def complete_checksum(packet: Buffer) -> bytearray:
-    """A copy of ``packet`` with its TCP or UDP checksum filled in.
-
-    A host that offloads checksums to its NIC (every veth does) leaves the TCP or UDP checksum
-    field holding only the pseudo-header sum; a netfilter queue with GSO packets whole passes
-    such packets on as they are (``NFQA_SKB_CSUMNOTREADY``) instead of completing them. Only a
-    transport header right after the IPv6 header is handled; anything else raises
-    ``csum_not_ready``.
-    """
-    nh = packet[IP6_OFF_NH] if len(packet) >= IPV6_HDR_LEN else -1
-    off = TCP_OFF_CSUM if nh == IPPROTO_TCP else UDP_OFF_CSUM if nh == IPPROTO_UDP else -1
-    if off < 0 or len(packet) < IPV6_HDR_LEN + off + 2:
-        raise PacketError("csum_not_ready", f"checksum to complete for next header {nh}")
-    out = bytearray(packet)
-    mv = memoryview(out)
-    csum = _checksum(mv[IP6_OFF_SRC:IP6_OFF_DST], mv[IP6_OFF_DST:IPV6_HDR_LEN], nh,
-                     mv[IPV6_HDR_LEN:], off)
-    if nh == IPPROTO_UDP and csum == 0:
-        csum = 0xFFFF
-    _U16.pack_into(out, IPV6_HDR_LEN + off, csum)
-    mv.release()
-    return out

@@ -28,6 +28,7 @@ import zmq
 from hypothesis import strategies as st
 
 from mt6d_mp import ctl
+from mt6d_mp.core.chunks import Reassembly, chunk_iov, chunk_segment_size, seal_message
 from mt6d_mp.core.crypto import (
     CRYPT_AES_256_GCM,
     CRYPT_CHACHA20_POLY1305,
@@ -51,22 +52,17 @@ from mt6d_mp.core.icmp import (
     translate_icmp_error,
 )
 from mt6d_mp.core.messages import BusError, Replica, RouteUpdate, Snapshot, StreamState, Update
+from mt6d_mp.core.offload import IPPROTO_TCP, complete_checksum, segment_tcp, transport_checksum_offset
 from mt6d_mp.core.packet import (
     IPPROTO_DSTOPTS,
     IPPROTO_ICMPV6,
-    IPPROTO_TCP,
     IPPROTO_UDP,
     IPV6_HDR,
     IPV6_HDR_LEN,
     UDP_HDR,
     Buffer,
-    Reassembly,
-    _checksum,
     aad_prefix,
     check_inner_plain,
-    chunk_iov,
-    chunk_segment_size,
-    complete_checksum,
     encapsulate,
     icmpv6_checksum,
     ipv6_payload_end,
@@ -74,9 +70,7 @@ from mt6d_mp.core.packet import (
     open_tunnel,
     parse_tunnel,
     restore_inner,
-    seal_message,
-    segment_tcp,
-    transport_checksum_offset,
+    transport_checksum,
     udp_checksum,
     walk_extension_headers,
 )
@@ -180,7 +174,7 @@ def transport_checksum_ok(packet: bytes) -> bool:
     stored = int.from_bytes(segment[off : off + 2], "big")
     if nh == IPPROTO_UDP:
         return stored == udp_checksum(packet[8:24], packet[24:40], segment)
-    return stored == _checksum(packet[8:24], packet[24:40], nh, segment, off)
+    return stored == transport_checksum(packet[8:24], packet[24:40], nh, segment, off)
 
 
 def mode_of(part: bytes) -> int:

@@ -13,6 +13,14 @@ from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
+from mt6d_mp.core.chunks import (
+    CHUNK_HDR_LEN,
+    MAX_CHUNKS,
+    Reassembly,
+    chunk_iov,
+    chunk_segment_size,
+    seal_message,
+)
 from mt6d_mp.core.crypto import (
     ALG_CHUNKED,
     CRYPT_AES_256_GCM,
@@ -20,22 +28,8 @@ from mt6d_mp.core.crypto import (
     Opener,
     Sealer,
 )
-from mt6d_mp.core.packet import (
-    CHUNK_HDR_LEN,
-    MAX_CHUNKS,
-    Buffer,
-    Reassembly,
-    check_inner_plain,
-    chunk_iov,
-    chunk_segment_size,
-    complete_checksum,
-    encapsulate,
-    open_tunnel,
-    pseudo_header_sum,
-    seal_message,
-    segment_tcp,
-    transport_checksum_offset,
-)
+from mt6d_mp.core.offload import complete_checksum, pseudo_header_sum, segment_tcp, transport_checksum_offset
+from mt6d_mp.core.packet import Buffer, check_inner_plain, encapsulate, open_tunnel
 from mt6d_mp.errors import PacketError
 
 KEY = bytes(range(1, 33))
