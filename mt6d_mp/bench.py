@@ -533,7 +533,7 @@ def setup_openvpn(lab: Lab, info: LabInfo, work: Path) -> TunnelProcesses:
             f"openvpn in gateway {side} (see {log})",
             functools.partial(_file_contains, log, "Initialization Sequence Completed"),
             TUNNEL_TIMEOUT,
-            functools.partial(lab._alive, pid),
+            functools.partial(lab.alive, pid),
         )
     _route_through(lab, info, {"a": "ovpn0", "b": "ovpn0"})
     return TunnelProcesses(roots)
@@ -568,7 +568,7 @@ def setup_wireguard(lab: Lab, info: LabInfo, work: Path) -> tuple[TunnelProcesse
             f"wireguard-go in gateway {side} (see {out})",
             sock.exists,
             TUNNEL_TIMEOUT,
-            functools.partial(lab._alive, pid),
+            functools.partial(lab.alive, pid),
         )
     for side, other in (("a", "b"), ("b", "a")):
         ns = _gw(info, side)
@@ -1101,7 +1101,7 @@ def rotation_system(streams: int, plan: Plan, progress: Progress) -> dict[str, A
                 f"supervisor in {gw.name} (see {gw.supervisor_out})",
                 ready.exists,
                 30 + streams,
-                functools.partial(lab._alive, pid),
+                functools.partial(lab.alive, pid),
             )
         time.sleep(plan.rotation_observe)
         samples: list[float] = []
