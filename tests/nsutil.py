@@ -2,6 +2,9 @@
 
 Plain functions so that namespace tests, lab tests and scripts can share them. Every namespace
 is named by the caller (use a unique prefix per run) and must be deleted with :func:`delete_ns`.
+Making, listing, deleting and entering (``setns``) a namespace is the lab's own code
+(mt6d_mp/lab/netns.py); what is here is for tests only: running commands that raise
+RuntimeError, veth pairs, and :func:`call_in` (a function run in a child inside a namespace).
 
 Kernel facts relied on (see /work/shared/MACHINE-FACTS.md):
 - an interface copies ``net.ipv6.conf.default.*`` when it is created, so ``accept_dad=0`` must be
@@ -11,7 +14,6 @@ Kernel facts relied on (see /work/shared/MACHINE-FACTS.md):
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import secrets
@@ -23,10 +25,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from mt6d_mp.lab import netns
+from mt6d_mp.lab.netns import setns as setns  # re-exported: tests enter namespaces through nsutil
 
-CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = "/run/netns"
+T = TypeVar("T")
 
 
 def unique_prefix() -> str:
@@ -48,7 +50,7 @@ def run_in(ns: str, argv: Sequence[str], check: bool = True, timeout: float = 30
 
 
 def sysctl_in(ns: str, key: str, value: str) -> None:
-    run_in(ns, ["sysctl", "-q", "-w", f"{key}={value}"])
+    netns.sysctl(ns, [f"{key}={value}"])
 
 
 def make_ns(name: str, forwarding: bool = True) -> str:
@@ -56,11 +58,13 @@ def make_ns(name: str, forwarding: bool = True) -> str:
 
     Both are set before any interface exists so that the interfaces inherit them.
     """
-    run(["ip", "netns", "add", name])
+    netns.add(name)
     try:
-        for conf in ("all", "default"):
-            sysctl_in(ns=name, key=f"net.ipv6.conf.{conf}.accept_dad", value="0")
-        sysctl_in(name, "net.ipv6.conf.all.forwarding", "1" if forwarding else "0")
+        netns.sysctl(name, [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+            f"net.ipv6.conf.all.forwarding={int(forwarding)}",
+        ])  # fmt: skip
         run_in(name, ["ip", "link", "set", "lo", "up"])
     except BaseException:
         delete_ns(name)
@@ -70,12 +74,11 @@ def make_ns(name: str, forwarding: bool = True) -> str:
 
 def delete_ns(name: str) -> None:
     """Delete a namespace (its veth ends go with it); no error if it is already gone."""
-    run(["ip", "netns", "del", name], check=False)
+    netns.delete(name, check=False)
 
 
 def list_ns(prefix: str) -> list[str]:
-    out = run(["ip", "netns", "list"], check=False)
-    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+    return [name for name in netns.list_namespaces() if name.startswith(prefix)]
 
 
 def veth(ns1: str, if1: str, ns2: str, if2: str, timeout: float = 5.0) -> None:
@@ -97,18 +100,6 @@ def wait_operstate_up(ns: str, ifname: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{ns}:{ifname} not up after {timeout}s: {out.strip()}")
         time.sleep(0.05)
-
-
-def setns(name: str) -> None:
-    """Move the calling thread into network namespace ``name`` (use in a forked child only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 class ChildError(RuntimeError):

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from mt6d_mp import bench
+from mt6d_mp.lab import random_prefix
 
 POINTS = (("ga", "int0"), ("ga", "ext0"), ("gb", "ext0"), ("gb", "int0"))
 SEGMENTS = ("A out", "wire", "B in", "host B", "B out", "wire back", "A in", "round trip")
@@ -51,7 +52,7 @@ def first_after(packets: list[tuple[float, str]], t: float, want: str) -> float 
 
 def one(path: str, pings: int, scratch: Path) -> None:
     plan = bench.FULL
-    prefix = bench.labmod.random_prefix("hp")
+    prefix = random_prefix("hp")
     with bench.path_lab(path, plan, scratch, lambda msg: None, prefix) as pl:
         run = bench.Runner(pl, plan, {}, lambda msg: None)
         run.warm_up()

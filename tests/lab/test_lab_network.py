@@ -22,6 +22,9 @@ import pytest
 
 from mt6d_mp import lab as labmod
 from mt6d_mp.lab import Lab, LabError, LabInfo
+from mt6d_mp.lab import gateway as labgateway
+from mt6d_mp.lab import network as labnetwork
+from mt6d_mp.lab.processes import ProcessTable
 
 pytestmark = [
     pytest.mark.lab,
@@ -51,7 +54,7 @@ def _ping(lab: Lab, ns: str, address: str) -> None:
 
 
 def _alive(pid: int) -> bool:
-    st = labmod._proc_stat(pid)
+    st = labmod.proc_stat(pid)
     return st is not None and st[0] not in ("Z", "X")
 
 
@@ -172,10 +175,10 @@ def test_cli_up_json_and_down(prefix: str) -> None:
 
 
 def test_failure_halfway_rolls_back(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(self: Lab, plan: object) -> None:
+    def boom(plan: object) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(Lab, "_add_routes", boom)
+    monkeypatch.setattr(labnetwork, "add_routes", boom)
     lab = Lab(prefix, "switched", mt6d=False)
     with pytest.raises(RuntimeError, match="injected"):
         lab.up()
@@ -206,7 +209,7 @@ time.sleep(600)
 def _fake_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     fake = tmp_path / "supervisor.py"
     fake.write_text(FAKE_SUPERVISOR.format(mode=mode))
-    monkeypatch.setattr(labmod, "SUPERVISOR", fake)
+    monkeypatch.setattr(labgateway, "SUPERVISOR", fake)
 
 
 def test_mt6d_configs_and_supervisors(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,14 +273,14 @@ def test_supervisor_failure_rolls_back(
 ) -> None:
     _fake_supervisor(tmp_path, monkeypatch, mode)
     spawned: list[int] = []
-    spawn = Lab.spawn
+    spawn = ProcessTable.spawn
 
-    def spy(self: Lab, *args: Any, **kwargs: Any) -> int:
+    def spy(self: ProcessTable, *args: Any, **kwargs: Any) -> int:
         pid = spawn(self, *args, **kwargs)
         spawned.append(pid)
         return pid
 
-    monkeypatch.setattr(Lab, "spawn", spy)
+    monkeypatch.setattr(ProcessTable, "spawn", spy)
     lab = Lab(prefix, "routed", ready_timeout=1.0)
     with pytest.raises(LabError, match=message):
         lab.up()

@@ -82,7 +82,7 @@ def start_supervisor(lab: Lab, gw: NamespaceInfo, timeout: float = 60.0) -> int:
                     name=f"supervisor-{gw.name}", log_path=Path(gw.supervisor_out))
     deadline = time.monotonic() + timeout
     while not ready.exists():
-        assert lab._alive(pid), (f"supervisor in {gw.name} exited; see {gw.supervisor_out}"
+        assert lab.alive(pid), (f"supervisor in {gw.name} exited; see {gw.supervisor_out}"
                                  + labmod.log_tail(gw.supervisor_out))
         assert time.monotonic() < deadline, (f"supervisor in {gw.name} not ready"
                                              + labmod.log_tail(gw.supervisor_out))
@@ -243,23 +243,23 @@ def test_two_starts_at_once_one_runs_and_the_refused_one_touches_nothing(
     pids = [lab.spawn(ga.name, argv, name=f"race-{i}", log_path=logs[i]) for i in range(2)]
     try:
         deadline = time.monotonic() + 60
-        while sum(lab._alive(p) for p in pids) > 1 or not ready.exists():
-            assert any(lab._alive(p) for p in pids), [x.read_text() for x in logs[:2]]
+        while sum(lab.alive(p) for p in pids) > 1 or not ready.exists():
+            assert any(lab.alive(p) for p in pids), [x.read_text() for x in logs[:2]]
             assert time.monotonic() < deadline, [x.read_text() for x in logs[:2]]
             time.sleep(0.05)
-        (winner,) = [p for p in pids if lab._alive(p)]
+        (winner,) = [p for p in pids if lab.alive(p)]
         (loser,) = [i for i, p in enumerate(pids) if p != winner]
-        assert lab._exit_code(pids[loser]) == 1
+        assert lab.exit_code(pids[loser]) == 1
         assert f"already running with runtime directory {ga.runtime_dir} (pid {winner})" in (
             logs[loser].read_text())
         # A third start while it runs: refused the same way, the ready file left in place.
         third = lab.spawn(ga.name, argv, name="race-2", log_path=logs[2])
         pids.append(third)
         deadline = time.monotonic() + 60
-        while lab._alive(third):
+        while lab.alive(third):
             assert time.monotonic() < deadline, logs[2].read_text()
             time.sleep(0.05)
-        assert lab._exit_code(third) == 1 and "already running" in logs[2].read_text()
+        assert lab.exit_code(third) == 1 and "already running" in logs[2].read_text()
         assert ready.exists() and status(ga)["pid"] == winner
         pids.append(start_supervisor(lab, gb))
         first_stream_carries_pings(lab, info)

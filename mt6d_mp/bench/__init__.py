@@ -1,0 +1,92 @@
+"""mt6d-bench: the thesis's test battery through MT6D and the tunnels an operator would pick instead.
+
+One invocation measures, each in a fresh routed namespace lab (``mt6d_mp.lab``, topology
+``routed``: site A 2001:db8:a::/64 - gateway A - router - gateway B - site B 2001:db8:b::/64):
+
+* ``none``: no tunnel, plain kernel forwarding between the gateways (the ceiling);
+* ``mt6d``: MT6D with encryption on and a rotation every ``--rotation-time`` seconds (2 s), so
+  every test crosses rotations;
+* ``openvpn``: OpenVPN 2.6 between the gateways' external addresses, UDP over IPv6, tun,
+  AES-256-GCM, TLS with two self-signed certificates pinned by ``--peer-fingerprint``;
+* ``wireguard-go``: wireguard-go on a TUN device in each gateway (the kernel has no WireGuard).
+
+For the two tunnels the lab is built without MT6D; each gateway gets an outer address on ext0
+(``2001:db8:a::fe``, ``2001:db8:b::fe``), the tunnel runs between those across the router, and
+the other site's /64 is routed into the tunnel (with a /128 exception for the peer's outer
+address via the router). Only the gateway namespaces are changed.
+
+Tests per path (table 4.1 of the thesis, scaled; ``--quick`` in brackets): standard ping, 300
+[50] at 0.2 s; ping floods of 10k and 50k [2k]; HTTP downloads from nginx with curl of 500 kB,
+1 MB, 10 MB and 50 MB [500 kB, 10 MB], three [two] times each, SHA-256 checked; iperf3 TCP
+10 s x3 [3 s x1]; iperf3 UDP at 100 Mbit/s with 1200-byte datagrams, 10 s x3 [3 s x1] (loss,
+jitter). Each ping, flood and UDP run also records which drop counters grew while it ran, so a
+loss comes with where it happened. Host metrics of each tunnel's processes on both gateways:
+CPU seconds per GB carried and private memory per gateway. MT6D only: the cost of one rotation
+for 1, 8 and 32 streams, in process and on a running supervisor.
+
+Writes ``bench.json``, ``bench.md`` and PNG charts (``latency.png``, ``loss.png``,
+``throughput.png``, ``host.png``, ``rotation.png``) into ``--out``. Medians with min-max over
+the repeats. Needs root. Exit code 0 when every measurement ran, 1 when some failed (the
+results are written either way), 2 for bad arguments, 4 without root, 5 when a program is missing.
+
+Usage::
+
+    mt6d-bench [--quick] [--out results/] [--paths none,mt6d,openvpn,wireguard-go]
+               [--rotation-time S] [--rotation-streams 1,8,32] [--ping-count N] [--seconds S]
+
+The modules, in the order a run uses them: plan.py (what to run), cli.py (``main``), runner.py
+(the whole run), tunnels.py (a path's lab and its tunnel), host.py (the machine, CPU and
+memory of the tunnel processes), battery.py (the tests), drops.py (drop counters), rotation.py
+with supervisor_debug.py (rotation cost), results.py (reading results), report.py (bench.md,
+targets), charts.py (PNG charts). Every public name is re-exported here.
+"""
+
+from mt6d_mp.bench.battery import Runner, parse_ping
+from mt6d_mp.bench.charts import charts
+from mt6d_mp.bench.cli import main, parser
+from mt6d_mp.bench.drops import drop_counters, drops_between, drops_cell, kernel_drops, loss_drops
+from mt6d_mp.bench.host import TunnelProcesses, cpu_delta, descendants, host_metrics, machine
+from mt6d_mp.bench.plan import FULL, PATHS, QUICK, SCHEMA, Plan, Progress
+from mt6d_mp.bench.report import markdown, targets
+from mt6d_mp.bench.results import stats
+from mt6d_mp.bench.rotation import bench_rotation, rotation_in_process, rotation_system
+from mt6d_mp.bench.runner import bench_path, make_files, run, write
+from mt6d_mp.bench.tunnels import PathLab, path_lab, setup_openvpn, setup_wireguard
+
+__all__ = [
+    "FULL",
+    "PATHS",
+    "QUICK",
+    "SCHEMA",
+    "PathLab",
+    "Plan",
+    "Progress",
+    "Runner",
+    "TunnelProcesses",
+    "bench_path",
+    "bench_rotation",
+    "charts",
+    "cpu_delta",
+    "descendants",
+    "drop_counters",
+    "drops_between",
+    "drops_cell",
+    "host_metrics",
+    "kernel_drops",
+    "loss_drops",
+    "machine",
+    "main",
+    "make_files",
+    "markdown",
+    "parse_ping",
+    "parser",
+    "path_lab",
+    "rotation_in_process",
+    "rotation_system",
+    "run",
+    "setup_openvpn",
+    "setup_wireguard",
+    "stats",
+    "targets",
+    "write",
+]

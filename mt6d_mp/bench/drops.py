@@ -1,0 +1,84 @@
+"""Where a test's packets were dropped, from counters the kernel and MT6D keep.
+
+Flow: before and after each ping, flood and UDP run the battery reads :func:`drop_counters`
+(per namespace /proc/net/snmp6 and the netfilter queues, via :func:`kernel_drops`; for MT6D
+every worker's ``drop_*`` counters over its control socket) and keeps
+:func:`drops_between` the two; the report sums them per path (:func:`loss_drops`,
+:func:`drops_cell`). A loss figure then comes with where it happened.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mt6d_mp import ctl
+from mt6d_mp.bench.results import dig
+
+if TYPE_CHECKING:
+    from mt6d_mp.bench.tunnels import PathLab
+
+# Where a test's packets were dropped, from counters that the kernel and MT6D keep: per namespace
+# (/proc/net/snmp6), per netfilter queue (the kernel's queue_dropped and user_dropped) and, for
+# MT6D, its workers' drop_* counters. A loss figure then comes with where it happened.
+SNMP6_DROPS = ("Ip6InDiscards", "Ip6OutDiscards", "Udp6InErrors", "Udp6RcvbufErrors",
+               "Udp6SndbufErrors", "Icmp6InErrors")
+
+
+def kernel_drops(role: str, text: str) -> Counter[str]:
+    """Drop counters in /proc/net/snmp6 followed by /proc/net/netfilter/nfnetlink_queue."""
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 2 and f[0] in SNMP6_DROPS:
+            found[f"{role} {f[0]}"] += int(f[1])
+        elif len(f) >= 7 and f[0].isdigit():  # queue portid waiting mode range q_drop u_drop ...
+            found[f"{role} nfqueue_dropped"] += int(f[5]) + int(f[6])
+    return found
+
+
+def drop_counters(pl: PathLab) -> Counter[str]:
+    """Every drop counter of the lab, as ``"<namespace role> <counter>": value``."""
+    found: Counter[str] = Counter()
+    for n in pl.info.namespaces:
+        text = pl.lab.exec(n.name, ["cat", "/proc/net/snmp6", "/proc/net/netfilter/nfnetlink_queue"],
+                           check=False).stdout
+        found.update(kernel_drops(n.role, text))
+    if pl.path == "mt6d":
+        for gw in (pl.info.gateway_a, pl.info.gateway_b):
+            assert gw.runtime_dir
+            status = ctl.Ctl(Path(gw.runtime_dir), timeout=5).call(b"status")
+            for w in status["workers"]:
+                for key, value in w.get("counters", {}).items():
+                    if key.startswith("drop_"):
+                        found[f"{gw.role} {w['name']} {key}"] += int(value)
+    return found
+
+
+def drops_between(before: Counter[str], after: Counter[str]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in sorted(after) if after[k] > before[k]}
+
+
+def loss_drops(d: dict[str, Any]) -> dict[str, int] | None:
+    """The drop counters that grew during the path's loss tests, summed; None if unread."""
+    tests = [d.get("ping"), *d.get("flood", []), *(dig(d, "udp", "runs") or [])]
+    total: Counter[str] = Counter()
+    for t in tests:
+        if not t or t.get("drops") is None:
+            return None
+        total.update(t["drops"])
+    return dict(total)
+
+
+def _drops_list(drops: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
+
+
+def drops_cell(d: dict[str, Any]) -> str:
+    drops = loss_drops(d)
+    return "-" if drops is None else _drops_list(drops) or "none"
+
+
+def drops_text(drops: dict[str, int] | None) -> str:
+    return "; dropped: " + _drops_list(drops) if drops else ""

@@ -1,0 +1,93 @@
+"""What one mt6d-bench run measures: the paths, the tests and their sizes (full and quick).
+
+Flow: cli.py starts from :data:`FULL` or :data:`QUICK` and replaces what the command line asks
+for; every other module reads the :class:`Plan` and the constants here (paths, the gateways'
+outer addresses and the sites for the tunnels); :class:`Progress` prints timestamped lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from mt6d_mp.lab import ROUTER_A, ROUTER_B, SITE_A_NET, SITE_B_NET
+
+SCHEMA = "mt6d-bench/1"
+PATHS = ("none", "mt6d", "openvpn", "wireguard-go")
+TOPOLOGY = "routed"
+SIDES = ("a", "b")
+OUTER = {"a": "2001:db8:a::fe", "b": "2001:db8:b::fe"}  # the gateways' ext0 addresses (tunnels)
+ROUTER = {"a": ROUTER_A, "b": ROUTER_B}
+SITE = {"a": SITE_A_NET + "/64", "b": SITE_B_NET + "/64"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    paths: tuple[str, ...]
+    rotation_time: float
+    ping_count: int
+    ping_interval: float
+    floods: tuple[int, ...]
+    http_sizes: tuple[int, ...]
+    http_repeats: int
+    tcp_seconds: int
+    tcp_runs: int
+    udp_rate_mbit: int
+    udp_len: int
+    udp_seconds: int
+    udp_runs: int
+    rotation_streams: tuple[int, ...]
+    rotation_cycles: int  # in process, per stream count
+    rotation_observe: float  # seconds of a running supervisor's rotations, per stream count
+    rotation_system_time: float  # rotation_time of those labs
+
+
+FULL = Plan(
+    mode="full",
+    paths=PATHS,
+    rotation_time=2.0,
+    ping_count=300,
+    ping_interval=0.2,
+    floods=(10_000, 50_000),
+    http_sizes=(500_000, 1_000_000, 10_000_000, 50_000_000),
+    http_repeats=3,
+    tcp_seconds=10,
+    tcp_runs=3,
+    udp_rate_mbit=100,
+    udp_len=1200,
+    udp_seconds=10,
+    udp_runs=3,
+    rotation_streams=(1, 8, 32),
+    rotation_cycles=500,
+    rotation_observe=13.0,
+    rotation_system_time=2.0,
+)
+
+
+QUICK = replace(
+    FULL,
+    mode="quick",
+    ping_count=50,
+    floods=(2_000,),
+    http_sizes=(500_000, 10_000_000),
+    http_repeats=2,
+    tcp_seconds=3,
+    tcp_runs=1,
+    udp_seconds=3,
+    udp_runs=1,
+    rotation_cycles=100,
+    rotation_observe=5.0,
+)
+
+
+class Progress:
+    """Timestamped progress lines on stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.quiet = quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", flush=True)

@@ -1,0 +1,261 @@
+"""bench.md: the results as tables, and the targets of issue 4 as ratios from this run.
+
+Flow: :func:`targets` compares MT6D's figures with the references (OpenVPN, wireguard-go, no
+tunnel) once the run is over; :func:`markdown` writes the report: the machine and the set-up
+(:func:`_intro`), one table row per measurement and one column per path
+(:func:`_measurement_rows`, :func:`_host_rows`), the rotation cost, the targets, the errors and
+the charts (one function each, in that order).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mt6d_mp.bench.drops import drops_cell
+from mt6d_mp.bench.plan import PATHS
+from mt6d_mp.bench.results import dig, finite, flood_of
+from mt6d_mp.core import config as cfgmod
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 4: MT6D's figure, the reference figure, and whether it is met."""
+    P = results["paths"]
+    m, o, w, n = P.get("mt6d"), P.get("openvpn"), P.get("wireguard-go"), P.get("none")
+    out: list[dict[str, Any]] = []
+    if m is None:
+        return out
+
+    def add(name: str, mt6d: float | None, ref: float | None, unit: str,
+            met: Callable[[float, float], bool] = operator.le) -> None:
+        """One target; ``met(mt6d, ref)`` decides it, unknown (None) when either figure is missing."""
+        ok = None if mt6d is None or ref is None else met(mt6d, ref)
+        out.append(
+            {"target": name, "mt6d": finite(mt6d), "reference": finite(ref), "unit": unit, "met": ok}
+        )
+
+    peers = [
+        x for x in (dig(o, "tcp", "gbit_s", "median"), dig(w, "tcp", "gbit_s", "median")) if x is not None
+    ]
+    add("TCP throughput >= faster of OpenVPN and wireguard-go", dig(m, "tcp", "gbit_s", "median"),
+        max(peers) if peers else None, "Gbit/s", operator.ge)
+    add("standard ping average <= OpenVPN's", dig(m, "ping", "rtt_ms", "avg"),
+        dig(o, "ping", "rtt_ms", "avg"), "ms")
+    add("zero loss, standard ping (rotations included)", dig(m, "ping", "loss_pct"), 0.0, "%",
+        operator.eq)
+    if results["plan"]["floods"]:
+        nf = min(results["plan"]["floods"])
+        add(f"zero loss, flood of {nf}", dig(flood_of(m, nf), "loss_pct"), 0.0, "%", operator.eq)
+    jn = dig(n, "udp", "jitter_ms", "median")
+    add("UDP jitter <= 2 x no-MT6D + 0.05 ms", dig(m, "udp", "jitter_ms", "median"),
+        None if jn is None else 2 * jn + 0.05, "ms")
+    add("CPU seconds per GB (TCP) <= OpenVPN's", dig(m, "host", "cpu_s_per_gb_tcp"),
+        dig(o, "host", "cpu_s_per_gb_tcp"), "s/GB")
+    add("private memory per gateway <= wireguard-go's",
+        dig(m, "host", "private_mb_per_gateway_end"), dig(w, "host", "private_mb_per_gateway_end"),
+        "MB")
+    add("private memory growth over the run < 1 MB", dig(m, "host", "private_growth_mb_max"), 1.0,
+        "MB", operator.lt)
+    sysr = {r["streams"]: dig(r, "seconds", "median") for r in dig(results, "rotation", "system") or []}
+    ks = sorted(k for k, v in sysr.items() if v is not None)
+    if len(ks) >= 2:
+        lo, hi = ks[0], ks[-1]
+        # linear or better: the cost per stream must not grow with the number of streams
+        # (25 % tolerance for a noisy machine)
+        add(f"rotation cost per stream, {hi} vs {lo} streams (linear: ratio <= 1, 1.25 for noise)",
+            (sysr[hi] / hi) / (sysr[lo] / lo), 1.0, "ratio", lambda ratio, _: ratio <= 1.25)
+    return out
+
+
+def _fmt(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
+    if not s:
+        return "-"
+    med, lo, hi = s["median"] * scale, s["min"] * scale, s["max"] * scale
+    if s.get("n", 1) > 1:
+        return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+    return f"{med:.{digits}f}"
+
+
+def _num(x: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if x is None else f"{x:.{digits}f}{suffix}"
+
+
+def size_label(n: int) -> str:
+    return f"{n / 1e6:g} MB" if n >= 1_000_000 else f"{n / 1e3:g} kB"
+
+
+Cell = Callable[[dict[str, Any]], str]  # one path's results -> the text of its table cell
+
+
+def markdown(results: dict[str, Any], charts_written: Sequence[str] = ()) -> str:
+    """bench.md: set-up, the table of measurements, rotation cost, targets, errors, charts."""
+    paths = [p for p in PATHS if p in results["paths"]]
+    lines = _intro(results)
+    lines += _table(results, paths, [*_measurement_rows(results["plan"]), *_host_rows()])
+    lines += _rotation_section(results)
+    lines += _targets_section(results)
+    errs = [(p, e) for p in paths for e in results["paths"][p]["errors"]]
+    if errs:
+        lines += ["", "## Errors", ""] + [f"- {p}: {e}" for p, e in errs]
+    if charts_written:
+        lines += ["", "Charts: " + ", ".join(f"[{c}]({c})" for c in charts_written) + "."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _intro(results: dict[str, Any]) -> list[str]:
+    plan = results["plan"]
+    mach = results["machine"]
+    return [
+        f"# mt6d-bench results ({plan['mode']} mode)",
+        "",
+        f"Run {mach['date']} on {mach['os']}, kernel {mach['kernel']}, {mach['cpu_model']}, "
+        f"{mach['cores']} cores, {mach['memory_mb']} MB RAM, Python {mach['python']}; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in mach['loadavg_start'])}, at end "
+        f"{' '.join(f'{x:.2f}' for x in mach.get('loadavg_end', []))}. Took {results['duration_s']:.0f} s.",
+        "",
+        "Tools: " + "; ".join(f"{k}: {v}" for k, v in mach["tools"].items() if v),
+        "",
+        f"Routed namespace lab (site A - gateway A - router - gateway B - site B, MTU 1500); every path in a "
+        f"fresh lab; the test traffic runs from host A to host B. MT6D: encryption on (AES-256-GCM), "
+        f"rotation every {plan['rotation_time']:g} s, every other setting at its default (keep-warm every "
+        f"{cfgmod.SCHEMA['tunnel']['keep_warm_ms'].default} ms). Figures are medians with min-max over "
+        f"the repeats in "
+        f"brackets; ping rows give the ping summary (avg, with min-max over the packets).",
+        "",
+    ]
+
+
+def _table(results: dict[str, Any], paths: list[str], rows: list[tuple[str, Cell]]) -> list[str]:
+    """One row per measurement, one column per path; a cell that cannot be made is ``-``."""
+    lines = ["| test | " + " | ".join(paths) + " |", "|---|" + "---|" * len(paths)]
+    for name, f in rows:
+        cells = []
+        for p in paths:
+            try:
+                cells.append(f(results["paths"][p]))
+            except (KeyError, TypeError, IndexError):
+                cells.append("-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _rtt(d: dict[str, Any] | None) -> str:
+    r = dig(d, "rtt_ms")
+    return "-" if not r else f"{r['avg']:.3f} ({r['min']:.3f}-{r['max']:.3f})"
+
+
+def _flood_rtt(d: dict[str, Any], n: int) -> str:
+    return _rtt(flood_of(d, n))
+
+
+def _flood_num(d: dict[str, Any], n: int, key: str, digits: int) -> str:
+    return _num(dig(flood_of(d, n), key), digits)
+
+
+def _http_cell(d: dict[str, Any], i: int) -> str:
+    h = d["http"][i]
+    return _fmt(h["mbyte_s"], digits=1) + ("" if h["verified"] else " (NOT verified)")
+
+
+def _measurement_rows(plan: dict[str, Any]) -> list[tuple[str, Cell]]:
+    """Ping, floods, HTTP, iperf3 TCP and UDP, and the drop counters."""
+    rows: list[tuple[str, Cell]] = [
+        (f"ping {plan['ping_count']} x {plan['ping_interval']:g} s: rtt ms", lambda d: _rtt(d["ping"])),
+        ("ping: loss %", lambda d: _num(d["ping"]["loss_pct"])),
+    ]
+    for n in plan["floods"]:
+        rows.append((f"flood {n}: rtt ms", functools.partial(_flood_rtt, n=n)))
+        rows.append((f"flood {n}: loss %", functools.partial(_flood_num, n=n, key="loss_pct", digits=2)))
+        rows.append((f"flood {n}: duration s", functools.partial(_flood_num, n=n, key="seconds", digits=1)))
+    for i, size in enumerate(plan["http_sizes"]):
+        rows.append((f"HTTP {size_label(size)}: MB/s", functools.partial(_http_cell, i=i)))
+    udp = (
+        f"iperf3 UDP {plan['udp_rate_mbit']} Mbit/s, {plan['udp_len']} B, "
+        f"{plan['udp_seconds']} s x{plan['udp_runs']}"
+    )
+    rows += [
+        (f"iperf3 TCP {plan['tcp_seconds']} s x{plan['tcp_runs']}: Gbit/s",
+         lambda d: _fmt(d["tcp"]["gbit_s"], digits=3)),
+        ("iperf3 TCP: retransmits", lambda d: _fmt(d["tcp"]["retransmits"], digits=0)),
+        (f"{udp}: loss %", lambda d: _fmt(d["udp"]["loss_pct"], digits=2)),
+        (f"{udp}: jitter ms", lambda d: _fmt(d["udp"]["jitter_ms"], digits=3)),
+        ("drops counted during ping, floods and UDP (where)", drops_cell),
+    ]  # fmt: skip
+    return rows
+
+
+def _processes(d: dict[str, Any]) -> str:
+    return "-" if not d["host"] else f"{d['host']['processes']['a']} + {d['host']['processes']['b']}"
+
+
+def _start_end(d: dict[str, Any], key: str) -> str:
+    return f"{d['host'][key + '_start']:.1f} -> {d['host'][key + '_end']:.1f}"
+
+
+def _host_rows() -> list[tuple[str, Cell]]:
+    """Tunnel processes, CPU, memory, and the error count."""
+    return [
+        ("tunnel processes (gateway A + B)", _processes),
+        ("CPU s per GB, iperf3 TCP (user+system)", lambda d: _num(d["host"]["cpu_s_per_gb_tcp"], 1)),
+        ("CPU s per GB, whole run", lambda d: _num(d["host"]["cpu_s_per_gb_all"], 1)),
+        ("CPU s, whole run (user / system)",
+         lambda d: f"{d['host']['cpu_all']['user_s']:.1f} / {d['host']['cpu_all']['system_s']:.1f}"),
+        ("private MB per gateway (max of A, B): start -> end",
+         functools.partial(_start_end, key="private_mb_per_gateway")),
+        ("sum of USS MB per gateway (max of A, B): start -> end",
+         functools.partial(_start_end, key="uss_mb_per_gateway")),
+        ("sum of PSS MB per gateway (max of A, B), end",
+         lambda d: _num(d["host"]["pss_mb_per_gateway_end"], 1)),
+        ("peak RSS MB, both gateways", lambda d: _num(d["host"]["peak_rss_mb_both"], 1)),
+        ("errors", lambda d: str(len(d["errors"]))),
+    ]  # fmt: skip
+
+
+def _rotation_section(results: dict[str, Any]) -> list[str]:
+    rot = results.get("rotation")
+    if not rot:
+        return []
+    lines = [
+        "",
+        "## MT6D rotation cost (one rehash cycle for all streams)",
+        "",
+        "In process: `RouteList.advance` of every stream (the hashing). Running supervisors: the "
+        "supervisor's `event=rotated seconds=` debug line, i.e. hashing plus binding and releasing "
+        f"addresses, firewall rules and bus messages (labs with rotation every "
+        f"{results['plan']['rotation_system_time']:g} s; both gateways' rotations pooled, the start-up "
+        "rotation left out).",
+        "",
+        "| streams | in process, us | running supervisors, ms | rotations measured |",
+        "|---|---|---|---|",
+    ]
+    sysd = {r["streams"]: r for r in rot["system"]}
+    for r in rot["in_process"]:
+        s = sysd.get(r["streams"], {})
+        lines.append(
+            f"| {r['streams']} | {_fmt(r['seconds'], 1e6, 1)} | {_fmt(s.get('seconds'), 1e3, 2)} | "
+            f"{s.get('samples', '-')} |"
+        )
+    return lines
+
+
+def _targets_section(results: dict[str, Any]) -> list[str]:
+    tg = results.get("targets") or []
+    if not tg:
+        return []
+    lines = [
+        "",
+        "## Issue 4 targets, from this run",
+        "",
+        "| target | MT6D | reference | met |",
+        "|---|---|---|---|",
+    ]
+    for t in tg:
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(
+            f"| {t['target']} | {_num(t['mt6d'], 3)} {t['unit']} | "
+            f"{_num(t['reference'], 3)} {t['unit']} | {met} |"
+        )
+    return lines

@@ -1,0 +1,57 @@
+"""Reading and cleaning the results dictionary of a run (bench.json's shape).
+
+Flow: the runner summarises repeated measurements with :func:`stats`; the report, the charts
+and the targets look values up with :func:`dig` and :func:`flood_of`; :func:`clean` makes the
+whole dictionary JSON-safe before it is written.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def stats(values: Sequence[float | None]) -> dict[str, float | int] | None:
+    """Median, min, max and count of the finite values; None when there are none."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def dig(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if d is None:
+            return None
+        if isinstance(d, dict):
+            d = d.get(k)
+        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        else:
+            return None
+    return d
+
+
+def flood_of(p: dict[str, Any] | None, n: int) -> dict[str, Any] | None:
+    for f in dig(p, "flood") or []:
+        if f["count"] == n:
+            r: dict[str, Any] = f
+            return r
+    return None
