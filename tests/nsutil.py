@@ -6,7 +6,7 @@ Making, listing, deleting and entering (``setns``) a namespace is the lab's own 
 (mt6d_mp/lab/netns.py); what is here is for tests only: running commands that raise
 RuntimeError, veth pairs, and :func:`call_in` (a function run in a child inside a namespace).
 
-Kernel facts relied on (see /work/shared/MACHINE-FACTS.md):
+Kernel facts relied on (docs/KERNEL.md has those of the gateway itself):
 - an interface copies ``net.ipv6.conf.default.*`` when it is created, so ``accept_dad=0`` must be
   set in ``all`` and ``default`` *before* the veths exist, or addresses start out tentative;
 - veth carrier comes up 0.6-0.7 s after ``ip link set up``; packets sent before are lost.

@@ -1,4 +1,4 @@
-"""bench.md: the results as tables, and the targets of issue 4 as ratios from this run.
+"""bench.md: the results as tables, and the targets the project set itself, as ratios from this run.
 
 Flow: :func:`targets` compares MT6D's figures with the references (OpenVPN, wireguard-go, no
 tunnel) once the run is over; :func:`markdown` writes the report: the machine and the set-up
@@ -21,7 +21,7 @@ from mt6d_mp.core import config as cfgmod
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 4: MT6D's figure, the reference figure, and whether it is met."""
+    """Each target: MT6D's figure, the reference figure, and whether it is met."""
     P = results["paths"]
     m, o, w, n = P.get("mt6d"), P.get("openvpn"), P.get("wireguard-go"), P.get("none")
     out: list[dict[str, Any]] = []
@@ -247,7 +247,7 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "",
-        "## Issue 4 targets, from this run",
+        "## Targets, from this run",
         "",
         "| target | MT6D | reference | met |",
         "|---|---|---|---|",

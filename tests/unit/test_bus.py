@@ -143,7 +143,7 @@ def test_poller_wakes_for_updates_replies_and_its_own_descriptors(tmp_path: Path
 
     Each message comes from another thread while the poll sleeps with a 30 s timeout, so a poll
     that missed it would return at the timeout with nothing. Also the contract for any faster
-    poller (results/PROFILE.md, session 5, tried one on ZMQ_FD).
+    poller (results/PROFILE.md, 1fe820e -> 9d1e23c, tried one on ZMQ_FD).
     """
     server = BusServer(tmp_path)
     client = BusClient(tmp_path, "w1")
