@@ -1,37 +1,11 @@
-"""MT6D's firewall state: its own chains in the ip6tables *legacy* filter table.
+"""MT6D's firewall state in the kernel: its own chains in the ip6tables *legacy* filter table.
 
-This is the only module that imports ``iptc`` (python-iptables). python-iptables drives libip6tc,
-which reads and replaces the whole legacy table through ``IP6T_SO_GET_ENTRIES`` /
-``IP6T_SO_SET_REPLACE`` socket options; ``ip6tables-legacy -S`` shows the result, while Debian 12's
-``ip6tables`` (the nft variant) shows nothing of it.
-
-Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``, INT and EXT the interfaces)::
-
-    INPUT       position 1: -j P-INPUT                                       "prefix:jump"
-    OUTPUT      position 1: -o EXT -j P-OUTPUT                               "prefix:jump"
-    P-INPUT     -i EXT -m frag -j DROP                                       "prefix:frag"
-                -p ipv6-icmp --icmpv6-type 133..137 -j P-ICMP (five rules)   "prefix:nd"
-                two rules per stream                                  "prefix:stream:NAME"
-                  -s local_true -d remote_true -i INT -m mac --mac-source HOST_MAC -j NFQUEUE
-                  -d remote_true -j P-TRUE
-                two rules per route                             "prefix:route:NAME:EPOCH"
-                  -s remote_hashed -d local_hashed -i EXT -p udp --dport PORT -j ACCEPT
-                  -d local_hashed -j P-GUARD
-                last:         -p ipv6-icmp -j P-ICMP                             "prefix:icmp"
-    P-TRUE      RETURN neighbour solicitations/advertisements from INT; DROP the rest: a true
-                address bound here answers nobody (Linux would answer it on every interface).
-    P-GUARD     RETURN neighbour discovery (135, 136) and ICMPv6 errors (1-4); DROP the rest:
-                a hashed address answers nobody but its peer's tunnel packets.
-    P-ICMP      RETURN neighbour solicitation/advertisement (135, 136), then NFQUEUE router
-                advertisements (134) from the external interface, router solicitations (133) from
-                the internal one and errors (1-4) from the external one; RETURN everything else.
-    P-OUTPUT    DROP ICMPv6 errors, echo replies and MLD reports               "prefix:silent"
-                two rules per stream: -s local_true -j DROP, -s remote_true -j DROP
-                                                                       "prefix:stream:NAME"
-
-So nothing the gateway itself sends leaves on the external interface from a true address, and
-the gateway never answers a stranger there: no errors, no echo replies, no MLD report that names
-a hashed address's solicited-node group before the address is used (docs/SECURITY.md).
+This is the only module that imports ``iptc`` (python-iptables). What the rules are is decided in
+mt6d_mp/core/rules.py (the layout is drawn there); this module puts them into the kernel, keeps
+their positions, reads them back and removes them. python-iptables drives libip6tc, which reads
+and replaces the whole legacy table through ``IP6T_SO_GET_ENTRIES`` / ``IP6T_SO_SET_REPLACE``
+socket options; ``ip6tables-legacy -S`` shows the result, while Debian 12's ``ip6tables`` (the
+nft variant) shows nothing of it.
 
 Every rule carries ``-m comment --comment "prefix:OWNER"`` naming its owner, so that leftovers of
 a killed run can be found and removed by owner, never by guesswork (the wg-quick idea).
@@ -61,10 +35,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -72,19 +44,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mt6d_mp.core.icmp import (
-    ICMP6_ECHO_REPLY,
-    ICMP6_ERROR_TYPES,
-    MLD2_REPORT,
-    MLD_DONE,
-    MLD_REPORT,
-    ND_NEIGHBOR_ADVERT,
-    ND_NEIGHBOR_SOLICIT,
-    ND_ROUTER_ADVERT,
-    ND_ROUTER_SOLICIT,
+from mt6d_mp.core import rules as layout
+from mt6d_mp.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP
+from mt6d_mp.core.rules import (
+    _PROTO_NAMES,
+    HOOKS,
+    IFNAMSIZ,
+    AddressLike,
+    FirewallInputError,
+    Rule,
 )
-from mt6d_mp.core.packet import IPPROTO_ICMPV6, IPPROTO_UDP, ND_FIRST, ND_LAST
 from mt6d_mp.errors import SystemSetupError
+
+__all__ = ["Firewall", "FirewallInputError", "Rule", "cleanup", "installed", "leftovers", "to_iptc"]
 
 
 def _import_iptc() -> Any:
@@ -117,19 +89,6 @@ else:
 log = logging.getLogger(__name__)
 
 TABLE = "filter"
-HOOK_CHAIN = "INPUT"
-OUTPUT_HOOK = "OUTPUT"
-HOOKS = (HOOK_CHAIN, OUTPUT_HOOK)
-
-
-ICMP6_ERRORS = tuple(sorted(ICMP6_ERROR_TYPES))  # 1-4, in the order the rules list them
-ND_TYPES = tuple(range(ND_FIRST, ND_LAST + 1))
-# What the gateway never sends on the external link: errors (about anything: an error is an answer
-# to a stranger, and its source would be a hashed or true address), echo replies (to ff02::1 the
-# kernel answers from every global address of the interface) and MLD reports, which name the
-# solicited-node group, so the low 24 bits, of each address when it is bound, a rotation before
-# it is used (docs/KERNEL.md).
-SILENT_TYPES = (*ICMP6_ERRORS, ICMP6_ECHO_REPLY, MLD_REPORT, MLD_DONE, MLD2_REPORT)
 
 COMMIT_ATTEMPTS = 5
 COMMIT_BACKOFF_S = 0.02
@@ -137,7 +96,6 @@ LOCK_TIMEOUT_S = 5.0
 # The lock file iptables-legacy uses (xshared.c); iptables >= 1.8.5 honours the same variable.
 XTABLES_LOCKFILE = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
 
-_PROTO_NAMES = {IPPROTO_UDP: "udp", IPPROTO_ICMPV6: "ipv6-icmp"}
 # python-iptables' spelling of protocols when reading rules back.
 _IPTC_PROTO = {
     "ip": None,
@@ -147,96 +105,41 @@ _IPTC_PROTO = {
     "ipv6-icmp": IPPROTO_ICMPV6,
 }
 
-_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,7}\Z")
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}\Z")
-# IFNAMSIZ is 16 including the NUL; ip(8) refuses '/', ':' and whitespace.
-_IFNAME_RE = re.compile(r"[^/:\s]{1,15}\Z")
-IFNAMSIZ = 16
-
-AddressLike = str | bytes | ipaddress.IPv6Address
-
-
-class FirewallInputError(SystemSetupError, ValueError):
-    """An argument was invalid; raised before anything in the system is touched."""
-
 
 # --------------------------------------------------------------------------------------------
-# Rules as data
+# Rules into and out of python-iptables
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One rule of the subset MT6D uses, able to render itself as an ``ip6tables -S`` line."""
-
-    chain: str
-    comment: str
-    target: str  # "NFQUEUE", "RETURN" or a chain name
-    src: str | None = None  # "addr/128"
-    dst: str | None = None
-    in_if: str | None = None
-    out_if: str | None = None
-    proto: int | None = None
-    icmp6_type: int | None = None
-    queue: int | None = None
-    dport: int | None = None  # -m udp --dport
-    mac_source: str | None = None  # -m mac --mac-source: the Ethernet source of the frame
-    fragment: bool = False  # -m frag: the packet carries a fragment header (any id)
-
-    def text(self) -> str:
-        """The rule exactly as ``ip6tables-legacy -S`` prints it."""
-        parts = ["-A", self.chain]
-        if self.src:
-            parts += ["-s", self.src]
-        if self.dst:
-            parts += ["-d", self.dst]
-        if self.in_if:
-            parts += ["-i", self.in_if]
-        if self.out_if:
-            parts += ["-o", self.out_if]
-        if self.proto is not None:
-            parts += ["-p", _PROTO_NAMES.get(self.proto, str(self.proto))]
-        if self.fragment:
-            parts += ["-m", "frag"]
-        if self.icmp6_type is not None:
-            parts += ["-m", "icmp6", "--icmpv6-type", str(self.icmp6_type)]
-        if self.dport is not None:
-            parts += ["-m", "udp", "--dport", str(self.dport)]
-        if self.mac_source is not None:
-            parts += ["-m", "mac", "--mac-source", self.mac_source]
-        parts += ["-m", "comment", "--comment", f'"{self.comment}"', "-j", self.target]
-        if self.queue is not None:
-            parts += ["--queue-num", str(self.queue)]
-        return " ".join(parts)
-
-    def build(self) -> iptc.Rule6:
-        rule = iptc.Rule6()
-        if self.src:
-            rule.src = self.src
-        if self.dst:
-            rule.dst = self.dst
-        if self.in_if:
-            rule.in_interface = self.in_if
-            rule.entry.ipv6.iniface_mask = _iface_mask(self.in_if)
-        if self.out_if:
-            rule.out_interface = self.out_if
-            rule.entry.ipv6.outiface_mask = _iface_mask(self.out_if)
-        if self.proto is not None:
-            # python-iptables knows few protocol names ("ipv6-icmp" is not one); numbers work.
-            rule.protocol = str(self.proto)
-        if self.fragment:
-            rule.create_match("frag")  # its init sets the id range to all: any fragment header
-        if self.icmp6_type is not None:
-            match = rule.create_match("icmp6")
-            match.icmpv6_type = str(self.icmp6_type)
-        if self.dport is not None:
-            rule.create_match("udp").dport = str(self.dport)
-        if self.mac_source is not None:
-            rule.create_match("mac").mac_source = self.mac_source
-        rule.create_match("comment").comment = self.comment
-        target = rule.create_target(self.target)
-        if self.queue is not None:
-            target.queue_num = str(self.queue)
-        return rule
+def to_iptc(self: Rule) -> iptc.Rule6:
+    """The rule as python-iptables builds it (interface masks mended, see _iface_mask)."""
+    rule = iptc.Rule6()
+    if self.src:
+        rule.src = self.src
+    if self.dst:
+        rule.dst = self.dst
+    if self.in_if:
+        rule.in_interface = self.in_if
+        rule.entry.ipv6.iniface_mask = _iface_mask(self.in_if)
+    if self.out_if:
+        rule.out_interface = self.out_if
+        rule.entry.ipv6.outiface_mask = _iface_mask(self.out_if)
+    if self.proto is not None:
+        # python-iptables knows few protocol names ("ipv6-icmp" is not one); numbers work.
+        rule.protocol = str(self.proto)
+    if self.fragment:
+        rule.create_match("frag")  # its init sets the id range to all: any fragment header
+    if self.icmp6_type is not None:
+        match = rule.create_match("icmp6")
+        match.icmpv6_type = str(self.icmp6_type)
+    if self.dport is not None:
+        rule.create_match("udp").dport = str(self.dport)
+    if self.mac_source is not None:
+        rule.create_match("mac").mac_source = self.mac_source
+    rule.create_match("comment").comment = self.comment
+    target = rule.create_target(self.target)
+    if self.queue is not None:
+        target.queue_num = str(self.queue)
+    return rule
 
 
 def _iface_mask(name: str) -> bytes:
@@ -289,58 +192,6 @@ def _comment_of(rule: iptc.Rule6) -> str | None:
         if match.name == "comment":
             return str(match.comment)
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (before anything is touched)
-
-
-def _host(addr: AddressLike, what: str) -> str:
-    try:
-        ip = addr if isinstance(addr, ipaddress.IPv6Address) else ipaddress.IPv6Address(addr)
-    except (ipaddress.AddressValueError, ValueError, TypeError) as exc:
-        raise FirewallInputError(f"{what}: not an IPv6 address: {addr!r}") from exc
-    return f"{ip.compressed}/128"
-
-
-def _queue(queue: int, what: str = "queue") -> int:
-    if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue <= 65535:
-        raise FirewallInputError(f"{what}: expected a queue number 0..65535, got {queue!r}")
-    return queue
-
-
-def _port(port: int) -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise FirewallInputError(f"port: expected 1..65535, got {port!r}")
-    return port
-
-
-def _name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise FirewallInputError(f"{what}: expected 1-100 of [A-Za-z0-9._-], got {name!r}")
-    return name
-
-
-def _ifname(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _IFNAME_RE.match(name):
-        raise FirewallInputError(f"{what}: not an interface name: {name!r}")
-    return name
-
-
-_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
-
-
-def _mac(mac: str) -> str:
-    text = mac.lower() if isinstance(mac, str) else ""
-    if not _MAC_RE.match(text):
-        raise FirewallInputError(f"local_mac: expected aa:bb:cc:dd:ee:ff, got {mac!r}")
-    return text
-
-
-def _prefix(tag_prefix: str) -> str:
-    if not isinstance(tag_prefix, str) or not _PREFIX_RE.match(tag_prefix):
-        raise FirewallInputError(f"tag_prefix: expected [a-z][a-z0-9]{{0,7}}, got {tag_prefix!r}")
-    return tag_prefix
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +291,7 @@ def _op_delete_chain(name: str) -> _Op:
 
 def _op_insert(rule: Rule, position: int) -> _Op:
     def apply(table: iptc.Table6) -> None:
-        iptc.Chain(table, rule.chain).insert_rule(rule.build(), position)
+        iptc.Chain(table, rule.chain).insert_rule(to_iptc(rule), position)
 
     return _Op(
         f'action=add_rule chain={rule.chain} position={position + 1} rule="{rule.text()}"', apply
@@ -449,7 +300,7 @@ def _op_insert(rule: Rule, position: int) -> _Op:
 
 def _op_append(rule: Rule) -> _Op:
     def apply(table: iptc.Table6) -> None:
-        iptc.Chain(table, rule.chain).append_rule(rule.build())
+        iptc.Chain(table, rule.chain).append_rule(to_iptc(rule))
 
     return _Op(f'action=add_rule chain={rule.chain} rule="{rule.text()}"', apply)
 
@@ -457,19 +308,13 @@ def _op_append(rule: Rule) -> _Op:
 def _op_delete(rule: Rule) -> _Op:
     def apply(table: iptc.Table6) -> None:
         # libip6tc finds the rule by comparing the whole entry (matches and target included).
-        iptc.Chain(table, rule.chain).delete_rule(rule.build())
+        iptc.Chain(table, rule.chain).delete_rule(to_iptc(rule))
 
     return _Op(f'action=delete_rule chain={rule.chain} rule="{rule.text()}"', apply)
 
 
 # --------------------------------------------------------------------------------------------
 # Leftovers of earlier runs
-
-
-def _chain_names(tag_prefix: str) -> tuple[str, str, str, str, str]:
-    """INPUT, ICMP, GUARD, TRUE and OUTPUT chains of ``tag_prefix``."""
-    upper = tag_prefix.upper()
-    return tuple(f"{upper}-{n}" for n in ("INPUT", "ICMP", "GUARD", "TRUE", "OUTPUT"))  # type: ignore[return-value]
 
 
 def _is_our_jump(rule: iptc.Rule6, tag_prefix: str) -> bool:
@@ -491,7 +336,7 @@ def installed(tag_prefix: str = "mt6d") -> list[str]:
     The ``-N`` lines of our chains, our jump rules in INPUT, then the rules of our chains; this is
     the subset of ``ip6tables-legacy -S`` that mentions us, in the same order.
     """
-    _prefix(tag_prefix)
+    layout.prefix(tag_prefix)
     table = _table()
     with _xtables_lock():
         table.refresh()
@@ -545,7 +390,7 @@ def _cleanup_ops(tag_prefix: str) -> list[_Op]:
 
 def cleanup(tag_prefix: str = "mt6d") -> list[str]:
     """Remove every jump rule and chain marked as ``tag_prefix``'s; return what was removed."""
-    _prefix(tag_prefix)
+    layout.prefix(tag_prefix)
     found = installed(tag_prefix)
     _transaction(_cleanup_ops(tag_prefix), "cleanup")
     return found
@@ -566,131 +411,62 @@ class Firewall:
     """
 
     def __init__(self, tag_prefix: str = "mt6d") -> None:
-        self.tag_prefix = _prefix(tag_prefix)
-        (self.input_chain, self.icmp_chain, self.guard_chain, self.true_chain,
-         self.output_chain) = _chain_names(tag_prefix)
+        self.tag_prefix = layout.prefix(tag_prefix)
+        self.chains = layout.chain_names(tag_prefix)
+        self.input_chain, self.output_chain = self.chains.input, self.chains.output
         self.internal_if = self.external_if = ""
-        self._jumps: list[Rule] = []  # INPUT -> P-INPUT, OUTPUT -o ext -> P-OUTPUT
-        self._head: list[Rule] = []  # first rules of P-INPUT: fragments, neighbour discovery
-        self._icmp_jump: Rule | None = None  # last rule of P-INPUT
-        self._fixed: dict[str, list[Rule]] = {}  # chains whose rules never change after setup
+        self._fixed: layout.FixedRules | None = None
         self._streams: dict[str, tuple[Rule, Rule]] = {}  # P-INPUT: queue rule, true-address guard
         self._silenced: dict[str, tuple[Rule, Rule]] = {}  # P-OUTPUT: its two true sources
         self._routes: dict[tuple[str, int], Rule] = {}
         self._guards: dict[tuple[str, int], Rule] = {}
-        self._active = False
-
-    # -- owner tags
-
-    def _tag(self, *parts: object) -> str:
-        return ":".join([self.tag_prefix, *(str(p) for p in parts)])
 
     # -- lifecycle
 
     @property
     def active(self) -> bool:
-        return self._active
+        return self._fixed is not None
 
     def setup(self, icmp_queue: int, internal_if: str, external_if: str) -> None:
         """Remove what an earlier run left, then install the chains, the fixed rules and the jumps.
 
         Both happen in one commit: there is no moment with neither the old nor the new state.
         """
-        _queue(icmp_queue, "icmp_queue")
-        _ifname(internal_if, "internal_if")
-        _ifname(external_if, "external_if")
+        layout.queue_number(icmp_queue, "icmp_queue")
+        layout.ifname(internal_if, "internal_if")
+        layout.ifname(external_if, "external_if")
         if internal_if == external_if:
             raise FirewallInputError("internal_if and external_if must differ")
-        if self._active:
+        if self.active:
             raise SystemSetupError("firewall: setup() called twice; call teardown() first")
-        icmp, inp, out = self.icmp_chain, self.input_chain, self.output_chain
-        tag = self._tag("icmp")
-        icmp6 = IPPROTO_ICMPV6
-
-        def queue_from(ifname: str, itype: int) -> Rule:
-            return Rule(icmp, tag, "NFQUEUE", in_if=ifname, proto=icmp6, icmp6_type=itype,
-                        queue=icmp_queue)
-
-        icmp_rules = [
-            Rule(icmp, tag, "RETURN", proto=icmp6, icmp6_type=ND_NEIGHBOR_SOLICIT),
-            Rule(icmp, tag, "RETURN", proto=icmp6, icmp6_type=ND_NEIGHBOR_ADVERT),
-            queue_from(external_if, ND_ROUTER_ADVERT),
-            queue_from(internal_if, ND_ROUTER_SOLICIT),
-            *(queue_from(external_if, t) for t in ICMP6_ERRORS),
-            Rule(icmp, tag, "RETURN"),  # explicit: all other ICMPv6 passes untouched
-        ]
-        # Our hashed addresses answer nothing but the tunnel (WireGuard's silence rule): after
-        # each route's accept rule, everything else to its local hashed address jumps here and is
-        # dropped, except neighbour discovery (the peer and routers must resolve the address) and
-        # ICMPv6 errors (they go on to the ICMP chain and worker). Without this the kernel would
-        # answer a stranger's TCP SYN with a RST, UDP with port unreachable, and echo requests.
-        guard, gtag = self.guard_chain, self._tag("guard")
-        guard_rules = [
-            *(
-                Rule(guard, gtag, "RETURN", proto=icmp6, icmp6_type=t)
-                for t in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, *ICMP6_ERRORS)
-            ),
-            Rule(guard, gtag, "DROP"),
-        ]
-        # A remote host's true address is bound on the internal interface only so that the
-        # local host's packets to it are local (the stream rule queues them). Linux is a weak
-        # host: it would answer for that address on any interface, and route the answer out of
-        # whatever interface the route says. So whatever reaches the address without being the
-        # stream's (from outside, or from inside with another source or MAC) is dropped here,
-        # except the local host's neighbour discovery for it.
-        true, ttag = self.true_chain, self._tag("true")
-        true_rules = [
-            Rule(true, ttag, "RETURN", in_if=internal_if, proto=icmp6, icmp6_type=t)
-            for t in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT)
-        ] + [Rule(true, ttag, "DROP")]
-        # Tunnel packets are never fragmented (PROTOCOL.md 1.5). Fragments from outside are
-        # dropped before they reach a socket, so that no reassembly state is ever built for a
-        # stranger; this works because none of our rules loads the kernel's IPv6 defragmentation
-        # (no -m socket, no conntrack: docs/KERNEL.md). And neighbour discovery never enters a
-        # stream: it goes to the ICMP chain before the stream rules can queue a unicast one.
-        head = [Rule(inp, self._tag("frag"), "DROP", in_if=external_if, fragment=True)]
-        head += [Rule(inp, self._tag("nd"), icmp, proto=icmp6, icmp6_type=t) for t in ND_TYPES]
-        silent = [Rule(out, self._tag("silent"), "DROP", proto=icmp6, icmp6_type=t)
-                  for t in SILENT_TYPES]
-        icmp_jump = Rule(inp, tag, icmp, proto=icmp6)
-        jumps = [
-            Rule(HOOK_CHAIN, self._tag("jump"), inp),
-            Rule(OUTPUT_HOOK, self._tag("jump"), out, out_if=external_if),
-        ]
-        fixed = {icmp: icmp_rules, guard: guard_rules, true: true_rules}
+        fixed = layout.fixed_rules(self.tag_prefix, icmp_queue, internal_if, external_if)
+        c = self.chains
         ops = _cleanup_ops(self.tag_prefix)
-        ops += [_op_new_chain(c) for c in (icmp, guard, true, inp, out)]
-        ops += [_op_append(r) for rules in fixed.values() for r in rules]
-        ops += [_op_append(r) for r in (*head, icmp_jump, *silent)]
-        ops += [_op_insert(j, 0) for j in jumps]
+        ops += [_op_new_chain(name) for name in (c.icmp, c.guard, c.true, c.input, c.output)]
+        ops += [_op_append(r) for name in (c.icmp, c.guard, c.true) for r in fixed.chains[name]]
+        ops += [_op_append(r) for r in (*fixed.head, fixed.icmp_jump, *fixed.chains[c.output])]
+        ops += [_op_insert(j, 0) for j in fixed.jumps]
         _transaction(ops, "setup")
         self.internal_if, self.external_if = internal_if, external_if
-        self._jumps, self._head, self._icmp_jump = jumps, head, icmp_jump
-        self._fixed = {**fixed, out: silent}
+        self._fixed = fixed
+        self._forget()
+
+    def _forget(self) -> None:
         self._streams.clear()
         self._silenced.clear()
         self._routes.clear()
         self._guards.clear()
-        self._active = True
-
-    def _chains(self) -> tuple[str, ...]:
-        return (self.input_chain, self.icmp_chain, self.guard_chain, self.true_chain,
-                self.output_chain)
 
     def teardown(self) -> None:
         """Remove exactly what :meth:`setup` and later calls added: the jumps, then the chains."""
-        if not self._active:
+        if self._fixed is None:
             return
-        ops = [_op_delete(j) for j in self._jumps]
-        ops += [_op_flush_chain(c) for c in self._chains()]
-        ops += [_op_delete_chain(c) for c in self._chains()]
+        ops = [_op_delete(j) for j in self._fixed.jumps]
+        ops += [_op_flush_chain(name) for name in self.chains]
+        ops += [_op_delete_chain(name) for name in self.chains]
         _transaction(ops, "teardown")
-        self._active = False
-        self._jumps, self._head, self._icmp_jump, self._fixed = [], [], None, {}
-        self._streams.clear()
-        self._silenced.clear()
-        self._routes.clear()
-        self._guards.clear()
+        self._fixed = None
+        self._forget()
 
     def __enter__(self) -> Firewall:
         return self
@@ -698,9 +474,10 @@ class Firewall:
     def __exit__(self, *exc: object) -> None:
         self.teardown()
 
-    def _require_active(self) -> None:
-        if not self._active:
+    def _require_active(self) -> layout.FixedRules:
+        if self._fixed is None:
             raise SystemSetupError("firewall: not set up")
+        return self._fixed
 
     # -- streams
 
@@ -716,36 +493,28 @@ class Firewall:
         Returns False (and changes nothing) if the same stream is already there; a different
         stream under the same name is an error.
         """
-        tag = self._tag("stream", _name(name, "stream"))
-        src, dst = _host(local, "local"), _host(remote, "remote")
-        mac = _mac(local_mac)
-        self._require_active()
-        rules = (
-            Rule(self.input_chain, tag, "NFQUEUE", src=src, dst=dst, in_if=self.internal_if,
-                 queue=_queue(queue), mac_source=mac),
-            Rule(self.input_chain, tag, self.true_chain, dst=dst),
-        )
-        silenced = (Rule(self.output_chain, tag, "DROP", src=src),
-                    Rule(self.output_chain, tag, "DROP", src=dst))
+        inputs, silenced = layout.stream_rules(self.tag_prefix, name, local, remote, queue,
+                                              local_mac, self.internal_if)
+        fixed = self._require_active()
         old = self._streams.get(name)
-        if old == rules:
+        if old == inputs:
             return False
         if old is not None:
             raise SystemSetupError(f"firewall: stream {name} exists with another rule")
-        position = len(self._head) + 2 * len(self._streams)
-        out_position = len(self._fixed[self.output_chain]) + 2 * len(self._silenced)
+        position = len(fixed.head) + 2 * len(self._streams)
+        out_position = len(fixed.chains[self.output_chain]) + 2 * len(self._silenced)
         _transaction(
-            [_op_insert(rules[0], position), _op_insert(rules[1], position + 1),
+            [_op_insert(inputs[0], position), _op_insert(inputs[1], position + 1),
              _op_insert(silenced[0], out_position), _op_insert(silenced[1], out_position + 1)],
             f"add_stream {name}",
         )
-        self._streams[name] = rules
+        self._streams[name] = inputs
         self._silenced[name] = silenced
         return True
 
     def remove_stream(self, name: str) -> bool:
         """Remove the stream's rules and every route rule of the stream, in one commit."""
-        _name(name, "stream")
+        layout.name(name, "stream")
         self._require_active()
         if name not in self._streams:
             return False
@@ -780,22 +549,11 @@ class Firewall:
         table on each commit, so one commit per route made a rotation cost grow with the square
         of the number of streams; one commit per rotation keeps it linear.
         """
-        self._require_active()
+        fixed = self._require_active()
         new: dict[tuple[str, int], tuple[Rule, Rule]] = {}
         for stream, epoch, remote_hashed, local_hashed, port in add:
-            _name(stream, "stream")
-            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-                raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
-            rule = Rule(
-                self.input_chain,
-                self._tag("route", stream, epoch),
-                "ACCEPT",
-                src=_host(remote_hashed, "remote_hashed"),
-                dst=_host(local_hashed, "local_hashed"),
-                in_if=self.external_if,
-                proto=IPPROTO_UDP,
-                dport=_port(port),
-            )
+            rule, guard = layout.route_rules(self.tag_prefix, stream, epoch, remote_hashed,
+                                            local_hashed, port, self.external_if)
             if stream not in self._streams:
                 raise SystemSetupError(f"firewall: route for unknown stream {stream}")
             old = self._routes.get((stream, epoch))
@@ -803,17 +561,16 @@ class Firewall:
                 continue
             if old is not None:
                 raise SystemSetupError(f"firewall: route {stream}:{epoch} exists with another rule")
-            new[(stream, epoch)] = (rule, Rule(self.input_chain, rule.comment, self.guard_chain,
-                                               dst=rule.dst))
+            new[(stream, epoch)] = (rule, guard)
         gone = []
         for stream, epoch in remove:
-            _name(stream, "stream")
+            layout.name(stream, "stream")
             if (stream, epoch) in self._routes and (stream, epoch) not in gone:
                 gone.append((stream, epoch))
         if not new and not gone:
             return 0
         ops = [_op_delete(r[key]) for key in gone for r in (self._routes, self._guards)]
-        position = len(self._head) + 2 * len(self._streams) + 2 * (len(self._routes) - len(gone))
+        position = len(fixed.head) + 2 * len(self._streams) + 2 * (len(self._routes) - len(gone))
         for rule, guard in new.values():
             ops += [_op_insert(rule, position), _op_insert(guard, position + 1)]
             position += 2
@@ -836,21 +593,20 @@ class Firewall:
 
     def rules(self) -> list[str]:
         """What this object installed, as ``ip6tables-legacy -S`` prints it (our lines only)."""
-        if not self._active:
+        fixed = self._fixed
+        if fixed is None:
             return []
-        assert self._icmp_jump is not None
-        lines = [f"-N {n}" for n in sorted(self._chains())]
-        lines += [j.text() for j in self._jumps]
-        by_chain = {name: [r.text() for r in rules] for name, rules in self._fixed.items()}
+        lines = [f"-N {n}" for n in sorted(self.chains)] + [j.text() for j in fixed.jumps]
+        by_chain = {chain: [r.text() for r in chain_rules] for chain, chain_rules in fixed.chains.items()}
         by_chain[self.input_chain] = (
-            [r.text() for r in self._head]
+            [r.text() for r in fixed.head]
             + [r.text() for pair in self._streams.values() for r in pair]
             + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
-            + [self._icmp_jump.text()]
+            + [fixed.icmp_jump.text()]
         )
         by_chain[self.output_chain] += [r.text() for pair in self._silenced.values() for r in pair]
-        for name in sorted(by_chain):
-            lines += by_chain[name]
+        for chain in sorted(by_chain):
+            lines += by_chain[chain]
         return lines
 
     def drop_counts(self) -> dict[str, int]:
@@ -859,12 +615,12 @@ class Firewall:
         stream's), ``hashed_address`` (to a hashed address, not the peer's tunnel packets),
         ``silenced`` (errors, echo replies, MLD the gateway would have sent outside) and
         ``true_source`` (anything leaving outside from a true address)."""
-        if not self._active:
+        if not self.active:
             return {}
         kinds = {
             (self.input_chain, "frag"): "fragment",
-            (self.true_chain, "true"): "true_address",
-            (self.guard_chain, "guard"): "hashed_address",
+            (self.chains.true, "true"): "true_address",
+            (self.chains.guard, "guard"): "hashed_address",
             (self.output_chain, "silent"): "silenced",
             (self.output_chain, "stream"): "true_source",
         }

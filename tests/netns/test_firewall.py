@@ -374,7 +374,7 @@ def _eagain_retry() -> tuple[int, list[str], list[str]]:
                 env=env,
             )
         fwmod.iptc.Chain(table, "INPUT").append_rule(
-            fwmod.Rule("INPUT", "mt6d:test", "ACCEPT", proto=17).build()
+            fwmod.to_iptc(fwmod.Rule("INPUT", "mt6d:test", "ACCEPT", proto=17))
         )
 
     records: list[str] = []
