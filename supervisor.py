@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -63,6 +61,7 @@ from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
 from mt6d_mp.logs import setup_logging
+from mt6d_mp.runtime import DEFAULT_CONFIG, RuntimeDir
 
 if TYPE_CHECKING:
     from mt6d_mp.metrics import MetricsServer
@@ -73,8 +72,6 @@ READY_TIMEOUT = 20.0
 STOP_GRACE = 3.0
 MAX_BACKOFF = 30.0
 REPO = Path(__file__).resolve().parent
-STATE_FILE = "state.json"
-LOCK_FILE = "supervisor.lock"  # flock(2) held by the running supervisor
 POLICY = Policy(startsecs=1.0, startretries=3, backoff=1.0, max_backoff=MAX_BACKOFF,
                 start_timeout=READY_TIMEOUT, stop_timeout=STOP_GRACE)
 # Config fields a reload may change (the streams); any other change needs a restart.
@@ -108,6 +105,7 @@ class Supervisor:
         self.reload_pending = False
         self.started = monotonic()
         self.runtime_dir = config.runtime_dir
+        self.rundir = RuntimeDir(config.runtime_dir)
         self.nl: Netlink | None = None
         self.fw: Firewall | None = None
         self.bus: BusServer | None = None
@@ -120,7 +118,6 @@ class Supervisor:
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
-        self.lock_fd: int | None = None  # the runtime directory's lock, once we hold it
         # When the next rotation is due: the boundary after the epoch the last rotation brought
         # the routes to (not after "now" when the loop gets there: a start or a slow step that
         # crosses a boundary must rotate at once, or the newest route is not ready in time).
@@ -128,39 +125,8 @@ class Supervisor:
 
     # --- set-up -------------------------------------------------------------------------------
 
-    def prepare_runtime_dir(self) -> None:
-        d = self.runtime_dir
-        log.info("action=create_runtime_dir path=%s mode=0700", d)
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(d, 0o700)  # sockets and state inside; only root may enter
-        # One supervisor per runtime directory: its cleanup would be our leftovers, so a second
-        # start would tear down a live gateway. An exclusive lock, held until this process ends
-        # (the kernel drops it even on SIGKILL), decides atomically between two starts at once.
-        fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            other = None
-            for _ in range(20):  # the holder writes its pid just after it takes the lock
-                other = running_supervisor(d)
-                if other is not None:
-                    break
-                time.sleep(0.05)
-            raise Mt6dError(f"a supervisor is already running with runtime directory {d}"
-                            + (f" (pid {other})" if other is not None else "")) from None
-        self.lock_fd = fd
-        (d / "ready").unlink(missing_ok=True)
-        (d / "supervisor.pid").write_text(f"{os.getpid()}\n")
-
     def save_state(self) -> None:
-        """Record what carries no owner tag (neighbour entries), atomically, for crash recovery."""
-        path = self.runtime_dir / STATE_FILE
-        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "config": str(self.config.path),
-                                   "neighbours": self.neighbours}, indent=1) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        self.rundir.save_state(self.config.path, self.neighbours)
 
     def cleanup_leftovers(self) -> None:
         """Remove what a run that died without tearing down left behind.
@@ -172,14 +138,7 @@ class Supervisor:
         assert self.nl is not None
         from mt6d_mp.io import firewall
 
-        path = self.runtime_dir / STATE_FILE
-        try:
-            old = json.loads(path.read_text())
-        except FileNotFoundError:
-            old = {}
-        except (OSError, ValueError) as e:
-            log.warning("event=state_file_unreadable path=%s error=%s", path, e)
-            old = {}
+        old = self.rundir.load_state()
         for dev, addr in old.get("neighbours", []):
             log.info("event=leftover_removed what=neighbour dev=%s address=%s pid=%s", dev, addr,
                      old.get("pid"))
@@ -210,7 +169,7 @@ class Supervisor:
 
     def setup(self) -> None:
         c = self.config
-        self.prepare_runtime_dir()
+        self.rundir.acquire()
         self.nl = Netlink()
         self.cleanup_leftovers()
         link_mtu = c.link_mtu or self.nl.mtu(c.external)
@@ -626,15 +585,15 @@ class Supervisor:
                 self.metrics.update(self.status_data())
             if not ready_written and all(w.lc.state is State.RUNNING
                                          for w in self.workers.values()):
-                (self.runtime_dir / "ready").write_text(f"{os.getpid()}\n")
+                self.rundir.mark_ready()
                 log.info("event=ready workers=%d streams=%d", len(self.workers), len(c.streams))
                 ready_written = True
 
     def teardown(self) -> None:
         """Undo everything this run added, in reverse order; each step runs even if one fails."""
-        if self.lock_fd is None:
+        if not self.rundir.held:
             return  # refused (another supervisor holds the directory) or failed before: none ours
-        (self.runtime_dir / "ready").unlink(missing_ok=True)
+        self.rundir.mark_ready(False)
         steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers)]
         nl, c = self.nl, self.config
         if nl is not None and c.routes:
@@ -660,12 +619,7 @@ class Supervisor:
             except Exception:
                 failed += 1
                 log.exception("event=teardown_step_failed step=%s", what)
-        if self.nl is not None and not failed:
-            # Everything recorded is gone; a failed step keeps the record for the next start.
-            (self.runtime_dir / STATE_FILE).unlink(missing_ok=True)
-        (self.runtime_dir / "supervisor.pid").unlink(missing_ok=True)
-        os.close(self.lock_fd)  # the next start may take the directory
-        self.lock_fd = None
+        self.rundir.release(keep_state=self.nl is None or bool(failed))
         log.info("event=stopped failed_steps=%d", failed)
 
     def remove_stream_system(self, s: cfgmod.StreamConfig) -> None:
@@ -741,18 +695,6 @@ def _same_stream(a: cfgmod.StreamConfig, b: cfgmod.StreamConfig) -> bool:
     return dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
 
 
-def running_supervisor(runtime_dir: Path) -> int | None:
-    """The pid of a live supervisor that wrote ``supervisor.pid`` in ``runtime_dir``, if any."""
-    try:
-        pid = int((runtime_dir / "supervisor.pid").read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return None
-    if pid == os.getpid() or b"supervisor" not in cmdline:
-        return None  # a recycled pid: not a supervisor
-    return pid
-
-
 def kernel_queues() -> dict[int, dict[str, int]]:
     """Per queue number, from /proc/net/netfilter/nfnetlink_queue (this network namespace):
     packets waiting, dropped by the kernel (queue full), and dropped on the way to user space."""
@@ -810,7 +752,7 @@ def _signals(handler: Callable[[int, Any], None],
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mt6d-supervisor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", default="/etc/mt6d/mt6d.toml", help="main configuration file")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="main configuration file")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a configuration key (repeatable)")
     p.add_argument("--rotation-time", type=float, help="same as --set rotation.rotation_time=S")

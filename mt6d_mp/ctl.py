@@ -52,9 +52,8 @@ from mt6d_mp.errors import (
     EXIT_PRIVILEGE,
     Mt6dError,
 )
+from mt6d_mp.runtime import DEFAULT_CONFIG, DEFAULT_RUNTIME_DIR, PID_FILE, control_socket, stale_pid
 
-DEFAULT_CONFIG = "/etc/mt6d/mt6d.toml"
-DEFAULT_RUNTIME_DIR = "/run/mt6d"
 # LSB "status" action codes (LSB 3.0.0, "Init Script Actions").
 STATUS_RUNNING = 0
 STATUS_DEAD_PIDFILE = 1
@@ -513,21 +512,14 @@ class Ctl:
         self.runtime_dir = runtime_dir
         self.timeout = timeout
 
-    def _stale_pid(self) -> int | None:
-        try:
-            pid = int((self.runtime_dir / "supervisor.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return None if Path(f"/proc/{pid}").exists() else pid
-
     def call(self, command: bytes, *args: bytes) -> dict[str, Any]:
         from mt6d_mp.core.messages import BusError
-        from mt6d_mp.io.bus import CONTROL, request
+        from mt6d_mp.io.bus import request
 
-        sock = self.runtime_dir / CONTROL
+        sock = control_socket(self.runtime_dir)
         try:
             if not sock.exists():
-                stale = self._stale_pid()
+                stale = stale_pid(self.runtime_dir)
                 raise NotRunning(
                     f"supervisor not running (no {sock})"
                     + (f"; stale pid file names dead pid {stale}" if stale else ""), stale)
@@ -536,10 +528,10 @@ class Ctl:
         except PermissionError:
             raise CommandError(f"{self.runtime_dir}: permission denied (run as root)",
                                EXIT_PRIVILEGE) from None
-        stale = self._stale_pid()
+        stale = stale_pid(self.runtime_dir)
         if stale is not None:  # killed: its socket file is left, nobody answers
             raise NotRunning(f"supervisor not running: pid {stale} in "
-                             f"{self.runtime_dir / 'supervisor.pid'} is dead", stale)
+                             f"{self.runtime_dir / PID_FILE} is dead", stale)
         try:
             reply = request(self.runtime_dir, command, *args, timeout=self.timeout)
         except BusError as e:  # not msgpack
