@@ -37,13 +37,10 @@ import ipaddress
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mt6d_mp import ctl
@@ -51,16 +48,15 @@ from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.addressing import mac_text
 from mt6d_mp.core.crypto import derive_direction_key
 from mt6d_mp.core.epochs import next_boundary
-from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
-from mt6d_mp.core.queues import segment_queue
 from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity
 from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError, SystemSetupError
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
 from mt6d_mp.logs import setup_logging
+from mt6d_mp.pool import WorkerOptions, WorkerPool
 from mt6d_mp.runtime import DEFAULT_CONFIG, RuntimeDir
 
 if TYPE_CHECKING:
@@ -68,25 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mt6d.supervisor")
 
-READY_TIMEOUT = 20.0
-STOP_GRACE = 3.0
-MAX_BACKOFF = 30.0
-REPO = Path(__file__).resolve().parent
-POLICY = Policy(startsecs=1.0, startretries=3, backoff=1.0, max_backoff=MAX_BACKOFF,
-                start_timeout=READY_TIMEOUT, stop_timeout=STOP_GRACE)
 # Config fields a reload may change (the streams); any other change needs a restart.
 RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
-
-
-@dataclass
-class WorkerProcess:
-    """One worker: how to start it, its process, and its lifecycle state machine."""
-
-    name: str
-    queue: int
-    argv: list[str]
-    lc: Lifecycle
-    proc: subprocess.Popen[bytes] | None = None
 
 
 class Supervisor:
@@ -114,7 +93,11 @@ class Supervisor:
         self.stream_states: dict[str, StreamState] = {}
         self.streams_done: list[cfgmod.StreamConfig] = []
         self.bound_routes: dict[tuple[str, int], Route] = {}
-        self.workers: dict[str, WorkerProcess] = {}
+        self.pool = WorkerPool(
+            WorkerOptions(config.runtime_dir, config.log_level,
+                          config.log_file if "file" in config.log_handlers else "",
+                          config.keep_warm_ms),
+            keep_up=lambda: self.running, monotonic=monotonic)
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
@@ -179,6 +162,7 @@ class Supervisor:
             self.fw = Firewall()
             self.fw.setup(c.icmp_queue, c.internal, c.external)
         self.bus = BusServer(self.runtime_dir)
+        self.pool.ready = self.bus.ready  # the bus records each worker's "ready"; the pool reads it
         if c.metrics_listen:
             from mt6d_mp.metrics import MetricsServer  # http.server: 1 MB, paid only when on
 
@@ -230,9 +214,7 @@ class Supervisor:
         rolls back a half-done add."""
         assert self.nl is not None and self.bus is not None
         c = self.config
-        w = self.workers.pop(s.name, None)
-        if w is not None:
-            self.stop_processes([w])
+        self.pool.remove(s.name)
         if self.fw is not None:
             self.fw.remove_stream(s.name)  # its stream and route rules, in one commit
         if s.name in self.stream_states or s.name in self.route_lists:
@@ -306,21 +288,9 @@ class Supervisor:
 
     # --- workers ------------------------------------------------------------------------------
 
-    def worker_argv(self, name: str, queue: int, module: str, *extra: str) -> list[str]:
-        c = self.config
-        return [sys.executable, "-m", module, "--runtime-dir", str(self.runtime_dir),
-                "--name", name, "--queue", str(queue), "--log-level", c.log_level,
-                "--log-file", c.log_file if "file" in c.log_handlers else "",
-                "--supervisor-pid", str(os.getpid()), *extra]
-
-    def new_worker(self, name: str, queue: int, argv: list[str]) -> WorkerProcess:
-        return WorkerProcess(name, queue, argv, Lifecycle(name, POLICY, self.monotonic))
-
     def plan_stream_worker(self, s: cfgmod.StreamConfig) -> None:
         if self.config.packets:
-            warm = ["--keep-warm-ms", str(self.config.keep_warm_ms)] if self.config.keep_warm_ms else []
-            self.workers[s.name] = self.new_worker(
-                s.name, s.queue, self.worker_argv(s.name, s.queue, "workers.stream", *warm))
+            self.pool.add_stream(s.name, s.queue)
 
     def plan_workers(self) -> None:
         c = self.config
@@ -328,10 +298,8 @@ class Supervisor:
             return
         for s in c.streams:
             self.plan_stream_worker(s)
-        self.workers["icmp"] = self.new_worker(
-            "icmp", c.icmp_queue,
-            self.worker_argv("icmp", c.icmp_queue, "workers.icmp", *self.icmp_interface_args(),
-                             "--overhead", str(tunnel_overhead_for(c))))
+        self.pool.add_icmp(c.icmp_queue, *self.icmp_interface_args(),
+                           "--overhead", str(tunnel_overhead_for(c)))
 
     def icmp_interface_args(self) -> list[str]:
         """What the ICMP worker needs of the interfaces, looked up here so that the worker does
@@ -346,95 +314,8 @@ class Supervisor:
                      f"--{side}-ll", ll.hex() if ll else ""]
         return args
 
-    def log_transition(self, t: Transition | None, pid: int | None = None) -> None:
-        if t is None:
-            return
-        level = (logging.ERROR if t.new is State.FATAL
-                 else logging.WARNING if t.new in (State.BACKOFF, State.EXITED) or t.old is t.new
-                 else logging.INFO)
-        log.log(level, "event=worker_state %s pid=%s", t, pid if pid is not None else "-")
-
-    def spawn(self, w: WorkerProcess) -> None:
-        log.info("action=start_worker worker=%s queue=%d", w.name, w.queue)
-        assert self.bus is not None
-        self.bus.ready.discard(w.name)  # readiness is per process: wait for the new one's
-        try:
-            w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
-        except OSError as e:
-            # Counted like a start that failed at once: backoff, and FATAL if it persists.
-            log.error("event=spawn_failed worker=%s error=%s", w.name, e)
-            w.lc.spawned(0)
-            self.log_transition(w.lc.exited(127))
-            return
-        self.log_transition(w.lc.spawned(w.proc.pid), w.proc.pid)
-
-    def supervise(self) -> None:
-        """One turn of every worker's lifecycle: see exits and readiness, act on deadlines."""
-        assert self.bus is not None
-        for w in list(self.workers.values()):
-            lc = w.lc
-            if w.proc is not None:
-                pid, code = w.proc.pid, w.proc.poll()
-                if code is not None:
-                    w.proc = None
-                    self.bus.ready.discard(w.name)
-                    self.log_transition(lc.exited(code), pid)
-                elif w.name in self.bus.ready and lc.state is State.STARTING:
-                    self.log_transition(lc.ready(), pid)
-                elif (t := lc.start_timed_out()) is not None:
-                    self.log_transition(t, pid)
-                    w.proc.terminate()
-                elif lc.stop_overdue() or (lc.timed_out and lc.state is State.STARTING
-                                           and self.monotonic() - lc.spawned_at
-                                           > POLICY.start_timeout + POLICY.stop_timeout):
-                    log.warning("action=kill_worker worker=%s pid=%d reason=no_exit_after_sigterm",
-                                w.name, pid)
-                    w.proc.kill()
-            if self.running and lc.due():
-                self.spawn(w)
-
     def control_workers(self, action: str, names: list[str]) -> dict[str, Any]:
-        """Daemon half of mt6dctl start|stop|restart: request the transitions, reply at once."""
-        targets = list(self.workers) if names == ["all"] else names
-        unknown = [n for n in targets if n not in self.workers]
-        if unknown:
-            raise ctl.CommandError(f"no worker {', '.join(unknown)} (workers: "
-                                   f"{', '.join(self.workers) or 'none'})")
-        log.info("event=control command=%s workers=%s", action, ",".join(targets))
-        for n in targets:
-            w = self.workers[n]
-            pid = w.proc.pid if w.proc else None
-            restart = action == "restart"
-            t = w.lc.request_start() if action == "start" else w.lc.request_stop(restart)
-            self.log_transition(t, pid)
-            if t is not None and t.new is State.STOPPING and w.proc is not None:
-                log.info("action=stop_worker worker=%s pid=%d", n, w.proc.pid)
-                w.proc.terminate()
-        self.supervise()
-        return {"workers": {n: {"state": self.workers[n].lc.state.value,
-                                "pid": _pid(self.workers[n])} for n in targets}}
-
-    def stop_processes(self, workers: list[WorkerProcess]) -> None:
-        """Stop these workers now (SIGTERM, SIGKILL after STOP_GRACE) and wait for them."""
-        procs = [(w, w.proc) for w in workers if w.proc is not None]
-        for w, p in procs:
-            log.info("action=stop_worker worker=%s pid=%d", w.name, p.pid)
-            self.log_transition(w.lc.request_stop(), p.pid)
-            p.terminate()
-        deadline = time.monotonic() + STOP_GRACE
-        for w, p in procs:
-            try:
-                code = p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("action=kill_worker worker=%s pid=%d reason=no_exit_after_sigterm",
-                            w.name, p.pid)
-                p.kill()
-                code = p.wait()
-            w.proc = None
-            self.log_transition(w.lc.exited(code), p.pid)
-
-    def stop_workers(self) -> None:
-        self.stop_processes(list(self.workers.values()))
+        return self.pool.control(action, names)
 
     # --- control commands (daemon halves; see mt6d_mp.ctl) ------------------------------------
 
@@ -491,7 +372,7 @@ class Supervisor:
         self.apply({s.name: self.route_lists[s.name].advance(self.clock())})
         self.config = dataclasses.replace(self.config, streams=(*self.config.streams, s))
         self.plan_stream_worker(s)
-        self.supervise()
+        self.pool.supervise()
 
     def rollback(self, added: list[cfgmod.StreamConfig], removed: list[cfgmod.StreamConfig]) -> None:
         for s in reversed(added):
@@ -558,7 +439,7 @@ class Supervisor:
             self.setup()
             self.rotate()
             self.plan_workers()
-            self.supervise()
+            self.pool.supervise()
             self.loop()
             return 0
         finally:
@@ -579,14 +460,14 @@ class Supervisor:
                 self.reload_pending = False
                 with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays
                     self.reload()
-            self.supervise()
+            self.pool.supervise()
             if self.metrics is not None and self.monotonic() >= next_metrics:
                 next_metrics = self.monotonic() + 1.0
                 self.metrics.update(self.status_data())
-            if not ready_written and all(w.lc.state is State.RUNNING
-                                         for w in self.workers.values()):
+            if not ready_written and self.pool.all_running():
                 self.rundir.mark_ready()
-                log.info("event=ready workers=%d streams=%d", len(self.workers), len(c.streams))
+                log.info("event=ready workers=%d streams=%d", len(self.pool.workers),
+                         len(c.streams))
                 ready_written = True
 
     def teardown(self) -> None:
@@ -594,7 +475,7 @@ class Supervisor:
         if not self.rundir.held:
             return  # refused (another supervisor holds the directory) or failed before: none ours
         self.rundir.mark_ready(False)
-        steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers)]
+        steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.pool.stop_all)]
         nl, c = self.nl, self.config
         if nl is not None and c.routes:
             # Hashed addresses go while their guards still stand (see apply).
@@ -637,26 +518,7 @@ class Supervisor:
         """Daemon half of ``mt6dctl status`` (the wire format is documented in mt6d_mp.ctl)."""
         assert self.bus is not None
         now = self.clock()
-        kernel = kernel_queues()
-        workers = []
-        for w in self.workers.values():
-            counters = dict(self.bus.stats.get(w.name, {}))
-            counters.pop("pid", None)
-            counters.pop("started", None)
-            workers.append({
-                "name": w.name, "queue": w.queue, "pid": w.proc.pid if w.proc else None,
-                "state": w.lc.state.value, "reason": w.lc.reason, "uptime": w.lc.uptime(),
-                "spawns": w.lc.spawns, "restarts": max(0, w.lc.spawns - 1),
-                "exits": w.lc.exits[-5:], "kernel_queue": kernel.get(w.queue),
-                "segment_queue": (None if w.queue == self.config.icmp_queue
-                                  else kernel.get(segment_queue(w.queue))),
-                "packets_out": counters.get("tunnelled_packets", 0),
-                "packets_in": counters.get("extracted_packets", 0),
-                "bytes_out": counters.get("tunnelled_bytes", 0),
-                "bytes_in": counters.get("extracted_bytes", 0),
-                "drops": {k[5:]: v for k, v in counters.items() if k.startswith("drop_")},
-                "counters": counters,
-            })
+        workers = self.pool.status(self.bus.stats, self.config.icmp_queue)
         streams = []
         for name, routes in self.route_lists.items():
             active = routes.active(now)
@@ -686,29 +548,9 @@ class Supervisor:
         self.reload_pending = True
 
 
-def _pid(w: WorkerProcess) -> int | None:
-    return w.proc.pid if w.proc is not None else None
-
-
 def _same_stream(a: cfgmod.StreamConfig, b: cfgmod.StreamConfig) -> bool:
     """Equal apart from where the line is (removing one line renumbers the others)."""
     return dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
-
-
-def kernel_queues() -> dict[int, dict[str, int]]:
-    """Per queue number, from /proc/net/netfilter/nfnetlink_queue (this network namespace):
-    packets waiting, dropped by the kernel (queue full), and dropped on the way to user space."""
-    out: dict[int, dict[str, int]] = {}
-    try:
-        text = Path("/proc/net/netfilter/nfnetlink_queue").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) >= 7:
-            out[int(f[0])] = {"waiting": int(f[2]), "queue_dropped": int(f[5]),
-                              "user_dropped": int(f[6])}
-    return out
 
 
 def tunnel_overhead_for(c: cfgmod.Config) -> int:
