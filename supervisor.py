@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from mt6d_mp import ctl
+from mt6d_mp.commands import CommandError, handlers, routes_reply, stream_rows
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.addressing import mac_text
 from mt6d_mp.core.crypto import derive_direction_key
@@ -171,10 +171,7 @@ class Supervisor:
             except OSError as e:
                 raise SystemSetupError(f"metrics: cannot listen on {c.metrics_listen}: {e}") from e
             self.metrics.start()
-        for command in ctl.COMMANDS.values():
-            if command.daemon:
-                self.bus.handlers[command.name.encode()] = functools.partial(command.dispatch,
-                                                                             self)
+        self.bus.handlers.update(handlers(self))  # mt6dctl's commands (mt6d_mp.commands)
         for s in c.streams:
             self.add_stream(s)
 
@@ -328,14 +325,14 @@ class Supervisor:
             log.error("event=reload_refused reason=invalid_config problems=%d", len(e.problems))
             for p in e.problems:
                 log.error("event=config_problem detail=%s", p)
-            raise ctl.CommandError("invalid configuration, the running one is kept:\n" + str(e),
+            raise CommandError("invalid configuration, the running one is kept:\n" + str(e),
                                    e.exit_code) from None
         changed = [f.name for f in dataclasses.fields(cfgmod.Config)
                    if f.name not in RELOADABLE
                    and getattr(new, f.name) != getattr(self.config, f.name)]
         if changed:
             log.error("event=reload_refused reason=needs_restart changed=%s", ",".join(changed))
-            raise ctl.CommandError("reload only adds and removes streams; these settings need a "
+            raise CommandError("reload only adds and removes streams; these settings need a "
                                    f"restart: {', '.join(changed)} (running configuration kept)")
         old = {s.name: s for s in self.config.streams}
         want = {s.name: s for s in new.streams}
@@ -358,7 +355,7 @@ class Supervisor:
         except Mt6dError as e:
             log.error("event=reload_failed error=%s action=rollback", e)
             self.rollback(done_added, done_removed)
-            raise ctl.CommandError(f"reload failed and was rolled back: {e}") from None
+            raise CommandError(f"reload failed and was rolled back: {e}") from None
         self.config = new
         self.save_state()
         log.info("event=reloaded added=%s removed=%s unchanged=%d",
@@ -390,16 +387,7 @@ class Supervisor:
         self.save_state()
 
     def routes_data(self) -> dict[str, Any]:
-        now = self.clock()
-        streams = []
-        for name, routes in self.route_lists.items():
-            active = routes.active(now)
-            accepted = {r.epoch for r in routes.accepted(now)}
-            streams.append({"name": name, "routes": [
-                {**_route_dict(r), "state": "active" if active is not None
-                 and r.epoch == active.epoch else "accepted" if r.epoch in accepted
-                 else "expired"} for r in routes.installed()]})
-        return {"time": now, "rotation_time": self.config.rotation_time, "streams": streams}
+        return routes_reply(self.route_lists, self.clock(), self.config.rotation_time)
 
     def rehash(self) -> dict[str, Any]:
         """Run the rotation step now, repair missing route addresses, republish everything."""
@@ -515,20 +503,13 @@ class Supervisor:
         self.nl.remove_address(c.internal, s.remote.address.packed)
 
     def status_data(self) -> dict[str, Any]:
-        """Daemon half of ``mt6dctl status`` (the wire format is documented in mt6d_mp.ctl)."""
+        """Daemon half of ``mt6dctl status`` (wire format: mt6d_mp.commands.Status); also the
+        metrics' source."""
         assert self.bus is not None
         now = self.clock()
         workers = self.pool.status(self.bus.stats, self.config.icmp_queue)
-        streams = []
-        for name, routes in self.route_lists.items():
-            active = routes.active(now)
-            nxt = next_boundary(now, self.config.rotation_time)
-            streams.append({
-                "name": name, "queue": self.stream_states[name].queue,
-                "active": _route_dict(active) if active else None,
-                "installed": [_route_dict(r) for r in routes.installed()],
-                "next_rotation": nxt, "next_rotation_in": nxt - now,
-            })
+        streams = stream_rows(self.route_lists, {n: st.queue for n, st in self.stream_states.items()},
+                              now, self.config.rotation_time)
         firewall_drops: dict[str, int] = {}
         if self.fw is not None:
             try:
@@ -566,12 +547,6 @@ def constant_key(secret: bytes) -> Callable[[int], tuple[bytes, int]]:
         return secret, 0
 
     return schedule
-
-
-def _route_dict(r: Route) -> dict[str, Any]:
-    return {"epoch": r.epoch, "local": str(ipaddress.IPv6Address(r.local.address)),
-            "local_port": r.local.port, "remote": str(ipaddress.IPv6Address(r.remote.address)),
-            "remote_port": r.remote.port, "key_phase": r.key_phase}
 
 
 def route_update(r: Route, state: str) -> RouteUpdate:
