@@ -16,11 +16,17 @@ One supervisor per gateway (thesis 3.2.1-3.2.2, with threads replaced by process
 6. On SIGTERM or SIGINT: stop the workers and remove every rule, chain, address, route and
    neighbour entry it added, and nothing else. SIGHUP re-reads the configuration (``reload``).
 
-Each worker's lifecycle is the state machine of :mod:`mt6d_mp.core.lifecycle`; the control
-commands of ``mt6dctl`` (:mod:`mt6d_mp.ctl`) arrive on the bus's control socket. Neighbour
-entries carry no owner tag, so each is recorded in ``state.json`` in the runtime directory
-*before* it is added; the next start removes what a killed run recorded there, and everything
-tagged as MT6D's (firewall comment marker, netlink protocol 109), before it sets up.
+This file is the process and its wiring; the pieces with a life of their own are modules:
+:mod:`mt6d_mp.runtime` (the runtime directory's lock, pid file, ``state.json`` and ``ready``),
+:mod:`mt6d_mp.pool` (the worker processes, each driven by the state machine of
+:mod:`mt6d_mp.core.lifecycle`) and :mod:`mt6d_mp.commands` (what each ``mt6dctl`` command does
+here, registered on the bus's control socket; the client is :mod:`mt6d_mp.ctl`, never imported
+here). What stays: set-up and crash recovery, the streams (add, remove, ``reload``), the routes
+(rotation, ``rehash``), the loop, and teardown: about 600 lines, kept in one class because
+they share the system state they change (netlink, firewall, route lists). Neighbour entries
+carry no owner tag, so each is recorded in ``state.json`` *before* it is added; the next start
+removes what a killed run recorded there, and everything tagged as MT6D's (firewall comment
+marker, netlink protocol 109), before it sets up.
 
 Usage: ``mt6d-supervisor --config /etc/mt6d/mt6d.toml [--set section.key=value ...]
 [--check-config]``. Exit codes follow LSB: 0 fine, 1 failed (also: already running with this
@@ -283,7 +289,7 @@ class Supervisor:
         log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
                   t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
 
-    # --- workers ------------------------------------------------------------------------------
+    # --- workers (planned here, run by mt6d_mp.pool) ------------------------------------------
 
     def plan_stream_worker(self, s: cfgmod.StreamConfig) -> None:
         if self.config.packets:
@@ -314,26 +320,12 @@ class Supervisor:
     def control_workers(self, action: str, names: list[str]) -> dict[str, Any]:
         return self.pool.control(action, names)
 
-    # --- control commands (daemon halves; see mt6d_mp.ctl) ------------------------------------
+    # --- what the control commands ask of the supervisor (mt6d_mp.commands.Controlled) --------
 
     def reload(self) -> dict[str, Any]:
         """Re-read the configuration; apply stream changes, or refuse and keep the old one."""
         log.info("event=reload_requested config=%s", self.config.path)
-        try:
-            new = cfgmod.load(self.config.path, self.overrides)
-        except ConfigError as e:
-            log.error("event=reload_refused reason=invalid_config problems=%d", len(e.problems))
-            for p in e.problems:
-                log.error("event=config_problem detail=%s", p)
-            raise CommandError("invalid configuration, the running one is kept:\n" + str(e),
-                                   e.exit_code) from None
-        changed = [f.name for f in dataclasses.fields(cfgmod.Config)
-                   if f.name not in RELOADABLE
-                   and getattr(new, f.name) != getattr(self.config, f.name)]
-        if changed:
-            log.error("event=reload_refused reason=needs_restart changed=%s", ",".join(changed))
-            raise CommandError("reload only adds and removes streams; these settings need a "
-                                   f"restart: {', '.join(changed)} (running configuration kept)")
+        new = self.reloadable_config()
         old = {s.name: s for s in self.config.streams}
         want = {s.name: s for s in new.streams}
         same = [n for n in old if n in want and _same_stream(old[n], want[n])]
@@ -363,6 +355,25 @@ class Supervisor:
                  len(same))
         return {"added": [s.name for s in added], "removed": [s.name for s in removed],
                 "unchanged": same}
+
+    def reloadable_config(self) -> cfgmod.Config:
+        """The configuration file as it is now, if a reload can apply it (else CommandError)."""
+        try:
+            new = cfgmod.load(self.config.path, self.overrides)
+        except ConfigError as e:
+            log.error("event=reload_refused reason=invalid_config problems=%d", len(e.problems))
+            for p in e.problems:
+                log.error("event=config_problem detail=%s", p)
+            raise CommandError("invalid configuration, the running one is kept:\n" + str(e),
+                               e.exit_code) from None
+        changed = [f.name for f in dataclasses.fields(cfgmod.Config)
+                   if f.name not in RELOADABLE
+                   and getattr(new, f.name) != getattr(self.config, f.name)]
+        if changed:
+            log.error("event=reload_refused reason=needs_restart changed=%s", ",".join(changed))
+            raise CommandError("reload only adds and removes streams; these settings need a "
+                               f"restart: {', '.join(changed)} (running configuration kept)")
+        return new
 
     def bring_up_stream(self, s: cfgmod.StreamConfig) -> None:
         self.add_stream(s)
