@@ -16,11 +16,17 @@ One supervisor per gateway (thesis 3.2.1-3.2.2, with threads replaced by process
 6. On SIGTERM or SIGINT: stop the workers and remove every rule, chain, address, route and
    neighbour entry it added, and nothing else. SIGHUP re-reads the configuration (``reload``).
 
-Each worker's lifecycle is the state machine of :mod:`mt6d_mp.core.lifecycle`; the control
-commands of ``mt6dctl`` (:mod:`mt6d_mp.ctl`) arrive on the bus's control socket. Neighbour
-entries carry no owner tag, so each is recorded in ``state.json`` in the runtime directory
-*before* it is added; the next start removes what a killed run recorded there, and everything
-tagged as MT6D's (firewall comment marker, netlink protocol 109), before it sets up.
+This file is the process and its wiring; the pieces with a life of their own are modules:
+:mod:`mt6d_mp.runtime` (the runtime directory's lock, pid file, ``state.json`` and ``ready``),
+:mod:`mt6d_mp.pool` (the worker processes, each driven by the state machine of
+:mod:`mt6d_mp.core.lifecycle`) and :mod:`mt6d_mp.commands` (what each ``mt6dctl`` command does
+here, registered on the bus's control socket; the client is :mod:`mt6d_mp.ctl`, never imported
+here). What stays: set-up and crash recovery, the streams (add, remove, ``reload``), the routes
+(rotation, ``rehash``), the loop, and teardown: about 600 lines, kept in one class because
+they share the system state they change (netlink, firewall, route lists). Neighbour entries
+carry no owner tag, so each is recorded in ``state.json`` *before* it is added; the next start
+removes what a killed run recorded there, and everything tagged as MT6D's (firewall comment
+marker, netlink protocol 109), before it sets up.
 
 Usage: ``mt6d-supervisor --config /etc/mt6d/mt6d.toml [--set section.key=value ...]
 [--check-config]``. Exit codes follow LSB: 0 fine, 1 failed (also: already running with this
@@ -32,64 +38,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import ipaddress
-import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mt6d_mp import ctl
+from mt6d_mp.commands import CommandError, handlers, routes_reply, stream_rows
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.addressing import mac_text
 from mt6d_mp.core.crypto import derive_direction_key
 from mt6d_mp.core.epochs import next_boundary
-from mt6d_mp.core.lifecycle import Lifecycle, Policy, State, Transition
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
-from mt6d_mp.core.queues import segment_queue
 from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity
 from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError, SystemSetupError
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
 from mt6d_mp.io.netlink import Netlink
 from mt6d_mp.logs import setup_logging
+from mt6d_mp.pool import WorkerOptions, WorkerPool
+from mt6d_mp.runtime import DEFAULT_CONFIG, RuntimeDir
 
 if TYPE_CHECKING:
     from mt6d_mp.metrics import MetricsServer
 
 log = logging.getLogger("mt6d.supervisor")
 
-READY_TIMEOUT = 20.0
-STOP_GRACE = 3.0
-MAX_BACKOFF = 30.0
-REPO = Path(__file__).resolve().parent
-STATE_FILE = "state.json"
-LOCK_FILE = "supervisor.lock"  # flock(2) held by the running supervisor
-POLICY = Policy(startsecs=1.0, startretries=3, backoff=1.0, max_backoff=MAX_BACKOFF,
-                start_timeout=READY_TIMEOUT, stop_timeout=STOP_GRACE)
 # Config fields a reload may change (the streams); any other change needs a restart.
 RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
-
-
-@dataclass
-class WorkerProcess:
-    """One worker: how to start it, its process, and its lifecycle state machine."""
-
-    name: str
-    queue: int
-    argv: list[str]
-    lc: Lifecycle
-    proc: subprocess.Popen[bytes] | None = None
 
 
 class Supervisor:
@@ -108,6 +90,7 @@ class Supervisor:
         self.reload_pending = False
         self.started = monotonic()
         self.runtime_dir = config.runtime_dir
+        self.rundir = RuntimeDir(config.runtime_dir)
         self.nl: Netlink | None = None
         self.fw: Firewall | None = None
         self.bus: BusServer | None = None
@@ -116,11 +99,14 @@ class Supervisor:
         self.stream_states: dict[str, StreamState] = {}
         self.streams_done: list[cfgmod.StreamConfig] = []
         self.bound_routes: dict[tuple[str, int], Route] = {}
-        self.workers: dict[str, WorkerProcess] = {}
+        self.pool = WorkerPool(
+            WorkerOptions(config.runtime_dir, config.log_level,
+                          config.log_file if "file" in config.log_handlers else "",
+                          config.keep_warm_ms),
+            keep_up=lambda: self.running, monotonic=monotonic)
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
-        self.lock_fd: int | None = None  # the runtime directory's lock, once we hold it
         # When the next rotation is due: the boundary after the epoch the last rotation brought
         # the routes to (not after "now" when the loop gets there: a start or a slow step that
         # crosses a boundary must rotate at once, or the newest route is not ready in time).
@@ -128,39 +114,8 @@ class Supervisor:
 
     # --- set-up -------------------------------------------------------------------------------
 
-    def prepare_runtime_dir(self) -> None:
-        d = self.runtime_dir
-        log.info("action=create_runtime_dir path=%s mode=0700", d)
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(d, 0o700)  # sockets and state inside; only root may enter
-        # One supervisor per runtime directory: its cleanup would be our leftovers, so a second
-        # start would tear down a live gateway. An exclusive lock, held until this process ends
-        # (the kernel drops it even on SIGKILL), decides atomically between two starts at once.
-        fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            other = None
-            for _ in range(20):  # the holder writes its pid just after it takes the lock
-                other = running_supervisor(d)
-                if other is not None:
-                    break
-                time.sleep(0.05)
-            raise Mt6dError(f"a supervisor is already running with runtime directory {d}"
-                            + (f" (pid {other})" if other is not None else "")) from None
-        self.lock_fd = fd
-        (d / "ready").unlink(missing_ok=True)
-        (d / "supervisor.pid").write_text(f"{os.getpid()}\n")
-
     def save_state(self) -> None:
-        """Record what carries no owner tag (neighbour entries), atomically, for crash recovery."""
-        path = self.runtime_dir / STATE_FILE
-        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "config": str(self.config.path),
-                                   "neighbours": self.neighbours}, indent=1) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        self.rundir.save_state(self.config.path, self.neighbours)
 
     def cleanup_leftovers(self) -> None:
         """Remove what a run that died without tearing down left behind.
@@ -172,14 +127,7 @@ class Supervisor:
         assert self.nl is not None
         from mt6d_mp.io import firewall
 
-        path = self.runtime_dir / STATE_FILE
-        try:
-            old = json.loads(path.read_text())
-        except FileNotFoundError:
-            old = {}
-        except (OSError, ValueError) as e:
-            log.warning("event=state_file_unreadable path=%s error=%s", path, e)
-            old = {}
+        old = self.rundir.load_state()
         for dev, addr in old.get("neighbours", []):
             log.info("event=leftover_removed what=neighbour dev=%s address=%s pid=%s", dev, addr,
                      old.get("pid"))
@@ -210,7 +158,7 @@ class Supervisor:
 
     def setup(self) -> None:
         c = self.config
-        self.prepare_runtime_dir()
+        self.rundir.acquire()
         self.nl = Netlink()
         self.cleanup_leftovers()
         link_mtu = c.link_mtu or self.nl.mtu(c.external)
@@ -220,6 +168,7 @@ class Supervisor:
             self.fw = Firewall()
             self.fw.setup(c.icmp_queue, c.internal, c.external)
         self.bus = BusServer(self.runtime_dir)
+        self.pool.ready = self.bus.ready  # the bus records each worker's "ready"; the pool reads it
         if c.metrics_listen:
             from mt6d_mp.metrics import MetricsServer  # http.server: 1 MB, paid only when on
 
@@ -228,10 +177,7 @@ class Supervisor:
             except OSError as e:
                 raise SystemSetupError(f"metrics: cannot listen on {c.metrics_listen}: {e}") from e
             self.metrics.start()
-        for command in ctl.COMMANDS.values():
-            if command.daemon:
-                self.bus.handlers[command.name.encode()] = functools.partial(command.dispatch,
-                                                                             self)
+        self.bus.handlers.update(handlers(self))  # mt6dctl's commands (mt6d_mp.commands)
         for s in c.streams:
             self.add_stream(s)
 
@@ -271,9 +217,7 @@ class Supervisor:
         rolls back a half-done add."""
         assert self.nl is not None and self.bus is not None
         c = self.config
-        w = self.workers.pop(s.name, None)
-        if w is not None:
-            self.stop_processes([w])
+        self.pool.remove(s.name)
         if self.fw is not None:
             self.fw.remove_stream(s.name)  # its stream and route rules, in one commit
         if s.name in self.stream_states or s.name in self.route_lists:
@@ -345,23 +289,11 @@ class Supervisor:
         log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
                   t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
 
-    # --- workers ------------------------------------------------------------------------------
-
-    def worker_argv(self, name: str, queue: int, module: str, *extra: str) -> list[str]:
-        c = self.config
-        return [sys.executable, "-m", module, "--runtime-dir", str(self.runtime_dir),
-                "--name", name, "--queue", str(queue), "--log-level", c.log_level,
-                "--log-file", c.log_file if "file" in c.log_handlers else "",
-                "--supervisor-pid", str(os.getpid()), *extra]
-
-    def new_worker(self, name: str, queue: int, argv: list[str]) -> WorkerProcess:
-        return WorkerProcess(name, queue, argv, Lifecycle(name, POLICY, self.monotonic))
+    # --- workers (planned here, run by mt6d_mp.pool) ------------------------------------------
 
     def plan_stream_worker(self, s: cfgmod.StreamConfig) -> None:
         if self.config.packets:
-            warm = ["--keep-warm-ms", str(self.config.keep_warm_ms)] if self.config.keep_warm_ms else []
-            self.workers[s.name] = self.new_worker(
-                s.name, s.queue, self.worker_argv(s.name, s.queue, "workers.stream", *warm))
+            self.pool.add_stream(s.name, s.queue)
 
     def plan_workers(self) -> None:
         c = self.config
@@ -369,10 +301,8 @@ class Supervisor:
             return
         for s in c.streams:
             self.plan_stream_worker(s)
-        self.workers["icmp"] = self.new_worker(
-            "icmp", c.icmp_queue,
-            self.worker_argv("icmp", c.icmp_queue, "workers.icmp", *self.icmp_interface_args(),
-                             "--overhead", str(tunnel_overhead_for(c))))
+        self.pool.add_icmp(c.icmp_queue, *self.icmp_interface_args(),
+                           "--overhead", str(tunnel_overhead_for(c)))
 
     def icmp_interface_args(self) -> list[str]:
         """What the ICMP worker needs of the interfaces, looked up here so that the worker does
@@ -387,116 +317,15 @@ class Supervisor:
                      f"--{side}-ll", ll.hex() if ll else ""]
         return args
 
-    def log_transition(self, t: Transition | None, pid: int | None = None) -> None:
-        if t is None:
-            return
-        level = (logging.ERROR if t.new is State.FATAL
-                 else logging.WARNING if t.new in (State.BACKOFF, State.EXITED) or t.old is t.new
-                 else logging.INFO)
-        log.log(level, "event=worker_state %s pid=%s", t, pid if pid is not None else "-")
-
-    def spawn(self, w: WorkerProcess) -> None:
-        log.info("action=start_worker worker=%s queue=%d", w.name, w.queue)
-        assert self.bus is not None
-        self.bus.ready.discard(w.name)  # readiness is per process: wait for the new one's
-        try:
-            w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
-        except OSError as e:
-            # Counted like a start that failed at once: backoff, and FATAL if it persists.
-            log.error("event=spawn_failed worker=%s error=%s", w.name, e)
-            w.lc.spawned(0)
-            self.log_transition(w.lc.exited(127))
-            return
-        self.log_transition(w.lc.spawned(w.proc.pid), w.proc.pid)
-
-    def supervise(self) -> None:
-        """One turn of every worker's lifecycle: see exits and readiness, act on deadlines."""
-        assert self.bus is not None
-        for w in list(self.workers.values()):
-            lc = w.lc
-            if w.proc is not None:
-                pid, code = w.proc.pid, w.proc.poll()
-                if code is not None:
-                    w.proc = None
-                    self.bus.ready.discard(w.name)
-                    self.log_transition(lc.exited(code), pid)
-                elif w.name in self.bus.ready and lc.state is State.STARTING:
-                    self.log_transition(lc.ready(), pid)
-                elif (t := lc.start_timed_out()) is not None:
-                    self.log_transition(t, pid)
-                    w.proc.terminate()
-                elif lc.stop_overdue() or (lc.timed_out and lc.state is State.STARTING
-                                           and self.monotonic() - lc.spawned_at
-                                           > POLICY.start_timeout + POLICY.stop_timeout):
-                    log.warning("action=kill_worker worker=%s pid=%d reason=no_exit_after_sigterm",
-                                w.name, pid)
-                    w.proc.kill()
-            if self.running and lc.due():
-                self.spawn(w)
-
     def control_workers(self, action: str, names: list[str]) -> dict[str, Any]:
-        """Daemon half of mt6dctl start|stop|restart: request the transitions, reply at once."""
-        targets = list(self.workers) if names == ["all"] else names
-        unknown = [n for n in targets if n not in self.workers]
-        if unknown:
-            raise ctl.CommandError(f"no worker {', '.join(unknown)} (workers: "
-                                   f"{', '.join(self.workers) or 'none'})")
-        log.info("event=control command=%s workers=%s", action, ",".join(targets))
-        for n in targets:
-            w = self.workers[n]
-            pid = w.proc.pid if w.proc else None
-            restart = action == "restart"
-            t = w.lc.request_start() if action == "start" else w.lc.request_stop(restart)
-            self.log_transition(t, pid)
-            if t is not None and t.new is State.STOPPING and w.proc is not None:
-                log.info("action=stop_worker worker=%s pid=%d", n, w.proc.pid)
-                w.proc.terminate()
-        self.supervise()
-        return {"workers": {n: {"state": self.workers[n].lc.state.value,
-                                "pid": _pid(self.workers[n])} for n in targets}}
+        return self.pool.control(action, names)
 
-    def stop_processes(self, workers: list[WorkerProcess]) -> None:
-        """Stop these workers now (SIGTERM, SIGKILL after STOP_GRACE) and wait for them."""
-        procs = [(w, w.proc) for w in workers if w.proc is not None]
-        for w, p in procs:
-            log.info("action=stop_worker worker=%s pid=%d", w.name, p.pid)
-            self.log_transition(w.lc.request_stop(), p.pid)
-            p.terminate()
-        deadline = time.monotonic() + STOP_GRACE
-        for w, p in procs:
-            try:
-                code = p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("action=kill_worker worker=%s pid=%d reason=no_exit_after_sigterm",
-                            w.name, p.pid)
-                p.kill()
-                code = p.wait()
-            w.proc = None
-            self.log_transition(w.lc.exited(code), p.pid)
-
-    def stop_workers(self) -> None:
-        self.stop_processes(list(self.workers.values()))
-
-    # --- control commands (daemon halves; see mt6d_mp.ctl) ------------------------------------
+    # --- what the control commands ask of the supervisor (mt6d_mp.commands.Controlled) --------
 
     def reload(self) -> dict[str, Any]:
         """Re-read the configuration; apply stream changes, or refuse and keep the old one."""
         log.info("event=reload_requested config=%s", self.config.path)
-        try:
-            new = cfgmod.load(self.config.path, self.overrides)
-        except ConfigError as e:
-            log.error("event=reload_refused reason=invalid_config problems=%d", len(e.problems))
-            for p in e.problems:
-                log.error("event=config_problem detail=%s", p)
-            raise ctl.CommandError("invalid configuration, the running one is kept:\n" + str(e),
-                                   e.exit_code) from None
-        changed = [f.name for f in dataclasses.fields(cfgmod.Config)
-                   if f.name not in RELOADABLE
-                   and getattr(new, f.name) != getattr(self.config, f.name)]
-        if changed:
-            log.error("event=reload_refused reason=needs_restart changed=%s", ",".join(changed))
-            raise ctl.CommandError("reload only adds and removes streams; these settings need a "
-                                   f"restart: {', '.join(changed)} (running configuration kept)")
+        new = self.reloadable_config()
         old = {s.name: s for s in self.config.streams}
         want = {s.name: s for s in new.streams}
         same = [n for n in old if n in want and _same_stream(old[n], want[n])]
@@ -518,7 +347,7 @@ class Supervisor:
         except Mt6dError as e:
             log.error("event=reload_failed error=%s action=rollback", e)
             self.rollback(done_added, done_removed)
-            raise ctl.CommandError(f"reload failed and was rolled back: {e}") from None
+            raise CommandError(f"reload failed and was rolled back: {e}") from None
         self.config = new
         self.save_state()
         log.info("event=reloaded added=%s removed=%s unchanged=%d",
@@ -527,12 +356,31 @@ class Supervisor:
         return {"added": [s.name for s in added], "removed": [s.name for s in removed],
                 "unchanged": same}
 
+    def reloadable_config(self) -> cfgmod.Config:
+        """The configuration file as it is now, if a reload can apply it (else CommandError)."""
+        try:
+            new = cfgmod.load(self.config.path, self.overrides)
+        except ConfigError as e:
+            log.error("event=reload_refused reason=invalid_config problems=%d", len(e.problems))
+            for p in e.problems:
+                log.error("event=config_problem detail=%s", p)
+            raise CommandError("invalid configuration, the running one is kept:\n" + str(e),
+                               e.exit_code) from None
+        changed = [f.name for f in dataclasses.fields(cfgmod.Config)
+                   if f.name not in RELOADABLE
+                   and getattr(new, f.name) != getattr(self.config, f.name)]
+        if changed:
+            log.error("event=reload_refused reason=needs_restart changed=%s", ",".join(changed))
+            raise CommandError("reload only adds and removes streams; these settings need a "
+                               f"restart: {', '.join(changed)} (running configuration kept)")
+        return new
+
     def bring_up_stream(self, s: cfgmod.StreamConfig) -> None:
         self.add_stream(s)
         self.apply({s.name: self.route_lists[s.name].advance(self.clock())})
         self.config = dataclasses.replace(self.config, streams=(*self.config.streams, s))
         self.plan_stream_worker(s)
-        self.supervise()
+        self.pool.supervise()
 
     def rollback(self, added: list[cfgmod.StreamConfig], removed: list[cfgmod.StreamConfig]) -> None:
         for s in reversed(added):
@@ -550,16 +398,7 @@ class Supervisor:
         self.save_state()
 
     def routes_data(self) -> dict[str, Any]:
-        now = self.clock()
-        streams = []
-        for name, routes in self.route_lists.items():
-            active = routes.active(now)
-            accepted = {r.epoch for r in routes.accepted(now)}
-            streams.append({"name": name, "routes": [
-                {**_route_dict(r), "state": "active" if active is not None
-                 and r.epoch == active.epoch else "accepted" if r.epoch in accepted
-                 else "expired"} for r in routes.installed()]})
-        return {"time": now, "rotation_time": self.config.rotation_time, "streams": streams}
+        return routes_reply(self.route_lists, self.clock(), self.config.rotation_time)
 
     def rehash(self) -> dict[str, Any]:
         """Run the rotation step now, repair missing route addresses, republish everything."""
@@ -599,7 +438,7 @@ class Supervisor:
             self.setup()
             self.rotate()
             self.plan_workers()
-            self.supervise()
+            self.pool.supervise()
             self.loop()
             return 0
         finally:
@@ -620,22 +459,22 @@ class Supervisor:
                 self.reload_pending = False
                 with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays
                     self.reload()
-            self.supervise()
+            self.pool.supervise()
             if self.metrics is not None and self.monotonic() >= next_metrics:
                 next_metrics = self.monotonic() + 1.0
                 self.metrics.update(self.status_data())
-            if not ready_written and all(w.lc.state is State.RUNNING
-                                         for w in self.workers.values()):
-                (self.runtime_dir / "ready").write_text(f"{os.getpid()}\n")
-                log.info("event=ready workers=%d streams=%d", len(self.workers), len(c.streams))
+            if not ready_written and self.pool.all_running():
+                self.rundir.mark_ready()
+                log.info("event=ready workers=%d streams=%d", len(self.pool.workers),
+                         len(c.streams))
                 ready_written = True
 
     def teardown(self) -> None:
         """Undo everything this run added, in reverse order; each step runs even if one fails."""
-        if self.lock_fd is None:
+        if not self.rundir.held:
             return  # refused (another supervisor holds the directory) or failed before: none ours
-        (self.runtime_dir / "ready").unlink(missing_ok=True)
-        steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.stop_workers)]
+        self.rundir.mark_ready(False)
+        steps: list[tuple[str, Callable[[], Any]]] = [("stop workers", self.pool.stop_all)]
         nl, c = self.nl, self.config
         if nl is not None and c.routes:
             # Hashed addresses go while their guards still stand (see apply).
@@ -660,12 +499,7 @@ class Supervisor:
             except Exception:
                 failed += 1
                 log.exception("event=teardown_step_failed step=%s", what)
-        if self.nl is not None and not failed:
-            # Everything recorded is gone; a failed step keeps the record for the next start.
-            (self.runtime_dir / STATE_FILE).unlink(missing_ok=True)
-        (self.runtime_dir / "supervisor.pid").unlink(missing_ok=True)
-        os.close(self.lock_fd)  # the next start may take the directory
-        self.lock_fd = None
+        self.rundir.release(keep_state=self.nl is None or bool(failed))
         log.info("event=stopped failed_steps=%d", failed)
 
     def remove_stream_system(self, s: cfgmod.StreamConfig) -> None:
@@ -680,39 +514,13 @@ class Supervisor:
         self.nl.remove_address(c.internal, s.remote.address.packed)
 
     def status_data(self) -> dict[str, Any]:
-        """Daemon half of ``mt6dctl status`` (the wire format is documented in mt6d_mp.ctl)."""
+        """Daemon half of ``mt6dctl status`` (wire format: mt6d_mp.commands.Status); also the
+        metrics' source."""
         assert self.bus is not None
         now = self.clock()
-        kernel = kernel_queues()
-        workers = []
-        for w in self.workers.values():
-            counters = dict(self.bus.stats.get(w.name, {}))
-            counters.pop("pid", None)
-            counters.pop("started", None)
-            workers.append({
-                "name": w.name, "queue": w.queue, "pid": w.proc.pid if w.proc else None,
-                "state": w.lc.state.value, "reason": w.lc.reason, "uptime": w.lc.uptime(),
-                "spawns": w.lc.spawns, "restarts": max(0, w.lc.spawns - 1),
-                "exits": w.lc.exits[-5:], "kernel_queue": kernel.get(w.queue),
-                "segment_queue": (None if w.queue == self.config.icmp_queue
-                                  else kernel.get(segment_queue(w.queue))),
-                "packets_out": counters.get("tunnelled_packets", 0),
-                "packets_in": counters.get("extracted_packets", 0),
-                "bytes_out": counters.get("tunnelled_bytes", 0),
-                "bytes_in": counters.get("extracted_bytes", 0),
-                "drops": {k[5:]: v for k, v in counters.items() if k.startswith("drop_")},
-                "counters": counters,
-            })
-        streams = []
-        for name, routes in self.route_lists.items():
-            active = routes.active(now)
-            nxt = next_boundary(now, self.config.rotation_time)
-            streams.append({
-                "name": name, "queue": self.stream_states[name].queue,
-                "active": _route_dict(active) if active else None,
-                "installed": [_route_dict(r) for r in routes.installed()],
-                "next_rotation": nxt, "next_rotation_in": nxt - now,
-            })
+        workers = self.pool.status(self.bus.stats, self.config.icmp_queue)
+        streams = stream_rows(self.route_lists, {n: st.queue for n, st in self.stream_states.items()},
+                              now, self.config.rotation_time)
         firewall_drops: dict[str, int] = {}
         if self.fw is not None:
             try:
@@ -732,41 +540,9 @@ class Supervisor:
         self.reload_pending = True
 
 
-def _pid(w: WorkerProcess) -> int | None:
-    return w.proc.pid if w.proc is not None else None
-
-
 def _same_stream(a: cfgmod.StreamConfig, b: cfgmod.StreamConfig) -> bool:
     """Equal apart from where the line is (removing one line renumbers the others)."""
     return dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
-
-
-def running_supervisor(runtime_dir: Path) -> int | None:
-    """The pid of a live supervisor that wrote ``supervisor.pid`` in ``runtime_dir``, if any."""
-    try:
-        pid = int((runtime_dir / "supervisor.pid").read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return None
-    if pid == os.getpid() or b"supervisor" not in cmdline:
-        return None  # a recycled pid: not a supervisor
-    return pid
-
-
-def kernel_queues() -> dict[int, dict[str, int]]:
-    """Per queue number, from /proc/net/netfilter/nfnetlink_queue (this network namespace):
-    packets waiting, dropped by the kernel (queue full), and dropped on the way to user space."""
-    out: dict[int, dict[str, int]] = {}
-    try:
-        text = Path("/proc/net/netfilter/nfnetlink_queue").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) >= 7:
-            out[int(f[0])] = {"waiting": int(f[2]), "queue_dropped": int(f[5]),
-                              "user_dropped": int(f[6])}
-    return out
 
 
 def tunnel_overhead_for(c: cfgmod.Config) -> int:
@@ -782,12 +558,6 @@ def constant_key(secret: bytes) -> Callable[[int], tuple[bytes, int]]:
         return secret, 0
 
     return schedule
-
-
-def _route_dict(r: Route) -> dict[str, Any]:
-    return {"epoch": r.epoch, "local": str(ipaddress.IPv6Address(r.local.address)),
-            "local_port": r.local.port, "remote": str(ipaddress.IPv6Address(r.remote.address)),
-            "remote_port": r.remote.port, "key_phase": r.key_phase}
 
 
 def route_update(r: Route, state: str) -> RouteUpdate:
@@ -810,7 +580,7 @@ def _signals(handler: Callable[[int, Any], None],
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mt6d-supervisor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--config", default="/etc/mt6d/mt6d.toml", help="main configuration file")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="main configuration file")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a configuration key (repeatable)")
     p.add_argument("--rotation-time", type=float, help="same as --set rotation.rotation_time=S")

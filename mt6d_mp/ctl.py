@@ -4,11 +4,15 @@ The supervisor answers on ``control.sock`` (ZeroMQ ROUTER) in its root-only runt
 ``mt6dctl -c CONFIG`` reads ``[runtime] dir`` from that configuration file to find it, so it
 reaches exactly the supervisor running with that configuration (the lab's gateways included).
 
-Each command is one class below: its docstring is both its ``--help`` and its wire format,
-``message()`` is the client half, ``execute()`` the daemon half (run inside the supervisor,
-against the :class:`Controlled` interface) and ``render()`` turns the reply into text and an exit
-code. Requests are ZeroMQ multipart messages ``[command, arg...]`` (UTF-8); every reply is one
-msgpack map, ``{"error": text, "code": n}`` on failure.
+This module is the client only. Flow: :func:`main` builds the command line from the registry in
+:mod:`mt6d_mp.commands` (each command's docstring there is both its ``--help`` and its wire
+format, next to its daemon half), parses it, and hands it to the command's client half, the class
+of the same name below: ``message()`` makes the request frames, :class:`Ctl` sends them and takes
+the reply (or tells "not running" from "killed" by the pid file), ``finish()`` waits where the
+command waits and decides the exit code, ``text()`` prints the result (``--json``: the result as
+JSON). ``doctor`` runs here, without a supervisor. Requests are ZeroMQ multipart messages
+``[command, arg...]`` (UTF-8); every reply is one msgpack map, ``{"error": text, "code": n}`` on
+failure.
 
 Exit codes (LSB where LSB has one; the README's "Operations" section is the reference):
 
@@ -41,8 +45,9 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
+from mt6d_mp.commands import COMMANDS, Command, CommandError
 from mt6d_mp.errors import (
     EXIT_BAD_ARGS,
     EXIT_GENERIC,
@@ -52,9 +57,8 @@ from mt6d_mp.errors import (
     EXIT_PRIVILEGE,
     Mt6dError,
 )
+from mt6d_mp.runtime import DEFAULT_CONFIG, DEFAULT_RUNTIME_DIR, PID_FILE, control_socket, stale_pid
 
-DEFAULT_CONFIG = "/etc/mt6d/mt6d.toml"
-DEFAULT_RUNTIME_DIR = "/run/mt6d"
 # LSB "status" action codes (LSB 3.0.0, "Init Script Actions").
 STATUS_RUNNING = 0
 STATUS_DEAD_PIDFILE = 1
@@ -64,93 +68,37 @@ STATUS_DEGRADED = 150  # 150-199: reserved for the application
 WAIT_TIMEOUT = 30.0
 
 
-class CommandError(Mt6dError):
-    """A command failed; ``code`` is the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_GENERIC) -> None:
-        super().__init__(message)
-        self.exit_code = code
+# --- the client halves of the commands ----------------------------------------------------------
 
 
-class Controlled(Protocol):
-    """What the supervisor offers to the daemon halves of the commands."""
+class Client:
+    """The client half of the command of the same name in :mod:`mt6d_mp.commands`."""
 
-    def status_data(self) -> dict[str, Any]: ...
-    def control_workers(self, action: str, names: list[str]) -> dict[str, Any]: ...
-    def reload(self) -> dict[str, Any]: ...
-    def routes_data(self) -> dict[str, Any]: ...
-    def rehash(self) -> dict[str, Any]: ...
-
-
-# --- the commands -----------------------------------------------------------------------------
-
-
-class Command:
     name: ClassVar[str] = ""
-    daemon: ClassVar[bool] = True  # has a daemon half (doctor has not)
 
-    @classmethod
-    def help(cls) -> str:
-        return (cls.__doc__ or "").strip().splitlines()[0]
+    @property
+    def command(self) -> Command:
+        return COMMANDS[self.name]
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         pass
 
     def message(self, args: argparse.Namespace) -> list[bytes]:
-        """Client half: the request frames after the command name."""
+        """The request frames after the command name."""
         return []
-
-    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
-        """Daemon half, inside the supervisor."""
-        raise NotImplementedError
-
-    def dispatch(self, sup: Controlled, frames: list[bytes]) -> dict[str, Any]:
-        """Daemon entry point (BusServer.handlers): decode, execute, never raise."""
-        try:
-            return self.execute(sup, [f.decode("utf-8", "replace") for f in frames])
-        except Mt6dError as e:
-            return {"error": str(e), "code": e.exit_code}
-        except Exception as e:  # a control command must never take the supervisor down
-            import logging
-
-            logging.getLogger("mt6d.supervisor").exception("event=control_failed command=%s",
-                                                           self.name)
-            return {"error": f"internal error: {type(e).__name__}: {e}", "code": EXIT_GENERIC}
 
     def finish(self, reply: dict[str, Any], args: argparse.Namespace,
                ctl: Ctl) -> tuple[dict[str, Any], int]:
-        """Client half after the reply: wait if the command waits; the result and exit code."""
+        """After the reply: wait if the command waits; the result and exit code."""
         return reply, EXIT_OK
 
     def text(self, result: dict[str, Any]) -> str:
-        """Client half: the result for people (``--json`` prints ``result`` as it is)."""
+        """The result for people (``--json`` prints ``result`` as it is)."""
         return str(result.get("message", "ok"))
 
 
-class Status(Command):
-    """Show the supervisor, every worker and every stream at a glance.
-
-    Wire: ``[b"status"]`` -> ``{"pid", "config", "uptime", "tunnel_mtu", "workers": [{"name",
-    "pid", "state", "reason", "uptime", "queue", "kernel_queue": {"waiting", "queue_dropped",
-    "user_dropped"}, "segment_queue": (the same for a stream worker's segmenting queue, or null),
-    "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
-    "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
-    "next_rotation", "next_rotation_in"}], "firewall_drops": {kind: packets}}``.
-    ``firewall_drops`` counts what the kernel dropped by MT6D's rules (kinds in
-    mt6d_mp.io.firewall.Firewall.drop_counts: fragment, true_address, hashed_address, silenced,
-    true_source). ``packets_out`` counts tunnelled packets (host to
-    tunnel), ``packets_in`` extracted ones (tunnel to host), as the hosts see them: a TCP
-    super-packet is one, whatever number of chunks carried it (``counters`` has
-    ``messages_sent``, ``chunks_sent`` and ``messages_received``, docs/PROTOCOL.md 1.6).
-
-    Exit: 0 running with every worker RUNNING, 150 running but some worker is not, 3 not
-    running, 1 dead with a stale pid file, 4 unknown.
-    """
-
+class Status(Client):
     name = "status"
-
-    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
-        return sup.status_data()
 
     def finish(self, reply: dict[str, Any], args: argparse.Namespace,
                ctl: Ctl) -> tuple[dict[str, Any], int]:
@@ -187,9 +135,7 @@ def status_code(reply: dict[str, Any]) -> int:
     return STATUS_RUNNING if all(w["state"] == "running" for w in workers) else STATUS_DEGRADED
 
 
-class _WorkerCommand(Command):
-    action = ""
-
+class _WorkerClient(Client):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("workers", nargs="+", metavar="WORKER",
                        help="worker names (a stream name or 'icmp'), or 'all'")
@@ -199,14 +145,9 @@ class _WorkerCommand(Command):
     def message(self, args: argparse.Namespace) -> list[bytes]:
         return [w.encode() for w in args.workers]
 
-    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
-        if not args:
-            raise CommandError(f"{self.name}: name a worker or 'all'", EXIT_BAD_ARGS)
-        return sup.control_workers(self.action, args)
-
     def finish(self, reply: dict[str, Any], args: argparse.Namespace,
                ctl: Ctl) -> tuple[dict[str, Any], int]:
-        want = "stopped" if self.action == "stop" else "running"
+        want = "stopped" if self.name == "stop" else "running"
         before = reply["workers"]  # name -> {"state", "pid"}
         now = before
         if args.no_wait:
@@ -217,7 +158,7 @@ class _WorkerCommand(Command):
             now = {w["name"]: {"state": w["state"], "pid": w["pid"], "reason": w["reason"]}
                    for w in st["workers"] if w["name"] in before}
             done = {n for n, w in now.items()
-                    if w["state"] == want and (self.action != "restart"
+                    if w["state"] == want and (self.name != "restart"
                                                or w["pid"] != before[n]["pid"])}
             failed = {n for n, w in now.items() if w["state"] == "fatal"}
             if done | failed >= set(now) or time.monotonic() > deadline:
@@ -231,56 +172,20 @@ class _WorkerCommand(Command):
                          for n, w in result["workers"].items())
 
 
-class Start(_WorkerCommand):
-    """Start workers that are stopped, in backoff or fatal (``all`` for every worker).
-
-    Wire: ``[b"start", name...]`` -> ``{"workers": {name: {"state", "pid"}}}``; an unknown name
-    is an error and changes nothing. The client then waits until each is RUNNING (or FATAL).
-    Exit: 0 all running, 1 some did not start.
-    """
-
+class Start(_WorkerClient):
     name = "start"
-    action = "start"
 
 
-class Stop(_WorkerCommand):
-    """Stop workers (SIGTERM, SIGKILL after 3 s); they stay down until started again.
-
-    Wire: ``[b"stop", name...]`` -> ``{"workers": {name: {"state", "pid"}}}``. While a stream's
-    worker is stopped its queue has no reader and the kernel drops the stream's packets (fail
-    closed). Exit: 0 all stopped, 1 otherwise.
-    """
-
+class Stop(_WorkerClient):
     name = "stop"
-    action = "stop"
 
 
-class Restart(_WorkerCommand):
-    """Stop and start workers again (``all`` for every worker).
-
-    Wire: ``[b"restart", name...]`` -> ``{"workers": {name: {"state", "pid"}}}``. The client
-    waits for each to be RUNNING with a new pid. Exit: 0 all restarted, 1 otherwise.
-    """
-
+class Restart(_WorkerClient):
     name = "restart"
-    action = "restart"
 
 
-class Reload(Command):
-    """Re-read the configuration and apply stream changes without touching other streams.
-
-    Wire: ``[b"reload"]`` -> ``{"added": [...], "removed": [...], "unchanged": [...]}``.
-    Streams whose profile line was added are set up and get a worker; streams whose line went
-    away are stopped and removed; a changed line (key, queue, hosts) is removed and added again.
-    Refused, with the running configuration kept, when the new one is invalid (exit 6) or changes
-    anything but streams (exit 1: those need a restart). If applying fails half way, what was
-    applied is rolled back. SIGHUP to the supervisor does the same.
-    """
-
+class Reload(Client):
     name = "reload"
-
-    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
-        return sup.reload()
 
     def text(self, reply: dict[str, Any]) -> str:
         return (f"reloaded: added {', '.join(reply['added']) or 'none'}; "
@@ -288,18 +193,8 @@ class Reload(Command):
                 f"unchanged {len(reply['unchanged'])}")
 
 
-class Routes(Command):
-    """List every stream's installed routes: hashed addresses and ports, newest first.
-
-    Wire: ``[b"routes"]`` -> ``{"time", "rotation_time", "streams": [{"name", "routes":
-    [{"epoch", "state", "local", "local_port", "remote", "remote_port", "key_phase"}]}]}`` with
-    state ``active`` (sending), ``accepted`` (received on) or ``expired`` (lingering).
-    """
-
+class Routes(Client):
     name = "routes"
-
-    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
-        return sup.routes_data()
 
     def text(self, reply: dict[str, Any]) -> str:
         lines: list[str] = []
@@ -311,22 +206,8 @@ class Routes(Command):
         return "\n".join(lines)
 
 
-class Rehash(Command):
-    """Recompute, repair and republish every stream's routes now.
-
-    MT6D's hashed addresses are a function of the shared key and the *time* (the epoch), computed
-    independently by both gateways; rotating early on one side would make it send from addresses
-    the peer does not accept. So ``rehash`` does not skip ahead: it runs the rotation step for
-    the current epoch, re-binds any route address that went missing, compares the firewall with
-    what the supervisor installed, and republishes every stream and route on the bus (every worker
-    then has a fresh copy). Wire: ``[b"rehash"]`` -> ``{"added": n, "rebound": [addresses],
-    "firewall_diff": [lines], "published": n}``. Exit 0, or 1 when the firewall differs.
-    """
-
+class Rehash(Client):
     name = "rehash"
-
-    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
-        return sup.rehash()
 
     def finish(self, reply: dict[str, Any], args: argparse.Namespace,
                ctl: Ctl) -> tuple[dict[str, Any], int]:
@@ -338,20 +219,8 @@ class Rehash(Command):
                          + [f"firewall differs: {line}" for line in reply["firewall_diff"]])
 
 
-class Doctor(Command):
-    """Check what this machine needs to run MT6D (no supervisor needed).
-
-    Checks: root; the configuration loads; the legacy ip6tables backend works and the NFQUEUE
-    target and netfilter queue support exist; the configured interfaces exist (in this network
-    namespace); the runtime directory is root-only; IPv6 forwarding is off (MT6D does not need
-    it; with it on, a stopped or restarting supervisor leaves the gateway routing the hosts'
-    packets in clear); clock synchronisation (both gateways derive the addresses from the time:
-    they must agree within ``route_lifetime``). Prints one line per
-    check: ``ok``, ``WARN`` or ``FAIL``. Exit: 0 no check failed, 1 some check failed.
-    """
-
+class Doctor(Client):
     name = "doctor"
-    daemon = False
 
     def finish(self, reply: dict[str, Any], args: argparse.Namespace,
                ctl: Ctl) -> tuple[dict[str, Any], int]:
@@ -363,7 +232,7 @@ class Doctor(Command):
                          for c in reply["checks"])
 
 
-COMMANDS: dict[str, Command] = {
+CLIENTS: dict[str, Client] = {
     c.name: c for c in (Status(), Start(), Stop(), Restart(), Reload(), Routes(), Rehash(),
                         Doctor())
 }
@@ -513,21 +382,14 @@ class Ctl:
         self.runtime_dir = runtime_dir
         self.timeout = timeout
 
-    def _stale_pid(self) -> int | None:
-        try:
-            pid = int((self.runtime_dir / "supervisor.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return None if Path(f"/proc/{pid}").exists() else pid
-
     def call(self, command: bytes, *args: bytes) -> dict[str, Any]:
         from mt6d_mp.core.messages import BusError
-        from mt6d_mp.io.bus import CONTROL, request
+        from mt6d_mp.io.bus import request
 
-        sock = self.runtime_dir / CONTROL
+        sock = control_socket(self.runtime_dir)
         try:
             if not sock.exists():
-                stale = self._stale_pid()
+                stale = stale_pid(self.runtime_dir)
                 raise NotRunning(
                     f"supervisor not running (no {sock})"
                     + (f"; stale pid file names dead pid {stale}" if stale else ""), stale)
@@ -536,10 +398,10 @@ class Ctl:
         except PermissionError:
             raise CommandError(f"{self.runtime_dir}: permission denied (run as root)",
                                EXIT_PRIVILEGE) from None
-        stale = self._stale_pid()
+        stale = stale_pid(self.runtime_dir)
         if stale is not None:  # killed: its socket file is left, nobody answers
             raise NotRunning(f"supervisor not running: pid {stale} in "
-                             f"{self.runtime_dir / 'supervisor.pid'} is dead", stale)
+                             f"{self.runtime_dir / PID_FILE} is dead", stale)
         try:
             reply = request(self.runtime_dir, command, *args, timeout=self.timeout)
         except BusError as e:  # not msgpack
@@ -577,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
     for c in COMMANDS.values():
         p = sub.add_parser(c.name, parents=[common], help=c.help(), description=c.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        c.add_arguments(p)
+        CLIENTS[c.name].add_arguments(p)
     return ap
 
 
@@ -588,14 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code) if isinstance(e.code, int) else EXIT_BAD_ARGS
     as_json = getattr(args, "json", False)
-    cmd = COMMANDS[args.command]
+    cmd = CLIENTS[args.command]
 
     def out(r: dict[str, Any]) -> None:
         print(json.dumps(r, indent=2, sort_keys=True, default=str))
 
     try:
         ctl = Ctl(args.runtime_dir or Path("."), args.timeout)
-        if cmd.daemon:
+        if cmd.command.daemon:
             ctl.runtime_dir = args.runtime_dir or runtime_dir_of(args.config)
             reply = ctl.call(cmd.name.encode(), *cmd.message(args))
         else:

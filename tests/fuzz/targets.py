@@ -27,7 +27,7 @@ from unittest import mock
 import zmq
 from hypothesis import strategies as st
 
-from mt6d_mp import ctl
+from mt6d_mp import commands, ctl
 from mt6d_mp.core.chunks import Reassembly, chunk_iov, chunk_segment_size, seal_message
 from mt6d_mp.core.crypto import (
     CRYPT_AES_256_GCM,
@@ -800,7 +800,7 @@ def check_bus_client(data: bytes) -> None:
 
 class FakeSupervisor:
     """The Controlled interface as the supervisor answers it (control_workers refuses unknown
-    names as Supervisor.control_workers does)."""
+    names as the supervisor's WorkerPool.control does)."""
 
     workers = ("host-a-host-b", "icmp")
 
@@ -813,7 +813,7 @@ class FakeSupervisor:
         targets = list(self.workers) if names == ["all"] else names
         unknown = [n for n in targets if n not in self.workers]
         if unknown:
-            raise ctl.CommandError(f"no worker {', '.join(unknown)}")
+            raise commands.CommandError(f"no worker {', '.join(unknown)}")
         return {"workers": {n: {"state": "running", "pid": 2} for n in targets}}
 
     def reload(self) -> dict[str, Any]:
@@ -847,8 +847,8 @@ def control_strategy() -> st.SearchStrategy[bytes]:
 
 def check_control(data: bytes) -> None:
     """BusServer.handle_control on one request (frames), with mt6dctl's commands registered as
-    the supervisor registers them: it never raises, every reply is msgpack, and no command hit
-    its internal-error safety net."""
+    the supervisor registers them (mt6d_mp.commands.handlers): it never raises, every reply is
+    msgpack, and no command hit its internal-error safety net."""
     frames = unframe(data)
     server = BusServer.__new__(BusServer)
     server.state, server.ready, server.stats = Replica(), set(), {}
@@ -856,8 +856,7 @@ def check_control(data: bytes) -> None:
     server.state.apply(Update(1, STREAM))
     server.state.apply(Update(2, ROUTE))
     sup = FakeSupervisor()
-    server.handlers = {c.name.encode(): lambda args, c=c: c.dispatch(sup, args)  # type: ignore[misc]
-                       for c in ctl.COMMANDS.values() if c.daemon}
+    server.handlers = commands.handlers(sup)
     router = _Socket()
     server.control = router
     router.inbox.append(frames)

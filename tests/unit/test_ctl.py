@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mt6d_mp import ctl
+from mt6d_mp import commands, ctl, runtime
 
 
 def config(tmp_path: Path, runtime: Path) -> Path:
@@ -17,18 +17,27 @@ def config(tmp_path: Path, runtime: Path) -> Path:
 
 
 def test_every_command_documents_its_wire_format() -> None:
-    for name, c in ctl.COMMANDS.items():
+    for name, c in commands.COMMANDS.items():
         doc = c.__doc__ or ""
         assert c.name == name and doc.strip()
         if c.daemon:
             assert "Wire:" in doc, name
 
 
+def test_every_command_has_its_client_half_and_its_docstring_is_the_help() -> None:
+    assert list(ctl.CLIENTS) == list(commands.COMMANDS)
+    for name, client in ctl.CLIENTS.items():
+        assert client.name == name and client.command is commands.COMMANDS[name]
+    sub = next(a for a in ctl.parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():  # type: ignore[union-attr]
+        assert p.description == commands.COMMANDS[name].__doc__
+
+
 def test_runtime_dir_is_read_from_the_config_alone(tmp_path: Path) -> None:
     rt = tmp_path / "run"
     assert ctl.runtime_dir_of(config(tmp_path, rt)) == rt
     (tmp_path / "other.toml").write_text("[log]\nlevel = 'info'\n")
-    assert ctl.runtime_dir_of(tmp_path / "other.toml") == Path(ctl.DEFAULT_RUNTIME_DIR)
+    assert ctl.runtime_dir_of(tmp_path / "other.toml") == Path(runtime.DEFAULT_RUNTIME_DIR)
 
 
 @pytest.mark.parametrize("command, code", [("status", 3), ("routes", 7), ("reload", 7),
@@ -71,7 +80,7 @@ def test_dispatch_never_raises() -> None:
         def status_data(self) -> dict[str, object]:
             raise RuntimeError("boom")
 
-    reply = ctl.COMMANDS["status"].dispatch(Broken(), [])  # type: ignore[arg-type]
+    reply = commands.COMMANDS["status"].dispatch(Broken(), [])  # type: ignore[arg-type]
     assert reply["code"] == 1 and "boom" in reply["error"]
 
 

@@ -54,3 +54,29 @@ def test_pure_core_imports_only_stdlib_core_and_cryptography() -> None:
                 continue
             assert any(module == a or module.startswith(a + ".") for a in PURE_ALLOWED), (
                 f"{path.name} imports {module}")
+
+
+DAEMON_SIDE = ["supervisor.py", "mt6d_mp/commands.py", "mt6d_mp/pool.py", "mt6d_mp/runtime.py"]
+
+
+def test_the_supervisor_does_not_import_the_cli() -> None:
+    """mt6dctl (mt6d_mp.ctl) is the client only: the supervisor and the modules it is built of
+    (the command registry, the worker pool, the runtime directory) never import it, and the
+    command registry and the pool no argparse either (their daemon halves need none)."""
+    for rel in DAEMON_SIDE:
+        found = imports(ROOT / rel)
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        assert "mt6d_mp.ctl" not in found, f"{rel} imports the CLI"
+        if rel != "supervisor.py":
+            assert "argparse" not in found, f"{rel} imports argparse"
+    probe = ("import sys, supervisor; print(sorted(m for m in ('mt6d_mp.ctl', 'asyncio', 'ssl',"
+             " 'unittest') if m in sys.modules))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
