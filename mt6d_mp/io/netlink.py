@@ -33,7 +33,6 @@ import errno
 import importlib.util
 import ipaddress
 import logging
-import os
 import socket
 import struct
 import sys
@@ -122,7 +121,6 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
-CLONE_NEWNET = 0x40000000
 INFINITY_LIFE_TIME = 0xFFFFFFFF  # include/net/addrconf.h: a lifetime that never runs out
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
 REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang
@@ -133,28 +131,17 @@ def _socket(netns: str | None) -> socket.socket:
     """An rtnetlink socket, in the named namespace (``/run/netns/NAME``) if one is given.
 
     A socket stays in the namespace it was made in; the calling thread enters the namespace only
-    to make it and returns at once (``setns(2)``: Python 3.11 has no ``os.setns``).
+    to make it and returns at once (mt6d_mp/io/netns.py).
     """
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              NETLINK_ROUTE)
     if not netns or "/" in netns or netns in (".", ".."):
         raise NetlinkInputError(f"netns: expected a name under /run/netns, got {netns!r}")
-    import ctypes  # only for a named namespace (tests and tools), never in the supervisor
+    from mt6d_mp.io.netns import inside  # only for a named namespace (tests and tools)
 
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def enter(fd: int) -> None:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    with open(f"/run/netns/{netns}", "rb") as target, open("/proc/thread-self/ns/net", "rb") as home:
-        enter(target.fileno())
-        try:
-            return _socket(None)
-        finally:
-            enter(home.fileno())
+    with inside(netns):
+        return _socket(None)
 
 
 def _ext_ack(data: bytes, offset: int, length: int, flags: int) -> str | None:
@@ -453,6 +440,17 @@ class Netlink:
 
     # -- addresses
 
+    def _change(self, msg: Any, kind: int, flags: int, absent: int | None, what: str) -> bool:
+        """One change, acknowledged; False if the kernel answers ``absent`` (already there, or
+        not there to remove), any other refusal is a SystemSetupError naming ``what``."""
+        try:
+            self._rtnl.request(msg, kind, flags)
+        except NetlinkError as exc:
+            if absent is not None and exc.code == absent:
+                return False
+            raise SystemSetupError(f"netlink: {what}: {exc}") from exc
+        return True
+
     def add_address(self, ifname: str, addr: AddressLike, prefixlen: int = 128) -> bool:
         """Add ``addr/prefixlen``, deprecated, with NODAD|NOPREFIXROUTE; False if it was already there."""
         ip, plen = _v6(addr), _prefixlen(prefixlen)
@@ -476,26 +474,16 @@ class Netlink:
             ("IFA_CACHEINFO", {"ifa_preferred": 0, "ifa_valid": INFINITY_LIFE_TIME,
                                "cstamp": 0, "tstamp": 0}),
         ]
-        try:
-            self._rtnl.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return False
-            raise SystemSetupError(f"netlink: add address {ip}/{plen} on {ifname}: {exc}") from exc
-        return True
+        return self._change(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, errno.EEXIST,
+                            f"add address {ip}/{plen} on {ifname}")
 
     def remove_address(self, ifname: str, addr: AddressLike, prefixlen: int = 128) -> bool:
         """Remove ``addr/prefixlen``; False if it was not there."""
         ip, plen = _v6(addr), _prefixlen(prefixlen)
         index = self.ifindex(ifname)
         log.info("action=remove_address dev=%s address=%s/%d", ifname, ip, plen)
-        try:
-            self._rtnl.request(self._address_msg(index, ip, plen), RTM_DELADDR)
-        except NetlinkError as exc:
-            if exc.code == errno.EADDRNOTAVAIL:
-                return False
-            raise SystemSetupError(f"netlink: remove address {ip} on {ifname}: {exc}") from exc
-        return True
+        return self._change(self._address_msg(index, ip, plen), RTM_DELADDR, 0, errno.EADDRNOTAVAIL,
+                            f"remove address {ip} on {ifname}")
 
     def wait_address_usable(self, addr: AddressLike, timeout: float = 3.0) -> None:
         """Wait until ``addr`` is on some interface and neither tentative nor failed DAD.
@@ -533,23 +521,16 @@ class Netlink:
         msg = self._neighbour_msg(index, ip)
         msg["state"] = NUD_PERMANENT
         msg["attrs"].append(("NDA_LLADDR", lladdr))
-        try:
-            self._rtnl.request(msg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE)
-        except NetlinkError as exc:
-            raise SystemSetupError(f"netlink: neighbour {ip} on {ifname}: {exc}") from exc
+        self._change(msg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, None,
+                     f"neighbour {ip} on {ifname}")
 
     def remove_neighbour(self, ifname: str, addr: AddressLike) -> bool:
         """Remove the neighbour entry; False if there was none."""
         ip = _v6(addr)
         index = self.ifindex(ifname)
         log.info("action=remove_neighbour dev=%s address=%s", ifname, ip)
-        try:
-            self._rtnl.request(self._neighbour_msg(index, ip), RTM_DELNEIGH)
-        except NetlinkError as exc:
-            if exc.code == errno.ENOENT:
-                return False
-            raise SystemSetupError(f"netlink: remove neighbour {ip} on {ifname}: {exc}") from exc
-        return True
+        return self._change(self._neighbour_msg(index, ip), RTM_DELNEIGH, 0, errno.ENOENT,
+                            f"remove neighbour {ip} on {ifname}")
 
     # -- host routes
 
@@ -560,23 +541,16 @@ class Netlink:
         log.info("action=replace_route dst=%s/128 dev=%s proto=%d", ip, ifname, self.proto)
         msg = self._route_msg(index, ip)
         msg["proto"] = self.proto
-        try:
-            self._rtnl.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE)
-        except NetlinkError as exc:
-            raise SystemSetupError(f"netlink: route {ip}/128 via {ifname}: {exc}") from exc
+        self._change(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, None,
+                     f"route {ip}/128 via {ifname}")
 
     def remove_host_route(self, ifname: str, addr: AddressLike) -> bool:
         """Remove the ``addr/128`` route out of ``ifname``; False if there was none."""
         ip = _v6(addr)
         index = self.ifindex(ifname)
         log.info("action=remove_route dst=%s/128 dev=%s", ip, ifname)
-        try:
-            self._rtnl.request(self._route_msg(index, ip), RTM_DELROUTE)
-        except NetlinkError as exc:
-            if exc.code == errno.ESRCH:
-                return False
-            raise SystemSetupError(f"netlink: remove route {ip}/128 via {ifname}: {exc}") from exc
-        return True
+        return self._change(self._route_msg(index, ip), RTM_DELROUTE, 0, errno.ESRCH,
+                            f"remove route {ip}/128 via {ifname}")
 
     # -- requests
 

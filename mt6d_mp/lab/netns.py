@@ -8,28 +8,27 @@ namespaces (``/run/netns/NAME``). Flow, in order:
   level on the ``mt6d_mp.lab`` logger, read-only commands at debug level;
 - :func:`add`, :func:`sysctl`, :func:`delete`, :func:`list_namespaces`,
   :func:`namespaces_with_prefix`;
-- :func:`setns`: move the calling thread into a namespace (Python 3.11 has no ``os.setns``).
+- :func:`setns`: move the calling thread into a namespace (mt6d_mp/io/netns.py, shared with
+  the supervisor's netlink).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import re
 import secrets
 import shlex
 import subprocess
 from collections.abc import Sequence
 
+from mt6d_mp.io.netns import NETNS_RUN_DIR as NETNS_RUN_DIR
+from mt6d_mp.io.netns import setns as setns
 from mt6d_mp.lab.info import LabError, LabUsageError
 
 log = logging.getLogger("mt6d_mp.lab")
 
 MAX_PREFIX = 8
 PREFIX_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_]{{0,{MAX_PREFIX - 1}}}$")
-NETNS_RUN_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 
 
 def random_prefix(stem: str = "m6") -> str:
@@ -92,13 +91,3 @@ def namespaces_with_prefix(prefix: str) -> list[str]:
     return [n for n in list_namespaces() if n.startswith(prefix + "-")]
 
 
-def setns(name: str) -> None:
-    """Move the calling thread into network namespace ``name`` (use in a forked child only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(os.path.join(NETNS_RUN_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
