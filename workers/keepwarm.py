@@ -34,6 +34,7 @@ from mt6d_mp.core.packet import aad_prefix
 from mt6d_mp.io import sockets
 from mt6d_mp.io.nfqueue import DropBatch, QueueReader, packet_message
 from mt6d_mp.io.sentring import SentRing
+from workers.path import RouteSocket
 
 if TYPE_CHECKING:
     import socket
@@ -138,8 +139,6 @@ def standing_in(worker: StreamWorker, values: dict[str, Any]) -> Iterator[None]:
 
 def keep_warm(worker: StreamWorker) -> None:
     """Run one packet each way through the worker's real per-packet code, with nothing sent."""
-    from workers.stream import RouteSocket  # the worker module imports this one
-
     st = worker.state
     if st is None or worker.reader is None:
         return

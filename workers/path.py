@@ -1,0 +1,84 @@
+"""What a stream worker's send and receive paths share: the route socket record and the
+stream's state they read (set by StreamWorker in workers/stream.py).
+
+The stream worker is one class built from three files, one per stage, as wireguard-go's
+``device/`` is: workers/outbound.py (host -> tunnel), workers/inbound.py (tunnel -> host) and
+workers/stream.py (the process: state from the bus, sockets, queues). This module holds what
+the first two read.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from mt6d_mp.core import crypto
+from mt6d_mp.core.chunks import Reassembly
+from mt6d_mp.core.messages import RouteUpdate, StreamState
+from mt6d_mp.io import sockets
+from mt6d_mp.io.nfqueue import DropBatch, QueueReader
+from mt6d_mp.io.sentring import SentRing
+
+
+class RouteSocket(NamedTuple):
+    """A bound UDP socket for one accepted route, with what checks its datagrams."""
+
+    sock: socket.socket
+    remote: str  # the peer's hashed address as the socket module reports sources
+    remote_port: int
+    aad: bytes  # outer source, destination and ports: the AEAD's associated data prefix
+    chunks: Reassembly  # messages in chunks not yet complete
+    fd: int = -1  # the socket's descriptor, as the poller reports it
+
+
+class StreamPath:
+    """The attributes both paths use."""
+
+    # Declared here, set by StreamWorker (workers/stream.py): what the send and receive paths use.
+    name: str
+    queue_num: int
+    counters: Counter[str]
+    drops: DropBatch
+    state: StreamState | None
+    sealer: crypto.Sealer | None
+    opener: crypto.Opener | None
+    routes: dict[int, RouteUpdate]
+    sockets: dict[tuple[bytes, int], RouteSocket]
+    socket_order: list[RouteSocket]
+    ready_fds: Sequence[int]
+    active: RouteUpdate | None
+    active_until: float
+    tx: socket.socket
+    host: socket.socket
+    tx_pktinfo: tuple[int, int, bytes]
+    tx_addr: tuple[str, int, int, int]
+    host_addr: tuple[str, int, int, int]
+    local: bytes
+    remote: bytes
+    true_pair: bytes
+    leased_label: int
+    rx_buffers: list[bytearray]
+    rx_view: memoryview
+    host_mac: bytes
+    own_mac: bytes
+    link: socket.socket | None
+    link_ifindex: int
+    chunk_segments: dict[tuple[bytes, int], int]
+    sent: SentRing | None
+    max_datagram: int
+    seg_queue: int
+    seg_reader: QueueReader | None
+    seg_drops: DropBatch
+
+    # Worker's method (workers/common.py), declared without a body so that it does not shadow
+    # Worker's in the stream worker's method order.
+    internal_error: Callable[[], None]
+
+    def _send_host(self, packet: bytes, what: str) -> None:
+        """A packet of the gateway's own (Packet Too Big) to the local host, on the raw socket."""
+        try:
+            self.host.sendto(packet, self.host_addr)
+        except OSError as e:
+            self.counters[f"drop_send_{what}_" + sockets.errno_name(e.errno)] += 1
