@@ -498,22 +498,18 @@ def _read_profiles(
 # --- loading ----------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Config:
-    """Load and validate the whole configuration, or raise ConfigError naming every problem.
-
-    ``overrides`` maps ``section.key`` to values from the command line; they win over the file.
-    """
-    path = Path(path)
-    problems: list[str] = []
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
-    values, problems = _check_main(path, data, str(path))
-    for name, value in (overrides or {}).items():
+
+def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any], problems: list[str]) -> None:
+    """``section.key`` values from the command line, validated like the file's; they win."""
+    for name, value in overrides.items():
         section, _, key = name.partition(".")
         spec = SCHEMA.get(section, {}).get(key)
         if spec is None:
@@ -527,17 +523,16 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         else:
             values[name] = value
 
-    def get(name: str) -> Any:
-        section, _, key = name.partition(".")
-        return values.get(name, SCHEMA[section][key].default)
 
-    base = path.parent
-    files = {}
-    for kind in ("users", "ethers", "profiles"):
-        p = Path(get(f"files.{kind}"))
-        files[kind] = p if p.is_absolute() else base / p
-        if not files[kind].is_file():
-            problems.append(f"{path}: files.{kind} = {str(p)!r}: no such file {files[kind]}")
+def _check_together(path: Path, get: Callable[[str], Any], files: dict[str, Path],
+                    problems: list[str]) -> None:
+    """What no single key can say: files that exist, settings that agree with each other, and
+    switches kept from the thesis's configuration whose behaviour is not built yet (refused rather
+    than silently run without what the operator asked for)."""
+    for kind, file in files.items():
+        if not file.is_file():
+            given = str(Path(get(f"files.{kind}")))
+            problems.append(f"{path}: files.{kind} = {given!r}: no such file {file}")
     if get("rotation.route_lifetime") < get("rotation.rotation_time"):
         problems.append(
             f"{path}: rotation.route_lifetime = {get('rotation.route_lifetime')}: expected at "
@@ -545,8 +540,6 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         )
     if get("interfaces.internal") == get("interfaces.external"):
         problems.append(f"{path}: interfaces.internal and interfaces.external must differ")
-    # Switches kept from the thesis's configuration whose behaviour is not built yet: refuse them
-    # rather than silently run without what the operator asked for.
     if get("crypto.regen_interval"):
         problems.append(
             f"{path}: crypto.regen_interval = {get('crypto.regen_interval')}: in-band rekeying is "
@@ -554,6 +547,28 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         )
     if "file" in get("log.handlers") and not get("log.file"):
         problems.append(f"{path}: log.handlers has 'file' but log.file is empty")
+
+
+def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load and validate the whole configuration, or raise ConfigError naming every problem.
+
+    ``overrides`` maps ``section.key`` to values from the command line; they win over the file.
+    The flow: the main file (TOML, every key checked against SCHEMA), the overrides, the checks
+    across keys, then the three line files (users, ethers, profiles) into streams.
+    """
+    path = Path(path)
+    values, problems = _check_main(path, _read_toml(path), str(path))
+    _apply_overrides(values, overrides or {}, problems)
+
+    def get(name: str) -> Any:
+        section, _, key = name.partition(".")
+        return values.get(name, SCHEMA[section][key].default)
+
+    files = {}
+    for kind in ("users", "ethers", "profiles"):
+        p = Path(get(f"files.{kind}"))
+        files[kind] = p if p.is_absolute() else path.parent / p
+    _check_together(path, get, files, problems)
     if problems:
         raise ConfigError(problems)
 
@@ -566,6 +581,11 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
         problems.append(f"{files['profiles']}: no streams defined (expected at least one line)")
     if problems:
         raise ConfigError(problems)
+    return _config(path, get, files, streams)
+
+
+def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
+            streams: tuple[StreamConfig, ...]) -> Config:
     return Config(
         path=path,
         internal=get("interfaces.internal"),
