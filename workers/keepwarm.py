@@ -26,7 +26,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.chunks import Reassembly
@@ -39,7 +39,27 @@ from workers.path import RouteSocket
 if TYPE_CHECKING:
     import socket
 
-    from workers.stream import StreamWorker
+    from mt6d_mp.core.messages import RouteUpdate, StreamState
+    from workers.path import RouteSocket as _RouteSocket
+
+
+class StreamWorker(Protocol):
+    """What keep-warm runs on: the stream worker (workers/stream.py), as far as it uses it."""
+
+    name: str
+    queue_num: int
+    counters: Counter[str]
+    state: StreamState | None
+    reader: QueueReader | None
+    warm: KeepWarm | None
+    true_pair: bytes
+    keep_warm_ms: int
+    active_until: float
+
+    def _route_now(self) -> RouteUpdate | None: ...
+    def on_message(self, pkt_id: int, data: memoryview, info: int, indev: int, mac: bytes) -> None: ...
+    def receive(self, rs: _RouteSocket) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 

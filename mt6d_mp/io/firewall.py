@@ -2,14 +2,15 @@
 
 This is the only module that imports ``iptc`` (python-iptables). What the rules are is decided in
 mt6d_mp/core/rules.py (the layout is drawn there); this module puts them into the kernel, keeps
-their positions, reads them back and removes them. The flow: ``to_iptc`` and ``_read_rule`` translate a rule
-each way; a transaction applies operations to a fresh snapshot of the table and commits it
-whole, under the xtables lock, retried on EAGAIN; ``cleanup`` removes an earlier run's state by
-owner tag; :class:`Firewall` is one supervisor's chains, in order. About 650 lines in one
-module on purpose: the iptc calls stay in one file (tests/unit/test_layering.py). python-iptables drives libip6tc, which reads
-and replaces the whole legacy table through ``IP6T_SO_GET_ENTRIES`` / ``IP6T_SO_SET_REPLACE``
-socket options; ``ip6tables-legacy -S`` shows the result, while Debian 12's ``ip6tables`` (the
-nft variant) shows nothing of it.
+their positions, reads them back and removes them. The flow: ``to_iptc`` and ``_read_rule``
+translate a rule each way; a transaction applies operations to a fresh snapshot of the table and
+commits it whole, under the xtables lock, retried on EAGAIN; ``cleanup`` removes an earlier run's
+state by owner tag; :class:`Firewall` is one supervisor's chains, in order. About 650 lines in
+one module on purpose: the iptc calls stay in one file (tests/unit/test_layering.py).
+
+python-iptables drives libip6tc, which reads and replaces the whole legacy table through
+``IP6T_SO_GET_ENTRIES`` / ``IP6T_SO_SET_REPLACE`` socket options; ``ip6tables-legacy -S`` shows
+the result, while Debian 12's ``ip6tables`` (the nft variant) shows nothing of it.
 
 Every rule carries ``-m comment --comment "prefix:OWNER"`` naming its owner, so that leftovers of
 a killed run can be found and removed by owner, never by guesswork (the wg-quick idea).
