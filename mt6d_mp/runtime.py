@@ -130,13 +130,29 @@ class RuntimeDir:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
-    def load_state(self) -> Any:
-        """What a run that died without tearing down recorded (a dict); {} when there is none."""
+    def load_state(self) -> dict[str, Any]:
+        """What a run that died without tearing down recorded; {} when there is none.
+
+        The file is ours, but a crash, a full disk or a hand can leave anything in it: whatever
+        is not the shape :meth:`save_state` writes is logged and left out, never a crash (the
+        start would then fail with the system half cleaned).
+        """
         path = self.path / STATE_FILE
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
             log.warning("event=state_file_unreadable path=%s error=%s", path, e)
             return {}
+        if not isinstance(data, dict):
+            log.warning("event=state_file_unreadable path=%s error=not a JSON object", path)
+            return {}
+        listed = data.get("neighbours", [])
+        neighbours = [(item[0], item[1]) for item in (listed if isinstance(listed, list) else [])
+                      if isinstance(item, list) and len(item) == 2
+                      and all(isinstance(x, str) for x in item)]
+        if not isinstance(listed, list) or len(neighbours) != len(listed):
+            log.warning("event=state_file_entries_ignored path=%s note=not [device, address] pairs",
+                        path)
+        return {**data, "neighbours": neighbours}

@@ -24,7 +24,7 @@ def test_a_second_holder_is_refused_and_release_frees_the_directory(tmp_path: Pa
     assert json.loads((d / runtime.STATE_FILE).read_text())["neighbours"] == [["eth1", "fd00::1"]]
     first.release(keep_state=True)
     assert not first.held and not (d / runtime.PID_FILE).exists()
-    assert runtime.RuntimeDir(d).load_state()["neighbours"] == [["eth1", "fd00::1"]]
+    assert runtime.RuntimeDir(d).load_state()["neighbours"] == [("eth1", "fd00::1")]
     second = runtime.RuntimeDir(d)
     second.acquire()
     second.release(keep_state=False)
@@ -41,3 +41,20 @@ def test_pid_file_readers(tmp_path: Path) -> None:
     assert runtime.running_supervisor(tmp_path) is None  # this process is not another supervisor
     (tmp_path / runtime.PID_FILE).write_text("garbage\n")
     assert runtime.read_pid(tmp_path) is None
+
+
+@pytest.mark.parametrize(("text", "neighbours"), [
+    ("[1, 2]", None),  # valid JSON, not an object
+    ('{"neighbours": 5}', []),
+    ('{"neighbours": [["a"], ["int0", "fd00::1"], [1, 2], "x"]}', [("int0", "fd00::1")]),
+    ("{not json", None),
+])
+def test_a_damaged_state_file_is_read_as_far_as_it_makes_sense(
+    tmp_path: Path, text: str, neighbours: list[tuple[str, str]] | None,
+) -> None:
+    """A crash or a hand can leave anything in state.json: the next start must not crash on it."""
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / runtime.STATE_FILE).write_text(text)
+    state = runtime.RuntimeDir(d).load_state()
+    assert state.get("neighbours") == neighbours
