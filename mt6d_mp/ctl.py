@@ -462,9 +462,16 @@ def main(argv: list[str] | None = None) -> int:
             reply = ctl.call(cmd.name.encode(), *cmd.message(args))
         else:
             reply = doctor(args.config)
-        result, code = cmd.finish(reply, args, ctl)
-        print(json.dumps(result, indent=2, sort_keys=True, default=str) if as_json
-              else cmd.text(result))
+        try:
+            result, code = cmd.finish(reply, args, ctl)
+            text = (json.dumps(result, indent=2, sort_keys=True, default=str) if as_json
+                    else cmd.text(result))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            # Only the supervisor can answer on its root-only socket, but a reply of another
+            # version (or a bug) must read as a failed command, not a traceback.
+            raise CommandError(f"unexpected reply from the supervisor ({type(e).__name__}: {e})",
+                               STATUS_UNKNOWN if cmd.name == "status" else EXIT_GENERIC) from e
+        print(text)
         return code
     except NotRunning as e:
         code = e.exit_code

@@ -110,3 +110,13 @@ def test_metrics_render_the_status_reply() -> None:
     for bad in ("localhost:80", "::1:80x", "127.0.0.1", "[::1]:0"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+@pytest.mark.parametrize("reply", [{"workers": "x"}, {"pid": 1}, {"workers": [{"name": "s"}]}])
+def test_a_reply_of_another_shape_is_a_failed_command_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    reply: dict[str, object],
+) -> None:
+    monkeypatch.setattr(ctl.Ctl, "call", lambda self, *frames: reply)
+    assert ctl.main(["--runtime-dir", str(tmp_path), "status"]) == ctl.STATUS_UNKNOWN
+    assert "unexpected reply from the supervisor" in capsys.readouterr().err
