@@ -348,6 +348,8 @@ class Netlink:
             if exc.code == errno.ENODEV:
                 raise SystemSetupError(f"netlink: no interface {name!r}") from exc
             raise SystemSetupError(f"netlink: interface {name!r}: {exc}") from exc
+        if not found:
+            raise SystemSetupError(f"netlink: interface {name!r}: the kernel answered no link")
         self._ifindex[name] = index = int(found[0]["index"])
         return index
 
@@ -359,9 +361,12 @@ class Netlink:
         msg = linkmsg()
         msg["index"] = self.ifindex(name)
         try:
-            return self._rtnl.request(msg, RTM_GETLINK, reply=linkmsg)[0]
+            found = self._rtnl.request(msg, RTM_GETLINK, reply=linkmsg)
         except NetlinkError as exc:
             raise SystemSetupError(f"netlink: interface {name!r}: {exc}") from exc
+        if not found:
+            raise SystemSetupError(f"netlink: interface {name!r}: the kernel answered no link")
+        return found[0]
 
     def mac(self, name: str) -> bytes:
         lladdr = self._link(name).get("IFLA_ADDRESS")
@@ -370,7 +375,10 @@ class Netlink:
         return bytes.fromhex(str(lladdr).replace(":", ""))
 
     def mtu(self, name: str) -> int:
-        return int(self._link(name).get("IFLA_MTU"))
+        mtu = self._link(name).get("IFLA_MTU")
+        if not isinstance(mtu, int):
+            raise SystemSetupError(f"netlink: interface {name} reports no MTU")
+        return mtu
 
     def addresses(self, ifname: str) -> list[IfAddress]:
         """The interface's IPv6 addresses, as the kernel reports them now."""

@@ -106,3 +106,15 @@ def test_refusals_silence_and_garbage_are_netlink_errors() -> None:
 def test_an_ack_ends_a_request() -> None:
     rtnl = client([lambda seq: message(NLMSG_ERROR, seq, struct.pack("=i", 0) + bytes(16))])
     assert rtnl.request(linkmsg(), RTM_GETLINK) == []
+
+
+def test_a_link_request_answered_with_no_link_is_a_setup_error() -> None:
+    """The kernel never does this, but a reply without the link asked for (an ack alone) must be
+    a SystemSetupError naming the interface, not an IndexError."""
+    from mt6d_mp.errors import SystemSetupError
+
+    nl = netlink.Netlink.__new__(netlink.Netlink)
+    nl._rtnl = client([lambda seq: message(NLMSG_ERROR, seq, struct.pack("=i", 0) + bytes(16))])
+    nl._ifindex = {}
+    with pytest.raises(SystemSetupError, match="ext0.*no link"):
+        nl.ifindex("ext0")
