@@ -116,5 +116,5 @@ def test_a_link_request_answered_with_no_link_is_a_setup_error() -> None:
     nl = netlink.Netlink.__new__(netlink.Netlink)
     nl._rtnl = client([lambda seq: message(NLMSG_ERROR, seq, struct.pack("=i", 0) + bytes(16))])
     nl._ifindex = {}
-    with pytest.raises(SystemSetupError, match="ext0.*no link"):
+    with pytest.raises(SystemSetupError, match=r"ext0.*no link"):
         nl.ifindex("ext0")
