@@ -8,7 +8,7 @@ has nothing else to do. The flow of one run:
 1. choose the route as a real packet would (on the real sockets: choosing it may lease a flow
    label on the transmit socket, which must never happen on a stand-in);
 2. put keep-warm's stand-ins in place of the worker's sockets, keys, counters, drop batch, queue
-   reader and sent-packet record (:data:`STAND_INS`): a random key, so the stream's nonce
+   reader and sent-packet record (:meth:`KeepWarm.stand_ins`): a random key, so the stream's nonce
    counter, replay window, journal and counters are untouched, and sockets that send nothing;
 3. a 64-byte echo request from the local host goes through the queue parser, ``on_message`` and
    ``outbound``; what ``outbound`` would have sent comes back through ``receive``, the opening
@@ -63,9 +63,6 @@ class StreamWorker(Protocol):
 
 log = logging.getLogger(__name__)
 
-# The worker's attributes that a run replaces with keep-warm's own, in one place.
-STAND_INS = ("tx", "host", "link", "link_ifindex", "sealer", "opener", "counters", "drops",
-             "reader", "active_until", "sent")
 
 
 class WarmSocket:
@@ -135,7 +132,7 @@ class KeepWarm:
         self.message = packet_message(queue, 1, packet)
 
     def stand_ins(self, worker: StreamWorker) -> dict[str, Any]:
-        """The value of each of :data:`STAND_INS` for a run on ``worker``."""
+        """The worker's attributes that a run replaces, each with keep-warm's own (one place)."""
         assert worker.state is not None
         return {"tx": self.sock, "host": self.sock, "link": self.sock,
                 "link_ifindex": worker.state.internal_ifindex, "sealer": self.sealer,
@@ -146,10 +143,10 @@ class KeepWarm:
 
 @contextmanager
 def standing_in(worker: StreamWorker, values: dict[str, Any]) -> Iterator[None]:
-    """Replace the worker's :data:`STAND_INS` with ``values`` for the block, and put them back."""
-    saved = {name: getattr(worker, name) for name in STAND_INS}
-    for name in STAND_INS:
-        setattr(worker, name, values[name])
+    """Set the worker's attributes named in ``values`` for the block, and put them back."""
+    saved = {name: getattr(worker, name) for name in values}
+    for name, value in values.items():
+        setattr(worker, name, value)
     try:
         yield
     finally:

@@ -418,7 +418,6 @@ class Firewall:
     def __init__(self, tag_prefix: str = "mt6d") -> None:
         self.tag_prefix = layout.prefix(tag_prefix)
         self.chains = layout.chain_names(tag_prefix)
-        self.input_chain, self.output_chain = self.chains.input, self.chains.output
         self.internal_if = self.external_if = ""
         self._fixed: layout.FixedRules | None = None
         self._streams: dict[str, tuple[Rule, Rule]] = {}  # P-INPUT: queue rule, true-address guard
@@ -507,7 +506,7 @@ class Firewall:
         if old is not None:
             raise SystemSetupError(f"firewall: stream {name} exists with another rule")
         position = len(fixed.head) + 2 * len(self._streams)
-        out_position = len(fixed.chains[self.output_chain]) + 2 * len(self._silenced)
+        out_position = len(fixed.chains[self.chains.output]) + 2 * len(self._silenced)
         _transaction(
             [_op_insert(inputs[0], position), _op_insert(inputs[1], position + 1),
              _op_insert(silenced[0], out_position), _op_insert(silenced[1], out_position + 1)],
@@ -603,13 +602,13 @@ class Firewall:
             return []
         lines = [f"-N {n}" for n in sorted(self.chains)] + [j.text() for j in fixed.jumps]
         by_chain = {chain: [r.text() for r in chain_rules] for chain, chain_rules in fixed.chains.items()}
-        by_chain[self.input_chain] = (
+        by_chain[self.chains.input] = (
             [r.text() for r in fixed.head]
             + [r.text() for pair in self._streams.values() for r in pair]
             + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
             + [fixed.icmp_jump.text()]
         )
-        by_chain[self.output_chain] += [r.text() for pair in self._silenced.values() for r in pair]
+        by_chain[self.chains.output] += [r.text() for pair in self._silenced.values() for r in pair]
         for chain in sorted(by_chain):
             lines += by_chain[chain]
         return lines
@@ -623,11 +622,11 @@ class Firewall:
         if not self.active:
             return {}
         kinds = {
-            (self.input_chain, "frag"): "fragment",
+            (self.chains.input, "frag"): "fragment",
             (self.chains.true, "true"): "true_address",
             (self.chains.guard, "guard"): "hashed_address",
-            (self.output_chain, "silent"): "silenced",
-            (self.output_chain, "stream"): "true_source",
+            (self.chains.output, "silent"): "silenced",
+            (self.chains.output, "stream"): "true_source",
         }
         counts = dict.fromkeys(kinds.values(), 0)
         table = _table()

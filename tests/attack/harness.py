@@ -37,7 +37,7 @@ from typing import Any
 from mt6d_mp import lab as labmod
 from mt6d_mp.io.bus import request
 from mt6d_mp.lab import Lab, LabInfo
-from tests.lab.test_mt6d import frames, status, worker
+from tests.lab.test_mt6d import capture, frames, status, worker
 
 HERE = Path(__file__).resolve().parent
 SENDFRAMES = HERE / "sendframes.py"
@@ -211,18 +211,8 @@ def send_frames(lab: Lab, ns: str, iface: str, frames_: Sequence[bytes], *, roun
 @contextmanager
 def sniff(lab: Lab, ns: str, iface: str, path: Path, filt: str = "ip6", snaplen: int = 0) -> Iterator[Path]:
     """tcpdump on ``iface`` in ``ns`` for the block (whole frames unless ``snaplen``)."""
-    argv = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", str(snaplen or 0), "-w", str(path)]
-    pid = lab.spawn(ns, [*argv, *filt.split()], name=f"tcpdump-{path.stem}")
-    deadline = time.monotonic() + 5
-    while not path.exists() or path.stat().st_size < 24:
-        assert time.monotonic() < deadline, f"tcpdump on {ns} {iface} did not start"
-        time.sleep(0.05)
-    time.sleep(0.3)
-    try:
-        yield path
-    finally:
-        time.sleep(0.4)
-        lab.stop(pid)
+    with capture(lab, ns, iface, path, filt, snaplen) as captured:
+        yield captured
 
 
 # --- reading frames ----------------------------------------------------------------------------

@@ -121,9 +121,10 @@ def assert_no_loss(r: subprocess.CompletedProcess[str], info: LabInfo | None = N
 
 
 @contextmanager
-def capture(lab: Lab, ns: str, iface: str, path: Path, filt: str = "ip6") -> Iterator[Path]:
-    """tcpdump on a link for the duration of the block (headers only: 200 bytes per frame)."""
-    pid = lab.spawn(ns, ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "200",
+def capture(lab: Lab, ns: str, iface: str, path: Path, filt: str = "ip6",
+            snaplen: int = 200) -> Iterator[Path]:
+    """tcpdump on a link for the duration of the block (``snaplen`` bytes per frame, 0: whole)."""
+    pid = lab.spawn(ns, ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", str(snaplen),
                          "-w", str(path), filt], name=f"tcpdump-{path.stem}")
     deadline = time.monotonic() + 5
     while not path.exists() or path.stat().st_size < 24:
@@ -133,7 +134,7 @@ def capture(lab: Lab, ns: str, iface: str, path: Path, filt: str = "ip6") -> Ite
     try:
         yield path
     finally:
-        time.sleep(0.3)
+        time.sleep(0.4)  # the last frames reach the file
         lab.stop(pid)
 
 
