@@ -52,11 +52,11 @@ from typing import TYPE_CHECKING, Any
 from mt6d_mp.commands import CommandError, handlers, routes_reply, stream_rows
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.addressing import mac_text
-from mt6d_mp.core.crypto import derive_direction_key
 from mt6d_mp.core.epochs import next_boundary
-from mt6d_mp.core.messages import RouteUpdate, StreamState
+from mt6d_mp.core.messages import KeyxSend, PhaseKeys, RouteUpdate, StreamState
 from mt6d_mp.core.packet import tunnel_overhead
-from mt6d_mp.core.routes import Route, RouteChanges, RouteList, StreamIdentity
+from mt6d_mp.core.phases import Outgoing, Policy, StreamKeys
+from mt6d_mp.core.routes import Route, RouteChanges, StreamIdentity, lifetime_epochs
 from mt6d_mp.errors import EXIT_GENERIC, EXIT_PRIVILEGE, ConfigError, Mt6dError, SystemSetupError
 from mt6d_mp.io.bus import BusServer
 from mt6d_mp.io.firewall import Firewall
@@ -95,15 +95,18 @@ class Supervisor:
         self.fw: Firewall | None = None
         self.bus: BusServer | None = None
         self.metrics: MetricsServer | None = None
-        self.route_lists: dict[str, RouteList] = {}
+        self.route_lists: dict[str, StreamKeys] = {}  # per stream: its key phases and routes
         self.stream_states: dict[str, StreamState] = {}
+        self.lanes: dict[str, int] = {}  # per stream: the sender lane of its worker's last start
+        self.queues: dict[str, int] = {}
         self.streams_done: list[cfgmod.StreamConfig] = []
-        self.bound_routes: dict[tuple[str, int], Route] = {}
+        self.bound_routes: dict[tuple[str, int, int], Route] = {}  # (stream, phase, epoch)
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
                           config.keep_warm_ms),
             keep_up=lambda: self.running, monotonic=monotonic)
+        self.pool.before_spawn = self.new_lane
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
@@ -178,6 +181,7 @@ class Supervisor:
                 raise SystemSetupError(f"metrics: cannot listen on {c.metrics_listen}: {e}") from e
             self.metrics.start()
         self.bus.handlers.update(handlers(self))  # mt6dctl's commands (mt6d_mp.commands)
+        self.bus.handlers[b"keyx"] = self.keyx_received  # exchange messages from the workers
         for s in c.streams:
             self.add_stream(s)
 
@@ -197,20 +201,43 @@ class Supervisor:
             self.nl.add_host_route(c.internal, local)
         if self.fw is not None:
             self.fw.add_stream(s.name, local, remote, s.queue, mac_text(s.local.mac))
-        secret = s.key.secret
-        state = StreamState(
-            name=s.name, queue=s.queue, local=local, remote=remote, crypt=c.effective_crypt,
-            tx_key=derive_direction_key(secret, local, remote),
-            rx_key=derive_direction_key(secret, remote, local),
-            key_phase=0, internal_ifindex=self.int_index, external_ifindex=self.ext_index,
-            tunnel_mtu=self.tunnel_mtu, rotation_time=c.rotation_time, flow_label=c.flow_label,
-        )
-        self.stream_states[s.name] = state
-        self.bus.publish(state)
         identity = StreamIdentity(s.name, local, s.local.mac, remote, s.remote.mac, c.hash_type)
-        self.route_lists[s.name] = RouteList(
-            identity, constant_key(secret), c.rotation_time, c.route_lifetime
+        self.route_lists[s.name] = StreamKeys(
+            identity, s.key.secret, c.rotation_time, c.route_lifetime, rekey_policy(c),
+            self.clock())
+        self.lanes.setdefault(s.name, 0)
+        self.queues[s.name] = s.queue
+        self.publish_state(s.name)
+
+    def publish_state(self, name: str) -> None:
+        """The stream's keys, sending phase and lane to its workers (never logged)."""
+        assert self.bus is not None
+        c, keys = self.config, self.route_lists[name]
+        ident = keys.identity
+        state = StreamState(
+            name=name, queue=self.queues[name], local=ident.local_address,
+            remote=ident.remote_address, crypt=c.effective_crypt,
+            phases=tuple(PhaseKeys(p.number, p.tx_key, p.rx_key) for p in keys.data_phases()),
+            send_phase=-1 if keys.send_phase is None else keys.send_phase,
+            lane=self.lanes[name], internal_ifindex=self.int_index,
+            external_ifindex=self.ext_index, tunnel_mtu=self.tunnel_mtu,
+            rotation_time=c.rotation_time, flow_label=c.flow_label,
         )
+        self.stream_states[name] = state
+        self.bus.publish(state)
+        keys.changed = False
+
+    def new_lane(self, worker: str) -> None:
+        """A stream worker is about to start: give it a sender lane no start before it used,
+        so that its counters, which start at 0, never repeat a nonce under a phase's key."""
+        if worker not in self.route_lists:
+            return  # the ICMP worker seals nothing
+        lane = self.lanes[worker] + 1
+        if lane > 0xFFFF:  # 65535 starts within one phase's life: take new keys instead
+            lane = 1
+            self.route_lists[worker].request_rekey(self.clock())
+        self.lanes[worker] = lane
+        self.publish_state(worker)
 
     def remove_stream(self, s: cfgmod.StreamConfig) -> None:
         """Undo :meth:`add_stream` and the stream's routes and worker; idempotent, so it also
@@ -230,6 +257,8 @@ class Supervisor:
             self.remove_stream_system(s)
         self.route_lists.pop(s.name, None)
         self.stream_states.pop(s.name, None)
+        self.lanes.pop(s.name, None)
+        self.queues.pop(s.name, None)
         self.bus.stats.pop(s.name, None)
         self.streams_done = [d for d in self.streams_done if d.name != s.name]
 
@@ -242,8 +271,64 @@ class Supervisor:
         changes = {name: routes.advance(now) for name, routes in self.route_lists.items()}
         t1 = time.perf_counter()
         self.apply(changes)
+        for name, keys in self.route_lists.items():
+            if keys.changed:  # a phase went with its last route
+                self.publish_state(name)
         self.next_rotation = next_boundary(now, self.config.rotation_time)
         log.debug("event=rotated seconds=%.6f hash=%.6f", time.perf_counter() - t0, t1 - t0)
+
+    # --- keys (mt6d_mp.core.phases; the messages travel through the stream's worker) ---------
+
+    def keys_tick(self) -> None:
+        """The exchanges' timers, every turn of the loop."""
+        now = self.clock()
+        for name, keys in list(self.route_lists.items()):
+            out = keys.tick(now)
+            self.settle(name, keys, out)
+
+    def settle(self, name: str, keys: StreamKeys, out: list[Outgoing]) -> None:
+        """After the keys changed: routes first (bound and filtered, so that the peer's first
+        packet of a new phase finds them), then the state, then the messages."""
+        if keys.changed:
+            self.apply({name: keys.advance(self.clock())})
+            self.publish_state(name)
+        for line in keys.events:
+            log.info("%s stream=%s", line, name)
+        keys.events.clear()
+        assert self.bus is not None
+        for m in out:
+            self.bus.publish(KeyxSend(name, m.route.local.address, m.route.local.port, m.options,
+                                      m.payload))
+
+    def keyx_received(self, args: list[bytes]) -> None:
+        """``[b"keyx", stream, local_hashed16, port(2), options, payload]`` from a stream worker:
+        an exchange message that arrived on one of the stream's routes."""
+        if len(args) != 5 or len(args[1]) != 16 or len(args[2]) != 2:
+            return None
+        name = args[0].decode("utf-8", "replace")
+        keys = self.route_lists.get(name)
+        if keys is None:
+            return None
+        port = int.from_bytes(args[2], "big")
+        route = next((r for r in keys.installed()
+                      if r.local.address == args[1] and r.local.port == port), None)
+        if route is None:
+            keys.counters["keyx_unknown_route"] += 1
+            return None
+        self.settle(name, keys, keys.receive(self.clock(), route, args[3], args[4]))
+        return None
+
+    def rekey(self, names: list[str]) -> dict[str, Any]:
+        """``mt6dctl rekey [STREAM...]``: start an exchange now."""
+        unknown = [n for n in names if n not in self.route_lists]
+        if unknown:
+            raise CommandError(f"unknown stream: {', '.join(unknown)}")
+        chosen = names or list(self.route_lists)
+        now = self.clock()
+        for n in chosen:
+            self.route_lists[n].request_rekey(now)
+            log.info("event=rekey_requested stream=%s", n)
+        return {"rekeying": chosen}
 
     def apply(self, all_changes: dict[str, RouteChanges]) -> None:
         """Apply one rotation's changes of every stream: make before break, one firewall commit.
@@ -267,9 +352,9 @@ class Supervisor:
                 self.bus.publish(route_update(r, "released"))
                 if c.routes:
                     self.nl.remove_address(c.bridging, r.local.address)
-                self.bound_routes.pop((stream, r.epoch), None)
-                remove.append((stream, r.epoch))
-            add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port)
+                self.bound_routes.pop((stream, r.key_phase, r.epoch), None)
+                remove.append((stream, r.epoch, r.key_phase))
+            add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port, r.key_phase)
                     for r in changes.added]
         t1 = time.perf_counter()
         if self.fw is not None:
@@ -279,7 +364,7 @@ class Supervisor:
             for r in changes.added:
                 if c.routes:
                     self.nl.add_address(c.bridging, r.local.address)
-                self.bound_routes[(stream, r.epoch)] = r
+                self.bound_routes[(stream, r.key_phase, r.epoch)] = r
         t3 = time.perf_counter()
         for changes in all_changes.values():
             for r in changes.added:
@@ -421,9 +506,10 @@ class Supervisor:
         published = 0
         for name, routes in self.route_lists.items():
             self.bus.publish(self.stream_states[name])
-            accepted = {r.epoch for r in routes.accepted(now)}
+            accepted = {(r.key_phase, r.epoch) for r in routes.accepted(now)}
             for r in sorted(routes.installed(), key=lambda r: r.epoch):
-                self.bus.publish(route_update(r, "accepted" if r.epoch in accepted else "expired"))
+                self.bus.publish(route_update(
+                    r, "accepted" if (r.key_phase, r.epoch) in accepted else "expired"))
                 published += 1
             published += 1
         return {"added": added, "rebound": rebound, "firewall_diff": diff, "published": published}
@@ -455,6 +541,7 @@ class Supervisor:
                 self.bus.handle_control()
             if self.clock() >= self.next_rotation:
                 self.rotate()
+            self.keys_tick()
             if self.reload_pending:
                 self.reload_pending = False
                 with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays
@@ -478,7 +565,7 @@ class Supervisor:
         nl, c = self.nl, self.config
         if nl is not None and c.routes:
             # Hashed addresses go while their guards still stand (see apply).
-            for (stream, _epoch), r in list(self.bound_routes.items()):
+            for (stream, _phase, _epoch), r in list(self.bound_routes.items()):
                 steps.append((f"route {stream}",
                               functools.partial(nl.remove_address, c.bridging, r.local.address)))
         if self.fw is not None:
@@ -551,13 +638,13 @@ def tunnel_overhead_for(c: cfgmod.Config) -> int:
     return tunnel_overhead(CRYPT_TYPES[c.effective_crypt])
 
 
-def constant_key(secret: bytes) -> Callable[[int], tuple[bytes, int]]:
-    """The key schedule without in-band rekeying: one key, phase 0, for every epoch."""
-
-    def schedule(epoch: int) -> tuple[bytes, int]:
-        return secret, 0
-
-    return schedule
+def rekey_policy(c: cfgmod.Config) -> Policy:
+    """The exchange's timers from ``[crypto]``; the clock tolerance is the routes' (one
+    rotation ahead, ``L`` behind: PROTOCOL.md 0), so an INIT is refused as stale exactly when
+    the clocks are too far apart for the routes anyway."""
+    lifetime = lifetime_epochs(c.rotation_time, c.route_lifetime)
+    return Policy(c.regen_interval, c.regen_window, c.effective_regen_limit,
+                  (lifetime + 1) * c.rotation_time)
 
 
 def route_update(r: Route, state: str) -> RouteUpdate:

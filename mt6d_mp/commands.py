@@ -21,7 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 from mt6d_mp.core.epochs import next_boundary
-from mt6d_mp.core.routes import Route, RouteList
+from mt6d_mp.core.phases import StreamKeys
+from mt6d_mp.core.routes import Route
 from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_GENERIC, Mt6dError
 
 log = logging.getLogger("mt6d.supervisor")
@@ -43,6 +44,7 @@ class Controlled(Protocol):
     def reload(self) -> dict[str, Any]: ...
     def routes_data(self) -> dict[str, Any]: ...
     def rehash(self) -> dict[str, Any]: ...
+    def rekey(self, names: list[str]) -> dict[str, Any]: ...
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -79,7 +81,12 @@ class Status(Command):
     "user_dropped"}, "segment_queue": (the same for a stream worker's segmenting queue, or null),
     "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
-    "next_rotation", "next_rotation_in"}], "firewall_drops": {kind: packets}}``.
+    "next_rotation", "next_rotation_in", "key_state", "key_phase", "key_age", "next_rekey_in",
+    "keyx": {counter: n}}], "firewall_drops": {kind: packets}}``. ``key_state`` is ``keyed``
+    (sending on phase ``key_phase``, whose key is ``key_age`` seconds old), ``bootstrapping``
+    (no exchange has succeeded yet: nothing is sent) or ``expired`` (no fresh key within
+    ``regen_limit``: nothing is sent until an exchange succeeds); ``keyx`` counts the key
+    exchange's messages and refusals by reason (docs/PROTOCOL.md 5).
     ``firewall_drops`` counts what the kernel dropped by MT6D's rules (kinds in
     mt6d_mp.io.firewall.Firewall.drop_counts: fragment, true_address, hashed_address, silenced,
     true_source). ``packets_out`` counts tunnelled packets (host to
@@ -190,6 +197,21 @@ class Rehash(Command):
         return sup.rehash()
 
 
+class Rekey(Command):
+    """Start a key exchange now on the named streams (all without names).
+
+    The new key phase is used once the exchange is confirmed; the old one stays accepted until
+    its routes expire (docs/PROTOCOL.md 5). Wire: ``[b"rekey", stream...]`` -> ``{"rekeying":
+    [stream...]}``. The client waits until each stream sends on a new phase. Exit: 0 all
+    rekeyed, 1 otherwise (unknown stream, or no new phase within the wait).
+    """
+
+    name = "rekey"
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        return sup.rekey(args)
+
+
 class Doctor(Command):
     """Check what this machine needs to run MT6D (no supervisor needed).
 
@@ -208,7 +230,7 @@ class Doctor(Command):
 
 COMMANDS: dict[str, Command] = {
     c.name: c for c in (Status(), Start(), Stop(), Restart(), Reload(), Routes(), Rehash(),
-                        Doctor())
+                        Rekey(), Doctor())
 }
 
 
@@ -230,31 +252,36 @@ def route_dict(r: Route) -> dict[str, Any]:
             "remote_port": r.remote.port, "key_phase": r.key_phase}
 
 
-def stream_rows(route_lists: Mapping[str, RouteList], queues: Mapping[str, int], now: float,
+def stream_rows(route_lists: Mapping[str, StreamKeys], queues: Mapping[str, int], now: float,
                 rotation_time: float) -> list[dict[str, Any]]:
     """The ``streams`` list of the status reply."""
     rows = []
-    for name, routes in route_lists.items():
-        active = routes.active(now)
+    for name, keys in route_lists.items():
+        active = keys.active(now)
         nxt = next_boundary(now, rotation_time)
         rows.append({
             "name": name, "queue": queues[name],
             "active": route_dict(active) if active else None,
-            "installed": [route_dict(r) for r in routes.installed()],
+            "installed": [route_dict(r) for r in keys.installed()],
             "next_rotation": nxt, "next_rotation_in": nxt - now,
+            "key_state": keys.state, "key_phase": keys.send_phase,
+            "key_age": now - keys.keyed_since if keys.send_phase is not None else None,
+            "next_rekey_in": (keys.next_rekey - now if keys.next_rekey != float("inf")
+                              else None),
+            "keyx": {k: v for k, v in keys.counters.items() if v},
         })
     return rows
 
 
-def routes_reply(route_lists: Mapping[str, RouteList], now: float,
+def routes_reply(route_lists: Mapping[str, StreamKeys], now: float,
                  rotation_time: float) -> dict[str, Any]:
     """The reply to ``routes``: every installed route, as active, accepted or expired."""
     streams = []
-    for name, routes in route_lists.items():
-        active = routes.active(now)
-        accepted = {r.epoch for r in routes.accepted(now)}
+    for name, keys in route_lists.items():
+        active = keys.active(now)
+        accepted = {(r.key_phase, r.epoch) for r in keys.accepted(now)}
         streams.append({"name": name, "routes": [
-            {**route_dict(r), "state": "active" if active is not None
-             and r.epoch == active.epoch else "accepted" if r.epoch in accepted
-             else "expired"} for r in routes.installed()]})
+            {**route_dict(r), "state": "active" if r == active
+             else "accepted" if (r.key_phase, r.epoch) in accepted
+             else "expired"} for r in keys.installed()]})
     return {"time": now, "rotation_time": rotation_time, "streams": streams}

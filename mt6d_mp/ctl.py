@@ -119,15 +119,25 @@ class Status(Client):
                   f"{_dur(w['uptime']) if w['uptime'] else '-':>8} {w['queue']:>5} "
                   f"{kq.get('waiting', '-'):>5} {w.get('packets_out', 0):>9} "
                   f"{w.get('packets_in', 0):>9}  {extra}")
-        add(f"{'STREAM':<22} {'ACTIVE ROUTE (epoch: local -> remote)':<80} NEXT ROTATION")
+        add(f"{'STREAM':<22} {'ACTIVE ROUTE (epoch: local -> remote)':<80} NEXT ROTATION  KEY")
         for s in reply["streams"]:
             a = s.get("active")
             route = f"{a['epoch']}: {a['local']} -> {a['remote']}" if a else "none"
-            add(f"{s['name']:<22} {route:<80} in {s['next_rotation_in']:.1f}s")
+            add(f"{s['name']:<22} {route:<80} in {s['next_rotation_in']:.1f}s  {_key(s)}")
         fw = reply.get("firewall_drops") or {}
         if fw:
             add("FIREWALL DROPS  " + " ".join(f"{k}={v}" for k, v in sorted(fw.items())))
         return "\n".join(lines)
+
+
+def _key(s: dict[str, Any]) -> str:
+    """A stream's key in a few words: phase and age, or why it sends nothing."""
+    state = s.get("key_state", "?")
+    if state != "keyed":
+        return f"{state.upper()} (sends nothing)"
+    nxt = s.get("next_rekey_in")
+    return (f"phase {s.get('key_phase')} age {_dur(s.get('key_age') or 0)}"
+            + (f" rekey in {_dur(max(0.0, nxt))}" if nxt is not None else ""))
 
 
 def status_code(reply: dict[str, Any]) -> int:
@@ -219,6 +229,42 @@ class Rehash(Client):
                          + [f"firewall differs: {line}" for line in reply["firewall_diff"]])
 
 
+class Rekey(Client):
+    name = "rekey"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("streams", nargs="*", metavar="STREAM", help="stream names (default: all)")
+        p.add_argument("--no-wait", action="store_true",
+                       help="return once the supervisor accepted the request")
+
+    def message(self, args: argparse.Namespace) -> list[bytes]:
+        return [s.encode() for s in args.streams]
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        names = reply["rekeying"]
+        if args.no_wait:
+            return reply, EXIT_OK
+        before = {s["name"]: s.get("keyx", {}).get("rekeys", 0)
+                  for s in ctl.call(b"status")["streams"] if s["name"] in names}
+        deadline = time.monotonic() + args.wait_timeout
+        while True:
+            rows = {s["name"]: s for s in ctl.call(b"status")["streams"] if s["name"] in names}
+            done = {n for n, s in rows.items() if s.get("keyx", {}).get("rekeys", 0) > before[n]
+                    and s.get("key_state") == "keyed"}
+            if done >= set(rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        result = {"streams": {n: {"rekeyed": n in done, "key_phase": rows[n].get("key_phase")}
+                              for n in rows}}
+        return result, EXIT_OK if done >= set(rows) else EXIT_GENERIC
+
+    def text(self, result: dict[str, Any]) -> str:
+        return "\n".join(f"{n}: " + (f"now on phase {r['key_phase']}" if r["rekeyed"]
+                                     else "no new key yet")
+                         for n, r in result["streams"].items())
+
+
 class Doctor(Client):
     name = "doctor"
 
@@ -234,7 +280,7 @@ class Doctor(Client):
 
 CLIENTS: dict[str, Client] = {
     c.name: c for c in (Status(), Start(), Stop(), Restart(), Reload(), Routes(), Rehash(),
-                        Doctor())
+                        Rekey(), Doctor())
 }
 
 

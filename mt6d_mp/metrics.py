@@ -70,6 +70,17 @@ def render(status: dict[str, Any]) -> str:
         if s.get("active"):
             add("mt6d_stream_epoch", "gauge", "Epoch (salt) of the stream's active route.",
                 {"stream": s["name"]}, float(s["active"]["epoch"]))
+        if "key_state" in s:
+            add("mt6d_stream_keyed", "gauge",
+                "1 while the stream has a fresh key and sends; 0 when it fails closed.",
+                {"stream": s["name"]}, 1.0 if s["key_state"] == "keyed" else 0.0)
+            if s.get("key_age") is not None:
+                add("mt6d_stream_key_age_seconds", "gauge", "Age of the key the stream sends with.",
+                    {"stream": s["name"]}, float(s["key_age"]))
+            for event, count in sorted((s.get("keyx") or {}).items()):
+                add("mt6d_stream_keyx_total", "counter",
+                    "Key exchange events and refusals, by kind (docs/PROTOCOL.md 5).",
+                    {"stream": s["name"], "event": event}, float(count))
     out = []
     for name, (kind, help_text, samples) in families.items():
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]

@@ -84,6 +84,9 @@ class WorkerPool:
         self.monotonic = monotonic
         self.ready: set[str] = set()
         self.workers: dict[str, WorkerProcess] = {}
+        # Called with a worker's name just before each start of its process (the supervisor
+        # gives each start of a stream worker a new sender lane: docs/PROTOCOL.md 2).
+        self.before_spawn: Callable[[str], None] | None = None
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class WorkerPool:
     def spawn(self, w: WorkerProcess) -> None:
         log.info("action=start_worker worker=%s queue=%d", w.name, w.queue)
         self.ready.discard(w.name)  # readiness is per process: wait for the new one's
+        if self.before_spawn is not None:
+            self.before_spawn(w.name)
         try:
             w.proc = subprocess.Popen(w.argv, cwd=REPO, stdin=subprocess.DEVNULL)
         except OSError as e:

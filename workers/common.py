@@ -229,6 +229,7 @@ class Worker:
                     changed |= self.bus.poll_control()
                 if changed:
                     self.rebuild()
+                    self.bus.replica.outbox.clear()  # sent by rebuild if this worker's
                 now = time.monotonic()  # one clock read per turn, for both uses
                 if ready:
                     warm_until = now + KEEP_WARM_FOR

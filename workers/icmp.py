@@ -89,11 +89,15 @@ class IcmpWorker(Worker):
         Expired routes are kept: an error can arrive a little after its route stopped.
         """
         replica = self.bus.replica
-        decryptors: dict[str, crypto.PrefixDecryptor | None] = {}
+        # One decryptor per (stream, key phase): the quote is of a packet sealed with the tx key
+        # of the phase of the route it travelled on.
+        decryptors: dict[tuple[str, int], crypto.PrefixDecryptor | None] = {}
         for st in replica.streams.values():
             ctype = crypto.CRYPT_TYPES[st.crypt]
-            decryptors[st.name] = (None if ctype == crypto.CRYPT_NONE
-                                   else crypto.Sealer(ctype, st.tx_key, phase=st.key_phase))
+            for k in st.phases:
+                decryptors[(st.name, k.phase)] = (
+                    None if ctype == crypto.CRYPT_NONE
+                    else crypto.Sealer(ctype, k.tx_key, phase=k.phase))
             if st.name not in self.sent:
                 self.sent[st.name] = SentReader(ring_path(self.runtime_dir, st.name))
         for name in [n for n in self.sent if n not in replica.streams]:
@@ -101,9 +105,11 @@ class IcmpWorker(Worker):
         table: dict[tuple[bytes, bytes], Lookup] = {}
         for r in replica.routes.values():
             owner = replica.streams.get(r.stream)
-            if owner is not None:
-                table[(r.local_hashed, r.remote_hashed)] = (owner.local, owner.remote, decryptors[owner.name],
-                                              self.sent[owner.name].was_sent)
+            if owner is not None and (owner.name, r.key_phase) in decryptors:
+                # Routes of the bootstrap phase carry no data: no error about them is a host's.
+                table[(r.local_hashed, r.remote_hashed)] = (
+                    owner.local, owner.remote, decryptors[(owner.name, r.key_phase)],
+                    self.sent[owner.name].was_sent)
         self.lookup_table = table
 
     def _lookup(self, src16: bytes, dst16: bytes) -> Lookup | None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 
 from mt6d_mp.core import crypto
+from mt6d_mp.core.crypto import OPT_KEYX
 from mt6d_mp.core.offload import (
     IPPROTO_TCP,
     complete_checksum,
@@ -46,6 +48,8 @@ from workers.path import RouteSocket, StreamPath
 
 log = logging.getLogger("workers.stream")
 
+KEYX_RATE = 20.0  # exchange messages per second passed to the supervisor (an exchange needs 3)
+KEYX_BURST = 20.0
 RECV_BATCH = 64  # datagrams read from one socket before the loop looks at the others
 ANC_BUFFER = socket.CMSG_SPACE(64)  # room for one destination options header
 # Hot-path constants as module globals (plain ints; see mt6d_mp.io.sockets).
@@ -82,6 +86,7 @@ class Inbound(StreamPath):
         its size, left the allocator's heap fragmented (USS grew by megabytes under bulk load).
         """
         recvmsg_into, buffers, view = rs.sock.recvmsg_into, self.rx_buffers, self.rx_view
+        opener = self.openers.get(rs.phase)  # none on the bootstrap phase's routes: no data there
         for _ in range(RECV_BATCH):
             try:
                 n, ancillary, flags, source = recvmsg_into(buffers, ANC_BUFFER)
@@ -106,17 +111,36 @@ class Inbound(StreamPath):
                 for level, kind, value in ancillary:
                     if level == LEVEL_IPV6 and kind == DSTOPTS:
                         dstopts = value
-                if dstopts is not None and len(dstopts) > 4 and dstopts[4] & crypto.ALG_CHUNKED:
-                    self.receive_chunk(rs, dstopts, bytes(view[:n]))  # kept until complete
+                if dstopts is not None and len(dstopts) > 4 and dstopts[2] == OPT_KEYX:
+                    self.keyx_received(rs, dstopts, bytes(view[:n]))
+                elif opener is None:
+                    raise PacketError("key_phase", f"data on phase {rs.phase}, which has no keys")
+                elif dstopts is not None and len(dstopts) > 4 and dstopts[4] & crypto.ALG_CHUNKED:
+                    self.receive_chunk(rs, opener, dstopts, bytes(view[:n]))  # kept until complete
                 else:
-                    self.inbound(open_payload(self.opener, rs.aad, dstopts, view[:n]))
+                    self.inbound(open_payload(opener, rs.aad, dstopts, view[:n]))
             except PacketError as e:
                 self.counters["drop_" + e.reason] += 1
             except Exception:  # never let one datagram kill the worker; count it and go on
                 self.internal_error()
         return True
 
-    def receive_chunk(self, rs: RouteSocket, dstopts: bytes, data: bytes) -> None:
+    def keyx_received(self, rs: RouteSocket, dstopts: bytes, data: bytes) -> None:
+        """A key exchange message: to the supervisor, which checks and answers it (the worker
+        only carries it). At most KEYX_BURST at once and KEYX_RATE a second: a flood of forged
+        ones costs the supervisor no more than that."""
+        now = time.monotonic()
+        self.keyx_tokens = min(KEYX_BURST, self.keyx_tokens + (now - self.keyx_refilled) * KEYX_RATE)
+        self.keyx_refilled = now
+        if self.keyx_tokens < 1:
+            raise PacketError("keyx_rate", "more exchange messages than an exchange needs")
+        self.keyx_tokens -= 1
+        self.counters["keyx_forwarded"] += 1
+        self.bus.send(b"keyx", self.name.encode(), rs.local, rs.local_port.to_bytes(2, "big"),
+                      dstopts, data)
+
+    def receive_chunk(self, rs: RouteSocket, opener: crypto.Opener, dstopts: bytes,
+                      data: bytes) -> None:
         """One chunk of a message; the message is opened and delivered once complete."""
         chunks = rs.chunks
         message = chunks.add(dstopts, data)
@@ -125,9 +149,9 @@ class Inbound(StreamPath):
             chunks.evicted = 0
         if message is None:
             return
-        if self.opener is None or len(dstopts) != crypto.DSTOPTS_LEN:
+        if len(dstopts) != crypto.DSTOPTS_LEN:
             raise PacketError("bad_option", "a message needs the standard options header")
-        plain = self.opener.open(rs.aad, dstopts, message, crypto.ENC_OPT_OFFSET, chunked=True)
+        plain = opener.open(rs.aad, dstopts, message, crypto.ENC_OPT_OFFSET, chunked=True)
         check_inner_plain(plain)
         self.counters["messages_received"] += 1
         self.deliver_large(plain)

@@ -131,12 +131,13 @@ class KeepWarm:
                   + b"\x80\x00" + bytes(62))
         self.message = packet_message(queue, 1, packet)
 
-    def stand_ins(self, worker: StreamWorker) -> dict[str, Any]:
-        """The worker's attributes that a run replaces, each with keep-warm's own (one place)."""
+    def stand_ins(self, worker: StreamWorker, phase: int) -> dict[str, Any]:
+        """The worker's attributes that a run replaces, each with keep-warm's own (one place);
+        ``phase`` is the key phase of the route the run uses."""
         assert worker.state is not None
         return {"tx": self.sock, "host": self.sock, "link": self.sock,
                 "link_ifindex": worker.state.internal_ifindex, "sealer": self.sealer,
-                "opener": self.opener, "counters": self.counters, "drops": self.drops,
+                "openers": {phase: self.opener}, "counters": self.counters, "drops": self.drops,
                 "reader": self.reader, "active_until": math.inf,  # no route choice in a run
                 "sent": self.sent}
 
@@ -166,7 +167,7 @@ def keep_warm(worker: StreamWorker) -> None:
     if w is None or w.crypt != st.crypt or w.true_pair != worker.true_pair:
         w = worker.warm = KeepWarm(st.crypt, worker.true_pair, worker.queue_num)
     delivered = w.counters["extracted_packets"]
-    with standing_in(worker, w.stand_ins(worker)):
+    with standing_in(worker, w.stand_ins(worker, route.key_phase)):
         w.sock.load(w.message)
         w.reader.read(worker.on_message)  # -> outbound -> w.sock.sendmsg, kept
         w.drops.waiting = 0
@@ -177,7 +178,8 @@ def keep_warm(worker: StreamWorker) -> None:
             aad = aad_prefix(route.local_hashed, route.remote_hashed, route.local_port, route.remote_port)
             # receive() uses only recvmsg_into of its socket, which the stand-in has.
             stand_in = cast("socket.socket", w.sock)
-            worker.receive(RouteSocket(stand_in, source, route.local_port, aad, w.chunks))
+            worker.receive(RouteSocket(stand_in, source, route.local_port, aad, w.chunks,
+                                       phase=route.key_phase))
     if w.counters["extracted_packets"] == delivered or any(k.startswith("drop_") for k in w.counters):
         # The next real packet chooses its route again on the real sockets, in case the failed
         # run left the choice half made.

@@ -71,7 +71,8 @@ class Outbound(StreamPath):
         st = self.state
         assert st is not None
         epoch = epoch_at(now, st.rotation_time)
-        self.active = route = self.routes.get(epoch)
+        # Only the sending phase's route: none while the stream has no fresh key (fail closed).
+        self.active = route = self.routes.get((st.send_phase, epoch))
         self.active_until = (epoch + 1) * st.rotation_time
         if route is not None:
             self.tx_pktinfo = sockets.pktinfo_cmsg(route.local_hashed, st.external_ifindex)
@@ -180,7 +181,9 @@ class Outbound(StreamPath):
     def current_route(self) -> RouteUpdate | None:
         route = self._route_now()
         if route is None:
-            self.counters["drop_no_route"] += 1
+            st = self.state
+            self.counters["drop_no_key" if st is not None and st.send_phase < 0
+                          else "drop_no_route"] += 1
         return route
 
     def outbound(self, data: Buffer) -> None:

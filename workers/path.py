@@ -18,6 +18,7 @@ from mt6d_mp.core import crypto
 from mt6d_mp.core.chunks import Reassembly
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.io import sockets
+from mt6d_mp.io.bus import BusClient
 from mt6d_mp.io.nfqueue import DropBatch, QueueReader
 from mt6d_mp.io.sentring import SentRing
 
@@ -31,6 +32,9 @@ class RouteSocket(NamedTuple):
     aad: bytes  # outer source, destination and ports: the AEAD's associated data prefix
     chunks: Reassembly  # messages in chunks not yet complete
     fd: int = -1  # the socket's descriptor, as the poller reports it
+    phase: int = 0  # the key phase whose secret hashed the route (its opener opens its packets)
+    local: bytes = b""  # our hashed address and port: how the supervisor knows the route
+    local_port: int = 0
 
 
 class StreamPath:
@@ -42,9 +46,12 @@ class StreamPath:
     counters: Counter[str]
     drops: DropBatch
     state: StreamState | None
+    bus: BusClient
+    keyx_tokens: float
+    keyx_refilled: float
     sealer: crypto.Sealer | None
-    opener: crypto.Opener | None
-    routes: dict[int, RouteUpdate]
+    openers: dict[int, crypto.Opener]  # by key phase
+    routes: dict[tuple[int, int], RouteUpdate]  # (key phase, epoch)
     sockets: dict[tuple[bytes, int], RouteSocket]
     socket_order: list[RouteSocket]
     ready_fds: Sequence[int]

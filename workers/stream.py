@@ -23,7 +23,6 @@ import argparse
 import logging
 import socket
 import sys
-import time
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.chunks import Reassembly
@@ -54,17 +53,6 @@ log = logging.getLogger(__name__)
 RECV_BUFFER = 65535
 
 
-def initial_counter() -> int:
-    """Where a new Sealer's counter starts: microseconds since the Unix epoch.
-
-    The counter is the AEAD nonce, so it must never repeat under one key, also when a worker is
-    restarted with the same key. Starting from the current time in microseconds guarantees it
-    as long as a worker sends fewer than one packet per microsecond on average (a Python worker
-    manages well under a tenth of that) and the clock does not step back.
-    """
-    return time.time_ns() // 1000
-
-
 class StreamWorker(Outbound, Inbound, Worker):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -72,8 +60,11 @@ class StreamWorker(Outbound, Inbound, Worker):
         self.host = sockets.host_socket()
         self.state: StreamState | None = None
         self.sealer: crypto.Sealer | None = None
-        self.opener: crypto.Opener | None = None
-        self.routes: dict[int, RouteUpdate] = {}
+        self.openers: dict[int, crypto.Opener] = {}  # by key phase
+        self.journals: dict[int, ReplayJournal] = {}  # by key phase, beside each opener
+        self.routes: dict[tuple[int, int], RouteUpdate] = {}  # (key phase, epoch)
+        self.keyx_tokens = 0.0
+        self.keyx_refilled = 0.0
         self.sockets: dict[tuple[bytes, int], RouteSocket] = {}  # (local hashed, port) -> socket
         self.socket_order: list[RouteSocket] = []  # oldest route first
         # The active route, precomputed for the hot path; recomputed at each epoch boundary.
@@ -85,7 +76,6 @@ class StreamWorker(Outbound, Inbound, Worker):
         self.local = b""
         self.remote = b""
         self.true_pair = b""  # local + remote: what an outbound packet carries at offset 8
-        self.journal: ReplayJournal | None = None
         self.leased_label = 0
         self.reader: QueueReader | None = None
         rx_buffer = bytearray(RECV_BUFFER)
@@ -125,21 +115,30 @@ class StreamWorker(Outbound, Inbound, Worker):
         old = self.state
         self.state = st
         if st is None:
-            self.sealer = self.opener = None
+            self.sealer = None
+            self.set_openers({})
             self.routes = {}
             self.update_sockets()
             self.active, self.active_until = None, 0.0
             return
         ctype = crypto.CRYPT_TYPES[st.crypt]
-        if (old is None or old.tx_key != st.tx_key or old.key_phase != st.key_phase
-                or old.crypt != st.crypt or self.sealer is None):
-            self.sealer = crypto.Sealer(ctype, st.tx_key, phase=st.key_phase,
-                                        counter=initial_counter())
-        if (old is None or old.rx_key != st.rx_key or old.key_phase != st.key_phase
-                or old.crypt != st.crypt or self.opener is None):
-            # A new key starts a new replay window; the same key keeps its window.
-            self.opener = crypto.Opener(ctype, st.rx_key, phase=st.key_phase)
-            self.open_journal(st)
+        keys = st.keys(st.send_phase)
+        if keys is None:
+            self.sealer = None  # no fresh key: nothing is sent (fail closed)
+        elif (old is None or self.sealer is None or old.lane != st.lane or old.crypt != st.crypt
+              or old.send_phase != st.send_phase or old.keys(st.send_phase) != keys):
+            # A phase's key is new, or this start's lane is: the counter starts at 0 and no
+            # (key, lane, counter) is ever used twice (docs/PROTOCOL.md 2).
+            self.sealer = crypto.Sealer(ctype, keys.tx_key, lane=st.lane, phase=keys.phase)
+        openers = {}
+        for k in st.phases:
+            opener = self.openers.get(k.phase)
+            if (opener is None or old is None or old.crypt != st.crypt
+                    or old.keys(k.phase) != k):
+                opener = crypto.Opener(ctype, k.rx_key, phase=k.phase)
+                self.open_journal(st, opener, k.phase, k.rx_key)
+            openers[k.phase] = opener
+        self.set_openers(openers)
         self.local, self.remote = st.local, st.remote
         self.true_pair = st.local + st.remote
         try:
@@ -147,28 +146,57 @@ class StreamWorker(Outbound, Inbound, Worker):
         except OSError:
             self.max_datagram = RECV_BUFFER
         self.host_addr = sockets.sockaddr(st.local)
-        self.routes = {r.epoch: r for r in self.bus.replica.routes.values() if r.stream == self.name}
+        self.routes = {(r.key_phase, r.epoch): r for r in self.bus.replica.routes.values()
+                       if r.stream == self.name}
         self.update_sockets()
         self.active_until = 0.0  # choose the active route again on the next packet
+        self.send_outbox()
 
-    def open_journal(self, st: StreamState) -> None:
+    def set_openers(self, openers: dict[int, crypto.Opener]) -> None:
+        """Keep these openers; close the journals of phases that went (their files too)."""
+        for phase in [p for p in self.journals if p not in openers]:
+            self.journals.pop(phase).close()
+            (self.runtime_dir / f"replay-{self.name}-{phase}.bin").unlink(missing_ok=True)
+        self.openers = openers
+
+    def open_journal(self, st: StreamState, opener: crypto.Opener, phase: int, key: bytes) -> None:
         """Resume above what the journal of this key holds, then journal every accepted packet."""
-        if self.journal is not None:
-            self.journal.close()
-            self.journal = None
-        if self.opener is None or st.crypt == "none":
+        old = self.journals.pop(phase, None)
+        if old is not None:
+            old.close()
+        if st.crypt == "none":
             return  # no authentication, no replay window
-        path = self.runtime_dir / f"replay-{self.name}.bin"
+        path = self.runtime_dir / f"replay-{self.name}-{phase}.bin"
         try:
-            self.journal = ReplayJournal(path, journal_fingerprint(st.rx_key, st.key_phase))
+            journal = ReplayJournal(path, journal_fingerprint(key, phase))
         except OSError as e:
             self.counters["replay_journal_failed"] += 1
             log.warning("event=replay_journal_failed worker=%s path=%s error=%s note=a successor "
                         "will not know what this worker accepted", self.name, path, e)
             return
-        for lane, top in self.journal.floors():
-            self.opener.resume_above(lane, top)
-        self.opener.on_commit = self.journal.record
+        for lane, top in journal.floors():
+            opener.resume_above(lane, top)
+        opener.on_commit = journal.record
+        self.journals[phase] = journal
+
+    def send_outbox(self) -> None:
+        """Exchange messages the supervisor asked this worker to send, each from its route's
+        socket (connected to the peer's end) with the exchange's destination options."""
+        outbox = self.bus.replica.outbox
+        for m in outbox:
+            if m.stream != self.name:
+                continue
+            rs = self.sockets.get((m.local_hashed, m.local_port))
+            if rs is None:
+                self.counters["keyx_send_no_route"] += 1
+                continue
+            try:
+                rs.sock.sendmsg([m.payload], [sockets.dstopts_cmsg(m.options)])
+            except OSError as e:
+                self.counters["keyx_send_" + sockets.errno_name(e.errno)] += 1
+                continue
+            self.counters["keyx_sent"] += 1
+        outbox.clear()
 
     def update_sockets(self) -> None:
         """One bound UDP socket per accepted route; close those of routes no longer accepted."""
@@ -195,7 +223,7 @@ class StreamWorker(Outbound, Inbound, Worker):
             return
         aad = aad_prefix(r.remote_hashed, r.local_hashed, r.remote_port, r.local_port)
         rs = RouteSocket(sock, sockets.sockaddr(r.remote_hashed)[0], r.remote_port, aad,
-                         Reassembly(), sock.fileno())
+                         Reassembly(), sock.fileno(), r.key_phase, r.local_hashed, r.local_port)
         self.sockets[(r.local_hashed, r.local_port)] = rs
         self.watch(rs.fd, self.receive_all)
 

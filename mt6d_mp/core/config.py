@@ -23,6 +23,7 @@ the schema table (every key, its type, default and meaning) is a third of it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import stat
 import tomllib
@@ -103,6 +104,7 @@ class Config:
     crypt_type: str
     regen_interval: float
     regen_window: float
+    regen_limit: float
     users_path: Path
     ethers_path: Path
     profiles_path: Path
@@ -119,6 +121,14 @@ class Config:
     streams: tuple[StreamConfig, ...]
     keep_warm_ms: int = 5
     metrics_listen: str = ""
+
+    @property
+    def effective_regen_limit(self) -> float:
+        """The hard limit in seconds: ``regen_limit``, or 1.5 x interval + window (WireGuard
+        rejects a key 1.5 x its rekey time), or none (0) without periodic rekeying."""
+        if self.regen_limit:
+            return self.regen_limit
+        return 1.5 * self.regen_interval + self.regen_window if self.regen_interval else 0.0
 
     @property
     def effective_crypt(self) -> str:
@@ -221,10 +231,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "encrypt": Key(bool, True, "encrypt and authenticate every tunnel packet"),
         "crypt_type": Key(str, crypt_names.AES_256_GCM, "AEAD for tunnel packets", _one_of(CRYPT_TYPES)),
         "regen_interval": Key(
-            NUMBER, 0.0, "seconds between in-band session key changes; 0 = never",
-            lambda v: None if v >= 0 else "a number >= 0",
+            NUMBER, 120.0, "seconds between in-band key exchanges (forward secrecy); 0 = only "
+            "the exchange at start", lambda v: None if v >= 0 else "a number >= 0",
         ),
-        "regen_window": Key(NUMBER, 30.0, "seconds a key exchange may take", _positive),
+        "regen_window": Key(NUMBER, 10.0, "up to this many seconds of random delay added to "
+                            "each rekey, so that both ends rarely start at once",
+                            lambda v: None if v >= 0 else "a number >= 0"),
+        "regen_limit": Key(NUMBER, 0.0, "seconds after which a stream with no fresh key stops "
+                           "sending (fail closed); 0 = 1.5 x regen_interval + regen_window",
+                           lambda v: None if v >= 0 else "a number >= 0"),
     },
     "files": {
         "users": Key(str, "users", "hostname to address file (relative to this file)"),
@@ -543,11 +558,19 @@ def _check_together(path: Path, get: Callable[[str], Any], files: dict[str, Path
         )
     if get("interfaces.internal") == get("interfaces.external"):
         problems.append(f"{path}: interfaces.internal and interfaces.external must differ")
-    if get("crypto.regen_interval"):
+    interval, window = get("crypto.regen_interval"), get("crypto.regen_window")
+    rotation = get("rotation.rotation_time")
+    epochs = math.ceil(get("rotation.route_lifetime") / rotation - 1e-9) + 2 if rotation > 0 else 3
+    if interval and interval < epochs * rotation:
         problems.append(
-            f"{path}: crypto.regen_interval = {get('crypto.regen_interval')}: in-band rekeying is "
-            "not implemented yet; expected 0"
-        )
+            f"{path}: crypto.regen_interval = {interval}: expected 0 or at least {epochs * rotation:g} "
+            "s (route_lifetime + 2 rotations: an old phase's routes must expire before the next "
+            "rekey)")
+    limit = get("crypto.regen_limit")
+    if limit and interval and limit <= interval + window + rotation:
+        problems.append(
+            f"{path}: crypto.regen_limit = {limit}: expected more than regen_interval + "
+            f"regen_window + rotation_time ({interval + window + rotation:g} s), or 0")
     if "file" in get("log.handlers") and not get("log.file"):
         problems.append(f"{path}: log.handlers has 'file' but log.file is empty")
 
@@ -601,6 +624,7 @@ def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
         crypt_type=get("crypto.crypt_type"),
         regen_interval=float(get("crypto.regen_interval")),
         regen_window=float(get("crypto.regen_window")),
+        regen_limit=float(get("crypto.regen_limit")),
         users_path=files["users"],
         ethers_path=files["ethers"],
         profiles_path=files["profiles"],

@@ -7,13 +7,18 @@ knows the shapes. Never pickle across the bus.
 
 Wire shapes (msgpack arrays; the first element is the message version):
 
-* StreamState  ``[2, name, queue, local16, remote16, crypt, tx_key32, rx_key32, key_phase,
-  internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, flow_label]``: ``local16`` and
-  ``remote16`` are the hosts' true addresses
-* RouteUpdate  ``[2, stream, epoch, state, local_hashed16, local_port, remote_hashed16,
-  remote_port, key_phase]`` where state is ``"accepted"`` or ``"expired"`` or ``"released"``
-* Snapshot     ``[2, seq, [StreamState...], [RouteUpdate...]]``
-* Update       ``[2, seq, kind, payload]`` with kind ``"stream"``, ``"route"`` or
+* StreamState  ``[3, name, queue, local16, remote16, crypt, [[phase, tx_key32, rx_key32]...],
+  send_phase, lane, internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, flow_label]``:
+  ``local16`` and ``remote16`` are the hosts' true addresses; the keys of every data phase
+  (mt6d_mp.core.phases), ``send_phase`` -1 when the stream may not send (no fresh key), ``lane``
+  this start's sender lane (a new one for every start of the worker: docs/PROTOCOL.md 2)
+* RouteUpdate  ``[3, stream, epoch, state, local_hashed16, local_port, remote_hashed16,
+  remote_port, key_phase]`` where state is ``"accepted"`` or ``"expired"`` or ``"released"``;
+  a route is known by (stream, key_phase, epoch)
+* KeyxSend     ``[3, stream, local_hashed16, local_port, options, payload]``: an exchange
+  message for the stream's worker to send from that route's socket (not part of the state)
+* Snapshot     ``[3, seq, [StreamState...], [RouteUpdate...]]``
+* Update       ``[3, seq, kind, payload]`` with kind ``"stream"``, ``"route"``, ``"keyx"`` or
   ``"stream-removed"`` (payload is the stream name)
 
 NamedTuple rather than frozen dataclasses: every worker loads this module, and ``dataclasses``
@@ -27,7 +32,9 @@ from typing import Any, NamedTuple
 
 from mt6d_mp.core.crypt_names import CRYPT_NAMES
 
-VERSION = 2  # 2: StreamState lost hop_limit (never set; the inner hop limit is always copied)
+# 2: StreamState lost hop_limit (never set; the inner hop limit is always copied)
+# 3: key phases (StreamState carries every data phase's keys, the sending phase and the lane)
+VERSION = 3
 ROUTE_STATES = ("accepted", "expired", "released")
 
 
@@ -71,17 +78,25 @@ def _array(v: Any, n: int, what: str) -> list[Any]:
     return list(v)
 
 
+class PhaseKeys(NamedTuple):
+    """One data phase's per-direction AEAD keys."""
+
+    phase: int
+    tx_key: bytes
+    rx_key: bytes
+
+
 class StreamState(NamedTuple):
-    """What a worker needs to carry one stream; keys are per-direction AEAD keys."""
+    """What a worker needs to carry one stream; keys are per-direction AEAD keys by phase."""
 
     name: str
     queue: int
     local: bytes  # local host's true address
     remote: bytes  # remote host's true address
     crypt: str
-    tx_key: bytes
-    rx_key: bytes
-    key_phase: int
+    phases: tuple[PhaseKeys, ...]
+    send_phase: int  # -1: send nothing (no fresh key)
+    lane: int
     internal_ifindex: int
     external_ifindex: int
     tunnel_mtu: int
@@ -89,12 +104,20 @@ class StreamState(NamedTuple):
     flow_label: bool = False  # put addressing.flow_label() of the route on tunnel packets
 
     def __repr__(self) -> str:  # never show keys
-        return f"StreamState({self.name} queue={self.queue} crypt={self.crypt} phase={self.key_phase})"
+        return (f"StreamState({self.name} queue={self.queue} crypt={self.crypt} "
+                f"phases={[p.phase for p in self.phases]} send={self.send_phase} lane={self.lane})")
+
+    def keys(self, phase: int) -> PhaseKeys | None:
+        for p in self.phases:
+            if p.phase == phase:
+                return p
+        return None
 
     def to_wire(self) -> list[Any]:
-        return [VERSION, self.name, self.queue, self.local, self.remote, self.crypt, self.tx_key,
-                self.rx_key, self.key_phase, self.internal_ifindex, self.external_ifindex,
-                self.tunnel_mtu, self.rotation_time, self.flow_label]
+        return [VERSION, self.name, self.queue, self.local, self.remote, self.crypt,
+                [list(p) for p in self.phases], self.send_phase, self.lane,
+                self.internal_ifindex, self.external_ifindex, self.tunnel_mtu, self.rotation_time,
+                self.flow_label]
 
     @classmethod
     def from_wire(cls, v: Any) -> StreamState:
@@ -102,12 +125,40 @@ class StreamState(NamedTuple):
         _expect(isinstance(a[13], bool), "flow label switch: expected true or false")
         crypt = _str(a[5], "stream crypt")
         _expect(crypt in CRYPT_NAMES, f"unknown crypt {crypt!r}")
+        _expect(isinstance(a[6], list | tuple) and len(a[6]) <= 8, "phases: expected a list")
+        phases = []
+        for p in a[6]:
+            _expect(isinstance(p, list | tuple) and len(p) == 3, "phase: expected 3 fields")
+            phases.append(PhaseKeys(_int(p[0], 1, 255, "phase"), _bytes(p[1], 32, "tx key"),
+                                    _bytes(p[2], 32, "rx key")))
         return cls(_str(a[1], "stream name"), _int(a[2], 0, 65535, "queue"),
-                   _bytes(a[3], 16, "local"), _bytes(a[4], 16, "remote"), crypt,
-                   _bytes(a[6], 32, "tx key"), _bytes(a[7], 32, "rx key"),
-                   _int(a[8], 0, 255, "key phase"), _int(a[9], 1, 2**31, "internal ifindex"),
+                   _bytes(a[3], 16, "local"), _bytes(a[4], 16, "remote"), crypt, tuple(phases),
+                   _int(a[7], -1, 255, "send phase"), _int(a[8], 0, 65535, "lane"),
+                   _int(a[9], 1, 2**31, "internal ifindex"),
                    _int(a[10], 1, 2**31, "external ifindex"), _int(a[11], 1, 65535, "mtu"),
                    _float(a[12], "rotation time"), bool(a[13]))
+
+
+class KeyxSend(NamedTuple):
+    """An exchange message for a stream's worker to send on one of its routes."""
+
+    stream: str
+    local_hashed: bytes
+    local_port: int
+    options: bytes
+    payload: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [VERSION, self.stream, self.local_hashed, self.local_port, self.options,
+                self.payload]
+
+    @classmethod
+    def from_wire(cls, v: Any) -> KeyxSend:
+        a = _array(v, 6, "keyx")
+        _expect(isinstance(a[4], bytes) and len(a[4]) <= 64, "keyx options: expected bytes")
+        _expect(isinstance(a[5], bytes) and len(a[5]) <= 512, "keyx payload: expected bytes")
+        return cls(_str(a[1], "keyx stream"), _bytes(a[2], 16, "keyx local"),
+                   _int(a[3], 1, 65535, "keyx port"), a[4], a[5])
 
 
 class RouteUpdate(NamedTuple):
@@ -155,13 +206,15 @@ class Snapshot(NamedTuple):
 
 class Update(NamedTuple):
     seq: int
-    item: StreamState | RouteUpdate | str  # str: name of a removed stream
+    item: StreamState | RouteUpdate | KeyxSend | str  # str: name of a removed stream
 
     def to_wire(self) -> list[Any]:
         if isinstance(self.item, StreamState):
             return [VERSION, self.seq, "stream", self.item.to_wire()]
         if isinstance(self.item, RouteUpdate):
             return [VERSION, self.seq, "route", self.item.to_wire()]
+        if isinstance(self.item, KeyxSend):
+            return [VERSION, self.seq, "keyx", self.item.to_wire()]
         return [VERSION, self.seq, "stream-removed", self.item]
 
     @classmethod
@@ -173,6 +226,8 @@ class Update(NamedTuple):
             return cls(seq, StreamState.from_wire(a[3]))
         if kind == "route":
             return cls(seq, RouteUpdate.from_wire(a[3]))
+        if kind == "keyx":
+            return cls(seq, KeyxSend.from_wire(a[3]))
         if kind == "stream-removed":
             return cls(seq, _str(a[3], "removed stream"))
         raise BusError(f"update: unknown kind {kind!r}")
@@ -190,7 +245,10 @@ class Replica:
     def __init__(self) -> None:
         self.seq = -1  # -1: no snapshot yet
         self.streams: dict[str, StreamState] = {}
-        self.routes: dict[tuple[str, int], RouteUpdate] = {}
+        self.routes: dict[tuple[str, int, int], RouteUpdate] = {}  # (stream, phase, epoch)
+        # Exchange messages to send, in order; not state: a snapshot does not carry them (a
+        # message lost to a resynchronisation is a lost datagram, and the exchange retries).
+        self.outbox: list[KeyxSend] = []
 
     @property
     def synced(self) -> bool:
@@ -199,7 +257,7 @@ class Replica:
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.seq = snap.seq
         self.streams = {s.name: s for s in snap.streams}
-        self.routes = {(r.stream, r.epoch): r for r in snap.routes}
+        self.routes = {(r.stream, r.key_phase, r.epoch): r for r in snap.routes}
 
     def apply(self, update: Update) -> bool:
         if not self.synced:
@@ -214,9 +272,11 @@ class Replica:
             self.streams[item.name] = item
         elif isinstance(item, RouteUpdate):
             if item.state == "released":
-                self.routes.pop((item.stream, item.epoch), None)
+                self.routes.pop((item.stream, item.key_phase, item.epoch), None)
             else:
-                self.routes[(item.stream, item.epoch)] = item
+                self.routes[(item.stream, item.key_phase, item.epoch)] = item
+        elif isinstance(item, KeyxSend):
+            self.outbox.append(item)
         else:
             self.streams.pop(item, None)
             for key in [k for k in self.routes if k[0] == item]:

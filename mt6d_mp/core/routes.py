@@ -110,6 +110,10 @@ class RouteList:
         self.lifetime = lifetime_epochs(rotation_time, route_lifetime)
         self._routes: dict[int, Route] = {}  # epoch -> route, every installed route
         self._last_expired = -1  # newest epoch already reported as expired
+        # Epoch bounds of a key phase (mt6d_mp.core.phases): routes are made only for epochs
+        # first..last; None is unbounded.
+        self.first: int | None = None
+        self.last: int | None = None
 
     def _make(self, epoch: int) -> Route:
         key, phase = self.keys(epoch)
@@ -130,12 +134,19 @@ class RouteList:
             elif epoch == lingering and epoch > self._last_expired:
                 changes.expired.append(self._routes[epoch])
                 self._last_expired = epoch
-        for epoch in range(e - self.lifetime, e + 2):
+        lo = e - self.lifetime if self.first is None else max(self.first, e - self.lifetime)
+        hi = e + 1 if self.last is None else min(self.last, e + 1)
+        for epoch in range(lo, hi + 1):
             if epoch not in self._routes:
                 route = self._make(epoch)
                 self._routes[epoch] = route
                 changes.added.append(route)
         return changes
+
+    def finished(self, now: float) -> bool:
+        """True once a bounded list has released its last route and will make no other."""
+        return (self.last is not None and not self._routes
+                and epoch_at(now, self.rotation_time) > self.last)
 
     def installed(self) -> list[Route]:
         """Every route whose address and rule are on the system, newest first."""

@@ -288,14 +288,21 @@ def stream_rules(
 
 def route_rules(
     tag_prefix: str, stream: str, epoch: int, remote_hashed: AddressLike,
-    local_hashed: AddressLike, udp_port: int, external_if: str,
+    local_hashed: AddressLike, udp_port: int, external_if: str, phase: int = 0,
 ) -> tuple[Rule, Rule]:
-    """A route's accept rule (the peer's tunnel packets, from outside) and its guard jump."""
+    """A route's accept rule (the peer's tunnel packets, from outside) and its guard jump.
+
+    Comment ``PREFIX:route:STREAM:EPOCH`` for the bootstrap phase's routes, ``...:EPOCHpPHASE``
+    for a key phase's (mt6d_mp.core.phases): one epoch has a route in each live phase.
+    """
     c = chain_names(tag_prefix)
     name(stream, "stream")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
-    accept = Rule(c.input, f"{tag_prefix}:route:{stream}:{epoch}", "ACCEPT",
+    if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase <= 255:
+        raise FirewallInputError(f"phase: expected an integer 0..255, got {phase!r}")
+    which = f"{epoch}p{phase}" if phase else f"{epoch}"
+    accept = Rule(c.input, f"{tag_prefix}:route:{stream}:{which}", "ACCEPT",
                   src=host(remote_hashed, "remote_hashed"), dst=host(local_hashed, "local_hashed"),
                   in_if=external_if, proto=IPPROTO_UDP, dport=port(udp_port))
     return accept, Rule(c.input, accept.comment, c.guard, dst=accept.dst)

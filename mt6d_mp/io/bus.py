@@ -26,6 +26,7 @@ import zmq
 
 from mt6d_mp.core.messages import (
     BusError,
+    KeyxSend,
     Replica,
     RouteUpdate,
     Snapshot,
@@ -82,10 +83,11 @@ class BusServer:
         # Extra control commands (mt6dctl) register here: name -> handler(args) -> reply.
         self.handlers: dict[bytes, Callable[[list[bytes]], Any]] = {}
 
-    def publish(self, item: StreamState | RouteUpdate | str) -> None:
+    def publish(self, item: StreamState | RouteUpdate | KeyxSend | str) -> None:
         """Apply one change to the published state and send it, with the next sequence number."""
         update = Update(self.state.seq + 1, item)
         self.state.apply(update)  # the same rules every worker's replica applies
+        self.state.outbox.clear()  # a message to send is not state
         self.pub.send(pack(update.to_wire()))
 
     @property

@@ -422,8 +422,8 @@ class Firewall:
         self._fixed: layout.FixedRules | None = None
         self._streams: dict[str, tuple[Rule, Rule]] = {}  # P-INPUT: queue rule, true-address guard
         self._silenced: dict[str, tuple[Rule, Rule]] = {}  # P-OUTPUT: its two true sources
-        self._routes: dict[tuple[str, int], Rule] = {}
-        self._guards: dict[tuple[str, int], Rule] = {}
+        self._routes: dict[tuple[str, int, int], Rule] = {}
+        self._guards: dict[tuple[str, int, int], Rule] = {}
 
     # -- lifecycle
 
@@ -537,8 +537,9 @@ class Firewall:
 
     def change_routes(
         self,
-        add: Sequence[tuple[str, int, AddressLike, AddressLike, int]] = (),
-        remove: Sequence[tuple[str, int]] = (),
+        add: Sequence[tuple[str, int, AddressLike, AddressLike, int]
+                      | tuple[str, int, AddressLike, AddressLike, int, int]] = (),
+        remove: Sequence[tuple[str, int] | tuple[str, int, int]] = (),
     ) -> int:
         """Add and remove route rules in ONE commit; return how many routes changed.
 
@@ -554,23 +555,27 @@ class Firewall:
         of the number of streams; one commit per rotation keeps it linear.
         """
         fixed = self._require_active()
-        new: dict[tuple[str, int], tuple[Rule, Rule]] = {}
-        for stream, epoch, remote_hashed, local_hashed, port in add:
+        new: dict[tuple[str, int, int], tuple[Rule, Rule]] = {}
+        for item in add:
+            stream, epoch, remote_hashed, local_hashed, port = item[:5]
+            phase = item[5] if len(item) > 5 else 0
             rule, guard = layout.route_rules(self.tag_prefix, stream, epoch, remote_hashed,
-                                            local_hashed, port, self.external_if)
+                                            local_hashed, port, self.external_if, phase)
             if stream not in self._streams:
                 raise SystemSetupError(f"firewall: route for unknown stream {stream}")
-            old = self._routes.get((stream, epoch))
+            key = (stream, epoch, phase)
+            old = self._routes.get(key)
             if old == rule:
                 continue
             if old is not None:
-                raise SystemSetupError(f"firewall: route {stream}:{epoch} exists with another rule")
-            new[(stream, epoch)] = (rule, guard)
+                raise SystemSetupError(f"firewall: route {rule.comment} exists with another rule")
+            new[key] = (rule, guard)
         gone = []
-        for stream, epoch in remove:
-            layout.name(stream, "stream")
-            if (stream, epoch) in self._routes and (stream, epoch) not in gone:
-                gone.append((stream, epoch))
+        for r in remove:
+            layout.name(r[0], "stream")
+            key = (r[0], r[1], r[2] if len(r) > 2 else 0)
+            if key in self._routes and key not in gone:
+                gone.append(key)
         if not new and not gone:
             return 0
         ops = [_op_delete(r[key]) for key in gone for r in (self._routes, self._guards)]
@@ -587,7 +592,8 @@ class Firewall:
             self._guards[key] = guard
         return len(new) + len(gone)
 
-    def routes(self) -> list[tuple[str, int]]:
+    def routes(self) -> list[tuple[str, int, int]]:
+        """(stream, epoch, phase) of every route with rules."""
         return list(self._routes)
 
     def streams(self) -> list[str]:

@@ -117,7 +117,30 @@ def start_supervisors(
     deadline = time.monotonic() + ready_timeout
     for gw, pid in started:
         wait_ready(procs, gw, pid, deadline, ready_timeout)
+    for gw, pid in started:
+        wait_keyed(procs, gw, pid, deadline, ready_timeout)
     return [pid for _, pid in started]
+
+
+def wait_keyed(procs: ProcessTable, gw: NamespaceInfo, pid: int, deadline: float,
+               timeout: float) -> None:
+    """Until every stream of ``gw`` sends on a key of its own: the first key exchange with the
+    peer is done (nothing is sent before it: docs/PROTOCOL.md 5)."""
+    from mt6d_mp.io.bus import request
+
+    assert gw.runtime_dir
+    while True:
+        reply = request(Path(gw.runtime_dir), b"status", timeout=1.0)
+        rows = reply.get("streams", []) if isinstance(reply, dict) else []
+        if rows and all(r.get("key_state") == "keyed" for r in rows):
+            log.info("supervisor in %s has keyed its %d streams", gw.name, len(rows))
+            return
+        if not procs.alive(pid) or time.monotonic() > deadline:
+            states = {r.get("name"): r.get("key_state") for r in rows}
+            raise LabError(
+                f"supervisor in {gw.name}: streams not keyed in {timeout:g}s ({states}); "
+                f"see {gw.supervisor_out}{log_tail(gw.supervisor_out)}")
+        time.sleep(0.05)
 
 
 def wait_ready(procs: ProcessTable, gw: NamespaceInfo, pid: int, deadline: float, timeout: float) -> None:

@@ -28,6 +28,7 @@ import zmq
 from hypothesis import strategies as st
 
 from mt6d_mp import commands, ctl
+from mt6d_mp.core import keyx
 from mt6d_mp.core.chunks import Reassembly, chunk_iov, chunk_segment_size, seal_message
 from mt6d_mp.core.crypto import (
     CRYPT_AES_256_GCM,
@@ -51,7 +52,16 @@ from mt6d_mp.core.icmp import (
     rewrite_router_advertisement,
     translate_icmp_error,
 )
-from mt6d_mp.core.messages import BusError, Replica, RouteUpdate, Snapshot, StreamState, Update
+from mt6d_mp.core.messages import (
+    BusError,
+    KeyxSend,
+    PhaseKeys,
+    Replica,
+    RouteUpdate,
+    Snapshot,
+    StreamState,
+    Update,
+)
 from mt6d_mp.core.offload import IPPROTO_TCP, complete_checksum, segment_tcp, transport_checksum_offset
 from mt6d_mp.core.packet import (
     IPPROTO_DSTOPTS,
@@ -74,6 +84,8 @@ from mt6d_mp.core.packet import (
     udp_checksum,
     walk_extension_headers,
 )
+from mt6d_mp.core.phases import Policy, StreamKeys
+from mt6d_mp.core.routes import StreamIdentity
 from mt6d_mp.core.sentlog import SENT_PREFIX
 from mt6d_mp.errors import Mt6dError, PacketError
 from mt6d_mp.io import bus, netlink, nfqueue
@@ -708,10 +720,11 @@ def check_netlink(data: bytes) -> None:
 # --- the bus (core/messages.py, io/bus.py) and the control socket (ctl.py) --------------------------------
 
 STREAM = StreamState(name="host-a-host-b", queue=2, local=TA, remote=TB, crypt="aes-256-gcm",
-                     tx_key=b"\x01" * 32, rx_key=b"\x02" * 32, key_phase=0, internal_ifindex=3,
-                     external_ifindex=4, tunnel_mtu=1452, rotation_time=2.0,
+                     phases=(PhaseKeys(3, b"\x01" * 32, b"\x02" * 32),), send_phase=3, lane=1,
+                     internal_ifindex=3, external_ifindex=4, tunnel_mtu=1452, rotation_time=2.0,
                      flow_label=True)
-ROUTE = RouteUpdate("host-a-host-b", 881234, "accepted", HA, SPORT, HB, DPORT, 0)
+ROUTE = RouteUpdate("host-a-host-b", 881234, "accepted", HA, SPORT, HB, DPORT, 3)
+KEYX_SEND = KeyxSend("host-a-host-b", HA, SPORT, b"\x11\x00\x3e\x04\x01\x01\x00\x00", b"x" * 65)
 
 
 def wire_seeds() -> list[Any]:
@@ -719,12 +732,14 @@ def wire_seeds() -> list[Any]:
         STREAM.to_wire(), ROUTE.to_wire(),
         Snapshot(9, (STREAM,), (ROUTE, ROUTE._replace(epoch=881235, state="expired"))).to_wire(),
         Update(10, STREAM).to_wire(), Update(11, ROUTE._replace(state="released")).to_wire(),
-        Update(12, "host-a-host-b").to_wire(),
+        Update(12, "host-a-host-b").to_wire(), KEYX_SEND.to_wire(),
+        Update(13, KEYX_SEND).to_wire(),
     ]
 
 
 def records_seeds() -> dict[str, bytes]:
-    names = ("stream", "route", "snapshot", "update-stream", "update-route", "update-removed")
+    names = ("stream", "route", "snapshot", "update-stream", "update-route", "update-removed",
+             "keyx-send", "update-keyx")
     return {name: pack(w) for name, w in zip(names, wire_seeds(), strict=True)}
 
 
@@ -734,7 +749,7 @@ def check_records(data: bytes) -> None:
         obj = bus.unpack(data)
     except BusError:
         return
-    for cls in (StreamState, RouteUpdate, Snapshot, Update):
+    for cls in (StreamState, RouteUpdate, KeyxSend, Snapshot, Update):
         try:
             record = cls.from_wire(obj)
         except BusError:
@@ -893,6 +908,39 @@ def check_ctl_reply(data: bytes) -> None:
 # --- the registry -----------------------------------------------------------------------------------------
 
 
+# --- the key exchange (core/keyx.py, core/phases.py) ----------------------------------------------
+
+KEYX_AAD = HA + HB + SPORT.to_bytes(2, "big") + DPORT.to_bytes(2, "big")
+KEYX_KEY = keyx.auth_key(b"\x07" * 32)
+
+
+def keyx_seeds() -> dict[str, bytes]:
+    pub = bytes(range(32))
+    msgs = {"init": keyx.Message(keyx.INIT, b"\x01" * 8, time_ms=1_700_000_000_000, phase=2,
+                                 public=pub),
+            "resp": keyx.Message(keyx.RESP, b"\x01" * 8, phase=3, public=pub, confirm=b"\x05" * 16),
+            "confirm": keyx.Message(keyx.CONFIRM, b"\x01" * 8, phase=3, confirm=b"\x06" * 16)}
+    out = {}
+    for name, m in msgs.items():
+        opts, payload = keyx.seal(KEYX_KEY, KEYX_AAD, m)
+        out[name] = opts + payload
+    return out
+
+
+def check_keyx(data: bytes) -> None:
+    """A received exchange message: a Message or PacketError from the codec, and whatever the
+    state machine makes of it, never an exception (it counts refusals)."""
+    opts, payload = data[:8], data[8:]
+    with contextlib.suppress(PacketError):
+        m = keyx.open_message(KEYX_KEY, KEYX_AAD, opts, payload)
+        assert keyx.open_message(KEYX_KEY, KEYX_AAD, *keyx.seal(KEYX_KEY, KEYX_AAD, m)) == m
+    ident = StreamIdentity("s", TB, b"\x02" * 6, TA, b"\x03" * 6)
+    keys = StreamKeys(ident, b"\x07" * 32, 2.0, 2.0, Policy(60.0, 1.0, 0.0, 4.0), 1_700_000_000.0)
+    keys.advance(1_700_000_000.0)
+    route = keys.installed()[0]
+    keys.receive(1_700_000_000.0, route, opts, payload)
+
+
 class Target(NamedTuple):
     check: Callable[[bytes], None]
     seeds: Callable[[], dict[str, bytes]]
@@ -930,6 +978,7 @@ TARGETS: dict[str, Target] = {
     "nfqueue": Target(check_nfqueue, nfqueue_seeds, _bytes),
     "netlink": Target(check_netlink, netlink_seeds, _parts),
     "records": Target(check_records, records_seeds, _msgpack(wire_seeds)),
+    "keyx": Target(check_keyx, keyx_seeds, _parts),
     "bus_client": Target(check_bus_client, bus_client_seeds,
                          lambda seeds: st.one_of(_parts(seeds), bus_client_strategy())),
     "control": Target(check_control, control_seeds,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mt6d_mp.core.messages import (
     BusError,
+    PhaseKeys,
     Replica,
     RouteUpdate,
     Snapshot,
@@ -25,7 +26,7 @@ from mt6d_mp.io.bus import BusClient, BusServer, pack, unpack
 
 STREAM = StreamState(
     name="host-a-host-b", queue=2, local=b"\x20" * 16, remote=b"\x21" * 16, crypt="aes-256-gcm",
-    tx_key=b"\x01" * 32, rx_key=b"\x02" * 32, key_phase=0, internal_ifindex=3,
+    phases=(PhaseKeys(1, b"\x01" * 32, b"\x02" * 32),), send_phase=1, lane=1, internal_ifindex=3,
     external_ifindex=4, tunnel_mtu=1452, rotation_time=2.0,
 )
 
@@ -70,12 +71,12 @@ def test_replica_applies_in_order_and_detects_gaps() -> None:
     assert r.apply(Update(1, STREAM)) and not r.synced  # before the snapshot: ignored
     r.apply_snapshot(Snapshot(3, (STREAM,), (route(1),)))
     assert r.apply(Update(2, route(9)))  # older than the snapshot: ignored
-    assert (STREAM.name, 9) not in r.routes
+    assert (STREAM.name, 0, 9) not in r.routes
     assert r.apply(Update(4, route(2)))
     assert not r.apply(Update(6, route(3))), "a gap must be reported"
-    assert r.seq == 4 and (STREAM.name, 3) not in r.routes
+    assert r.seq == 4 and (STREAM.name, 0, 3) not in r.routes
     assert r.apply(Update(5, route(1, "released")))
-    assert set(r.routes) == {(STREAM.name, 2)}
+    assert set(r.routes) == {(STREAM.name, 0, 2)}
     assert r.apply(Update(6, STREAM.name))
     assert not r.streams and not r.routes
 
@@ -103,9 +104,9 @@ def test_clone_pattern_over_ipc(tmp_path: Path) -> None:
 
         wait_for(pump)
         assert client.replica.streams == {STREAM.name: STREAM}
-        assert set(client.replica.routes) == {(STREAM.name, 1)}
+        assert set(client.replica.routes) == {(STREAM.name, 0, 1)}
         server.publish(route(2))
-        wait_for(lambda: (client.poll_updates(), (STREAM.name, 2) in client.replica.routes)[1])
+        wait_for(lambda: (client.poll_updates(), (STREAM.name, 0, 2) in client.replica.routes)[1])
         # A lost update (simulated by bumping the sequence) makes the client ask again.
         server.state.apply(Update(server.seq + 1, route(3)))
         server.publish(route(4))
@@ -114,7 +115,7 @@ def test_clone_pattern_over_ipc(tmp_path: Path) -> None:
             client.poll_updates()
             server.handle_control()
             client.poll_control()
-            return (STREAM.name, 3) in client.replica.routes
+            return (STREAM.name, 0, 3) in client.replica.routes
 
         wait_for(resynced)
         assert client.replica.seq == server.seq
@@ -159,7 +160,7 @@ def test_poller_wakes_for_updates_replies_and_its_own_descriptors(tmp_path: Path
         fds, updates, control = poller.poll(30_000)  # at its timeout it would say "no update"
         sender.join()
         assert (fds, updates, control) == ([], True, False)
-        assert client.poll_updates() and (STREAM.name, 5) in client.replica.routes
+        assert client.poll_updates() and (STREAM.name, 0, 5) in client.replica.routes
         assert poller.poll(0) == ([], False, False)
 
         client.send(b"snapshot")  # a send (with ZMQ_FD, a send can use up the reply's signal)

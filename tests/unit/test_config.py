@@ -214,9 +214,15 @@ def test_no_streams(gw: Path) -> None:
     assert "no streams defined" in problems(gw)
 
 
-def test_features_not_built_yet_are_refused(gw: Path) -> None:
-    msg = problems(gw, overrides={"crypto.regen_interval": 3600})
-    assert "crypto.regen_interval = 3600.0: in-band rekeying is not implemented yet" in msg
+def test_rekey_timers_that_cannot_work_are_refused(gw: Path) -> None:
+    rot = cfg.load(gw).rotation_time
+    msg = problems(gw, overrides={"crypto.regen_interval": rot})
+    assert f"crypto.regen_interval = {float(rot)}: expected 0 or at least" in msg, msg
+    msg = problems(gw, overrides={"crypto.regen_interval": 60, "crypto.regen_limit": 61})
+    assert "crypto.regen_limit = 61.0: expected more than regen_interval" in msg, msg
+    c = cfg.load(gw, {"crypto.regen_interval": 60, "crypto.regen_window": 4})
+    assert c.effective_regen_limit == 94.0
+    assert cfg.load(gw, {"crypto.regen_interval": 0}).effective_regen_limit == 0.0
 
 
 def test_queue_numbers_above_32767_are_the_segmenting_queues(gw: Path) -> None:

@@ -19,7 +19,8 @@ import pytest
 import supervisor as supmod
 from mt6d_mp.core import config as cfg
 from mt6d_mp.core.messages import RouteUpdate
-from mt6d_mp.core.routes import RouteList, StreamIdentity
+from mt6d_mp.core.phases import StreamKeys
+from mt6d_mp.core.routes import StreamIdentity
 from mt6d_mp.keygen import write_key
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -61,8 +62,9 @@ def sup(tmp_path: Path) -> tuple[supmod.Supervisor, list[tuple[Any, ...]], list[
     (st,) = config.streams
     ident = StreamIdentity(st.name, st.local.address.packed, st.local.mac,
                            st.remote.address.packed, st.remote.mac, config.hash_type)
-    s.route_lists[st.name] = RouteList(ident, supmod.constant_key(st.key.secret),
-                                       config.rotation_time, config.route_lifetime)
+    s.route_lists[st.name] = StreamKeys(ident, st.key.secret, config.rotation_time,
+                                        config.route_lifetime, supmod.rekey_policy(config), 0.0)
+    s.queues[st.name], s.lanes[st.name] = st.queue, 1
     return s, log, now
 
 
@@ -109,5 +111,5 @@ def test_hashed_addresses_exist_only_behind_their_guards(
         elif ev[0] == "publish" and ev[1] == "accepted":
             assert address_of[ev[2]] in bound, "workers learn a route only once it is bound"
     assert released >= 4
-    routes = s.route_lists[next(iter(s.route_lists))]
+    routes = s.route_lists[next(iter(s.route_lists))].phases[0].routes  # no exchange here
     assert len(routes.installed()) == routes.lifetime + 3  # accepted e-L..e+1, and lingering

@@ -58,8 +58,9 @@ def test_a_datagram_larger_than_the_link_carries_is_dropped_unread() -> None:
     buf = bytearray(65535)
     opened: list[int] = []
     w = SimpleNamespace(rx_buffers=[buf], rx_view=memoryview(buf), max_datagram=1452,
-                        counters=Counter(), opener=None, inbound=opened.append)
-    rs = SimpleNamespace(sock=OneDatagram(30000), remote="2001:db8:100::1", remote_port=4000)
+                        counters=Counter(), openers={}, inbound=opened.append)
+    rs = SimpleNamespace(sock=OneDatagram(30000), remote="2001:db8:100::1", remote_port=4000,
+                         phase=1)
     assert StreamWorker.receive(w, rs) is False  # type: ignore[arg-type]
     assert w.counters == Counter(drop_reassembled=1)
     assert opened == []
