@@ -90,6 +90,18 @@ def start_supervisor(lab: Lab, gw: NamespaceInfo, timeout: float = 60.0) -> int:
     return pid
 
 
+def start_pair(lab: Lab, gws: tuple[NamespaceInfo, ...] | list[NamespaceInfo]) -> list[int]:
+    """Start the supervisors of ``gws`` and wait until every stream is keyed on each (the first
+    key exchange needs both: nothing is sent before it)."""
+    from mt6d_mp.lab.gateway import wait_keyed
+
+    pids = [start_supervisor(lab, gw) for gw in gws]
+    deadline = time.monotonic() + 30
+    for gw, pid in zip(gws, pids, strict=True):
+        wait_keyed(lab.procs, gw, pid, deadline, 30)
+    return pids
+
+
 def ctl(gw: NamespaceInfo, *args: str, json_out: bool = False) -> tuple[int, Any]:
     assert gw.config
     argv = [*CTL, "-c", gw.config, *args, *(["--json"] if json_out else [])]
@@ -166,7 +178,7 @@ def received(ping_output: str) -> tuple[int, int]:
 def test_sigterm_leaves_every_gateway_as_before(oplab: tuple[Lab, LabInfo], tmp_path: Path) -> None:
     lab, info = oplab
     before = {gw.name: snapshot(lab, gw.name) for gw in gateways(info)}
-    pids = [start_supervisor(lab, gw) for gw in gateways(info)]
+    pids = start_pair(lab, gateways(info))
     s = info.streams[0]
     try:
         ping_ok(lab, s.host_a_ns, s.host_b_address)
@@ -271,7 +283,7 @@ def test_two_starts_at_once_one_runs_and_the_refused_one_touches_nothing(
 def test_sigkill_stream_worker_under_traffic(oplab: tuple[Lab, LabInfo], tmp_path: Path) -> None:
     lab, info = oplab
     ga, gb = gateways(info)
-    pids = [start_supervisor(lab, gw) for gw in (gb, ga)]
+    pids = start_pair(lab, (gb, ga))
     try:
         s = info.streams[0]
         old = wait_worker(ga, s.name)["pid"]
@@ -306,7 +318,7 @@ def test_mt6dctl_commands(oplab: tuple[Lab, LabInfo]) -> None:
     assert code == 3 and "not running" in out, out
     code, out = ctl(ga, "reload")
     assert code == 7, out
-    pids = [start_supervisor(lab, gw) for gw in (gb, ga)]
+    pids = start_pair(lab, (gb, ga))
     try:
         s1, s2 = info.streams
         ping_ok(lab, s1.host_a_ns, s1.host_b_address)
@@ -358,7 +370,7 @@ def test_reload_removes_and_adds_a_stream_while_another_keeps_its_traffic(
     original = {n: p.read_text() for n, p in profiles.items()}
     main_a = Path(ga.config or "")
     main_text = main_a.read_text()
-    pids = [start_supervisor(lab, gw) for gw in (gb, ga)]
+    pids = start_pair(lab, (gb, ga))
     try:
         ping_ok(lab, s2.host_a_ns, s2.host_b_address)
         keep = subprocess.Popen(["ip", "netns", "exec", s1.host_a_ns, "ping", "-6", "-n", "-c", "60",
@@ -532,7 +544,7 @@ def test_prometheus_metrics_when_configured(oplab: tuple[Lab, LabInfo]) -> None:
     config.write_text(original + '\n[metrics]\nlisten = "[::1]:9469"\n')
     pids = []
     try:
-        pids = [start_supervisor(lab, gw_a), start_supervisor(lab, gw_b)]
+        pids = start_pair(lab, (gw_a, gw_b))
         s = info.streams[0]
         ping_ok(lab, s.host_a_ns, s.host_b_address, count=5)
         deadline = time.monotonic() + 10
@@ -572,14 +584,16 @@ def test_flow_label_switch_puts_the_routes_label_on_tunnel_packets(
         c.write_text(text + "\n[switches]\nflow_label = true\n")
     pids = []
     try:
-        pids = [start_supervisor(lab, gw) for gw in gateways(info)]
+        pids = start_pair(lab, gateways(info))
         s = info.streams[0]
         with capture(lab, info.capture_ns, info.capture_if, tmp_path / "fl.pcap") as pcap:
             ping_ok(lab, s.host_a_ns, s.host_b_address, count=10)
         tunnel = 0
         for _, frame in frames(pcap):
             ip = frame[14:]
-            if frame[12:14] == b"\x86\xdd" and ip[6] in (17, 60):
+            if frame[12:14] == b"\x86\xdd" and ip[6] in (17, 60) and ip[42] != 0x3E:
+                # (0x3E: a key exchange message, sent from the route's UDP socket with the
+                # kernel's own label: docs/PROTOCOL.md 5.2)
                 label = int.from_bytes(ip[1:4], "big") & 0xFFFFF
                 assert label == flow_label(ip[8:24], ip[24:40]) != 0
                 tunnel += 1
