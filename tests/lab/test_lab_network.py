@@ -210,6 +210,8 @@ def _fake_supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str)
     fake = tmp_path / "supervisor.py"
     fake.write_text(FAKE_SUPERVISOR.format(mode=mode))
     monkeypatch.setattr(labgateway, "SUPERVISOR", fake)
+    # The fake has no control socket and no streams to key.
+    monkeypatch.setattr(labgateway, "wait_keyed", lambda *args: None)
 
 
 def test_mt6d_configs_and_supervisors(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
