@@ -104,7 +104,7 @@ class Supervisor:
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
-                          config.keep_warm_ms),
+                          config.keep_warm_ms, config.clock_offset),
             keep_up=lambda: self.running, monotonic=monotonic)
         self.pool.before_spawn = self.new_lane
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
@@ -698,7 +698,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_PRIVILEGE
     setup_logging(config.log_level, config.log_handlers, config.log_file, "supervisor")
-    sup = Supervisor(config, overrides=overrides)
+    offset = config.clock_offset
+    if offset:
+        log.warning("event=clock_offset seconds=%g note=MT6D's clock is this machine's plus the "
+                    "offset (for labs)", offset)
+    sup = Supervisor(config, clock=(lambda: time.time() + offset) if offset else time.time,
+                     overrides=overrides)
     with _signals(sup.stop, sup.hangup):
         try:
             return sup.run()

@@ -82,7 +82,7 @@ class Status(Command):
     "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
     "next_rotation", "next_rotation_in", "key_state", "key_phase", "key_age", "next_rekey_in",
-    "keyx": {counter: n}}], "firewall_drops": {kind: packets}}``. ``key_state`` is ``keyed``
+    "keyx": {counter: n}, "keyx_last_seconds"}], "firewall_drops": {kind: packets}}``. ``key_state`` is ``keyed``
     (sending on phase ``key_phase``, whose key is ``key_age`` seconds old), ``bootstrapping``
     (no exchange has succeeded yet: nothing is sent) or ``expired`` (no fresh key within
     ``regen_limit``: nothing is sent until an exchange succeeds); ``keyx`` counts the key
@@ -169,8 +169,9 @@ class Routes(Command):
     """List every stream's installed routes: hashed addresses and ports, newest first.
 
     Wire: ``[b"routes"]`` -> ``{"time", "rotation_time", "streams": [{"name", "routes":
-    [{"epoch", "state", "local", "local_port", "remote", "remote_port", "key_phase"}]}]}`` with
-    state ``active`` (sending), ``accepted`` (received on) or ``expired`` (lingering).
+    [{"epoch", "state", "local", "local_port", "remote", "remote_port", "key_phase", "key_id"}]}]}``
+    with state ``active`` (sending), ``accepted`` (received on) or ``expired`` (lingering);
+    ``key_id`` names the phase's secret by a one-way hash (phase numbers wrap and restart).
     """
 
     name = "routes"
@@ -269,6 +270,7 @@ def stream_rows(route_lists: Mapping[str, StreamKeys], queues: Mapping[str, int]
             "next_rekey_in": (keys.next_rekey - now if keys.next_rekey != float("inf")
                               else None),
             "keyx": {k: v for k, v in keys.counters.items() if v},
+            "keyx_last_seconds": keys.last_exchange,
         })
     return rows
 
@@ -281,7 +283,8 @@ def routes_reply(route_lists: Mapping[str, StreamKeys], now: float,
         active = keys.active(now)
         accepted = {(r.key_phase, r.epoch) for r in keys.accepted(now)}
         streams.append({"name": name, "routes": [
-            {**route_dict(r), "state": "active" if r == active
+            {**route_dict(r), "key_id": keys.key_id(r.key_phase),
+             "state": "active" if r == active
              else "accepted" if (r.key_phase, r.epoch) in accepted
              else "expired"} for r in keys.installed()]})
     return {"time": now, "rotation_time": rotation_time, "streams": streams}

@@ -67,6 +67,7 @@ class WorkerOptions:
     log_level: str
     log_file: str  # "" when the log does not go to a file
     keep_warm_ms: int = 0
+    clock_offset: float = 0.0  # [rotation] clock_offset: stream workers choose epochs with it
 
 
 class WorkerPool:
@@ -104,6 +105,8 @@ class WorkerPool:
     def add_stream(self, name: str, queue: int) -> None:
         warm = self.options.keep_warm_ms
         extra = ["--keep-warm-ms", str(warm)] if warm else []
+        if self.options.clock_offset:
+            extra += ["--clock-offset", repr(self.options.clock_offset)]
         self.add(name, queue, self.argv(name, queue, "workers.stream", *extra))
 
     def add_icmp(self, queue: int, *extra: str) -> None:

@@ -78,6 +78,8 @@ def parse_args(
                    help="exit at once unless this process is our parent")
     p.add_argument("--keep-warm-ms", type=int, default=0,
                    help="while active, call keep_warm() every N ms when idle (0: never)")
+    p.add_argument("--clock-offset", type=float, default=0.0,
+                   help="seconds added to the clock when choosing epochs ([rotation] clock_offset)")
     return p.parse_args(argv)
 
 
@@ -104,6 +106,7 @@ class Worker:
         self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
         self.keep_warm_ms: int = args.keep_warm_ms
+        self.clock_offset: float = args.clock_offset
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler`` from the loop whenever ``fd`` is readable."""

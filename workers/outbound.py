@@ -173,7 +173,7 @@ class Outbound(StreamPath):
 
     def _route_now(self) -> RouteUpdate | None:
         """The route to send on now, chosen again once the current choice ran out."""
-        now = time.time()
+        now = time.time() + self.clock_offset
         if now >= self.active_until:
             self._select_active(now)
         return self.active

@@ -57,6 +57,7 @@ class StreamPath:
     ready_fds: Sequence[int]
     active: RouteUpdate | None
     active_until: float
+    clock_offset: float
     tx: socket.socket
     host: socket.socket
     tx_pktinfo: tuple[int, int, bytes]

@@ -105,6 +105,7 @@ class Config:
     regen_interval: float
     regen_window: float
     regen_limit: float
+    clock_offset: float
     users_path: Path
     ethers_path: Path
     profiles_path: Path
@@ -226,6 +227,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             _positive,
         ),
         "hash_type": Key(str, "sha256", "hash of equation 2.1", _one_of(HASH_TYPES)),
+        "clock_offset": Key(
+            NUMBER, 0.0, "seconds added to this machine's clock for MT6D's epochs and key "
+            "exchange times: for labs that test clock skew; leave 0 on gateways",
+            lambda v: None if abs(v) <= 86400 else "a number of seconds within a day"),
     },
     "crypto": {
         "encrypt": Key(bool, True, "encrypt and authenticate every tunnel packet"),
@@ -625,6 +630,7 @@ def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
         regen_interval=float(get("crypto.regen_interval")),
         regen_window=float(get("crypto.regen_window")),
         regen_limit=float(get("crypto.regen_limit")),
+        clock_offset=float(get("rotation.clock_offset")),
         users_path=files["users"],
         ethers_path=files["ethers"],
         profiles_path=files["profiles"],

@@ -28,6 +28,7 @@ exchange succeeds.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import itertools
 import os
@@ -117,6 +118,9 @@ class StreamKeys:
         self.rekey_forced = False
         self.keyed_since = self.now  # start of the sending phase's life (for the hard limit)
         self.expired = False
+        # Seconds from the first INIT to the commit of the last exchange this end started
+        # (what a rekey costs in time; mt6d-bench reports it).
+        self.last_exchange: float | None = None
         # Deterministic winner when both ends start at once: the end whose local host has the
         # lower true address keeps its exchange, the other answers it.
         self.wins_ties = self.identity.local_address < self.identity.remote_address
@@ -150,6 +154,14 @@ class StreamKeys:
                 self.events.append(f"event=key_phase_dropped phase={number}")
                 self.changed = True
         return merged
+
+    def key_id(self, phase: int) -> str:
+        """A public name of a phase's secret (8 bytes of a one-way hash, never the secret),
+        for ``mt6dctl routes``: phase numbers wrap and restart, key ids do not repeat."""
+        p = self.phases.get(phase)
+        if p is None:
+            return ""
+        return hashlib.sha256(b"mt6d-mp key id\0" + p.secret).digest()[:8].hex()
 
     def installed(self) -> list[Route]:
         return [r for p in self._by_age() for r in p.routes.installed()]
@@ -333,6 +345,7 @@ class StreamKeys:
         secret, confirm = keyx.complete(pending, msg, self.psk)
         self.initiated = None
         rtt = max(0.0, now - pending.sent)
+        self.last_exchange = now - pending.started
         self._commit(now, msg.phase, secret, now + max(HOLD_MIN, 2 * rtt))
         self.completed[msg.id] = _Completed(confirm, now + RETRY_MAX * RESP_REPEATS)
         return self._send(confirm, route.key_phase, now, "confirm")
