@@ -121,13 +121,13 @@ def assert_no_loss(r: subprocess.CompletedProcess[str], info: LabInfo | None = N
     raise AssertionError(r.stdout + r.stderr + report)
 
 
-# Routes the gateways had installed while each capture ran: (src, dst) -> (phase, epoch), both
-# directions. The hashed addresses of a key phase come from that phase's secret, which only the
+# Routes the gateways had installed while each capture ran: (src, dst) -> (phase, epoch, key
+# id), both directions. The hashed addresses of a key phase come from that phase's secret, which only the
 # gateways hold (a test cannot recompute them from the profile key), so they are asked.
-ROUTES_SEEN: dict[Path, dict[tuple[bytes, bytes], tuple[int, int]]] = {}
+ROUTES_SEEN: dict[Path, dict[tuple[bytes, bytes], tuple[int, int, str]]] = {}  # phase, epoch, key id
 
 
-def _watch_routes(lab: Lab, seen: dict[tuple[bytes, bytes], tuple[int, int]],
+def _watch_routes(lab: Lab, seen: dict[tuple[bytes, bytes], tuple[int, int, str]],
                   stop: threading.Event) -> None:
     info = lab.info
     dirs = [Path(gw.runtime_dir) for gw in (info.gateway_a, info.gateway_b) if gw.runtime_dir]
@@ -138,7 +138,8 @@ def _watch_routes(lab: Lab, seen: dict[tuple[bytes, bytes], tuple[int, int]],
                 for r in st["routes"]:
                     local = ipaddress.IPv6Address(r["local"]).packed
                     remote = ipaddress.IPv6Address(r["remote"]).packed
-                    seen[(local, remote)] = seen[(remote, local)] = (r["key_phase"], r["epoch"])
+                    seen[(local, remote)] = seen[(remote, local)] = (
+                        r["key_phase"], r["epoch"], r.get("key_id", ""))
         if stop.wait(0.1):
             return
 
