@@ -325,10 +325,13 @@ class Supervisor:
             raise CommandError(f"unknown stream: {', '.join(unknown)}")
         chosen = names or list(self.route_lists)
         now = self.clock()
+        before = {}
         for n in chosen:
-            self.route_lists[n].request_rekey(now)
+            keys = self.route_lists[n]
+            before[n] = {"rekeys": keys.counters["rekeys"], "key_phase": keys.send_phase}
+            keys.request_rekey(now)
             log.info("event=rekey_requested stream=%s", n)
-        return {"rekeying": chosen}
+        return {"rekeying": chosen, "before": before}
 
     def apply(self, all_changes: dict[str, RouteChanges]) -> None:
         """Apply one rotation's changes of every stream: make before break, one firewall commit.

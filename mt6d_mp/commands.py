@@ -203,7 +203,7 @@ class Rekey(Command):
 
     The new key phase is used once the exchange is confirmed; the old one stays accepted until
     its routes expire (docs/PROTOCOL.md 5). Wire: ``[b"rekey", stream...]`` -> ``{"rekeying":
-    [stream...]}``. The client waits until each stream sends on a new phase. Exit: 0 all
+    [stream...], "before": {stream: {"rekeys", "key_phase"}}}``. The client waits until each stream sends on a new phase. Exit: 0 all
     rekeyed, 1 otherwise (unknown stream, or no new phase within the wait).
     """
 

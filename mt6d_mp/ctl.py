@@ -245,13 +245,16 @@ class Rekey(Client):
         names = reply["rekeying"]
         if args.no_wait:
             return reply, EXIT_OK
-        before = {s["name"]: s.get("keyx", {}).get("rekeys", 0)
-                  for s in ctl.call(b"status")["streams"] if s["name"] in names}
+        # As the supervisor saw them when it took the request (an exchange can be done before
+        # this client asks again).
+        before = {n: (b["rekeys"], b["key_phase"]) for n, b in reply["before"].items()}
         deadline = time.monotonic() + args.wait_timeout
         while True:
+            # Done once a new exchange committed and the stream sends on its phase.
             rows = {s["name"]: s for s in ctl.call(b"status")["streams"] if s["name"] in names}
-            done = {n for n, s in rows.items() if s.get("keyx", {}).get("rekeys", 0) > before[n]
-                    and s.get("key_state") == "keyed"}
+            done = {n for n, s in rows.items()
+                    if s.get("keyx", {}).get("rekeys", 0) > before[n][0]
+                    and s.get("key_state") == "keyed" and s.get("key_phase") != before[n][1]}
             if done >= set(rows) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
