@@ -82,11 +82,11 @@ class Status(Command):
     "spawns", "exits", "packets_in", "packets_out", "bytes_in", "bytes_out",
     "drops": {reason: n}, "counters"}], "streams": [{"name", "queue", "active", "installed",
     "next_rotation", "next_rotation_in", "key_state", "key_phase", "key_age", "next_rekey_in",
-    "keyx": {counter: n}, "keyx_last_seconds"}], "firewall_drops": {kind: packets}}``. ``key_state`` is ``keyed``
-    (sending on phase ``key_phase``, whose key is ``key_age`` seconds old), ``bootstrapping``
-    (no exchange has succeeded yet: nothing is sent) or ``expired`` (no fresh key within
-    ``regen_limit``: nothing is sent until an exchange succeeds); ``keyx`` counts the key
-    exchange's messages and refusals by reason (docs/PROTOCOL.md 5).
+    "keyx": {counter: n}, "keyx_last_seconds"}], "firewall_drops": {kind: packets}}``.
+    ``key_state`` is ``keyed`` (sending on phase ``key_phase``, whose key is ``key_age`` seconds
+    old), ``bootstrapping`` (no exchange has succeeded yet: nothing is sent) or ``expired`` (no
+    fresh key within ``regen_limit``: nothing is sent until an exchange succeeds); ``keyx`` counts
+    the key exchange's messages and refusals by reason (docs/PROTOCOL.md 5).
     ``firewall_drops`` counts what the kernel dropped by MT6D's rules (kinds in
     mt6d_mp.io.firewall.Firewall.drop_counts: fragment, true_address, hashed_address, silenced,
     true_source). ``packets_out`` counts tunnelled packets (host to
@@ -203,8 +203,9 @@ class Rekey(Command):
 
     The new key phase is used once the exchange is confirmed; the old one stays accepted until
     its routes expire (docs/PROTOCOL.md 5). Wire: ``[b"rekey", stream...]`` -> ``{"rekeying":
-    [stream...], "before": {stream: {"rekeys", "key_phase"}}}``. The client waits until each stream sends on a new phase. Exit: 0 all
-    rekeyed, 1 otherwise (unknown stream, or no new phase within the wait).
+    [stream...], "before": {stream: {"rekeys", "key_phase"}}}``. The client waits until each
+    stream sends on a new phase. Exit: 0 all rekeyed, 1 otherwise (unknown stream, or no new
+    phase within the wait).
     """
 
     name = "rekey"
