@@ -254,6 +254,10 @@ class StreamKeys:
                 # oldest phase to go rather than keep ever more addresses bound.
                 self.counters["keyx_postponed"] += 1
                 self.next_rekey = now + self.rotation_time
+            elif now >= self.next_rekey and self.answered:
+                # The peer's exchange is under way: its phase will do (two at once would be a
+                # wasted rekey and one more live phase).
+                self.next_rekey = now + self._retry_delay(1)
             elif now >= self.next_rekey:
                 self.rekey_forced = False
                 pending, msg = keyx.new_init(now, self.send_phase or 0, self.rng)
@@ -365,10 +369,10 @@ class StreamKeys:
         return []
 
     def _commit(self, now: float, q: int, secret: bytes, send_from: float) -> None:
-        """A confirmed phase: its routes from this epoch on, data from ``send_from``."""
-        p = self._phase(q, secret, send_from)
-        p.routes.first = epoch_at(now, self.rotation_time)
-        self.phases[q] = p
+        """A confirmed phase: its routes for the whole window (the peer's clock may be up to a
+        rotation ahead or ``L`` behind, and its first packets on the phase use *its* epoch's
+        route), data from ``send_from``."""
+        self.phases[q] = self._phase(q, secret, send_from)
         self.next_rekey = float("inf")  # set when the phase starts sending (_update_sending)
         self.changed = True
         self.counters["rekeys"] += 1

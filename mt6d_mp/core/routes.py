@@ -110,9 +110,8 @@ class RouteList:
         self.lifetime = lifetime_epochs(rotation_time, route_lifetime)
         self._routes: dict[int, Route] = {}  # epoch -> route, every installed route
         self._last_expired = -1  # newest epoch already reported as expired
-        # Epoch bounds of a key phase (mt6d_mp.core.phases): routes are made only for epochs
-        # first..last; None is unbounded.
-        self.first: int | None = None
+        # The last epoch of a key phase that another replaced (mt6d_mp.core.phases): no route
+        # is made after it; None while the phase is in use.
         self.last: int | None = None
 
     def _make(self, epoch: int) -> Route:
@@ -134,9 +133,8 @@ class RouteList:
             elif epoch == lingering and epoch > self._last_expired:
                 changes.expired.append(self._routes[epoch])
                 self._last_expired = epoch
-        lo = e - self.lifetime if self.first is None else max(self.first, e - self.lifetime)
         hi = e + 1 if self.last is None else min(self.last, e + 1)
-        for epoch in range(lo, hi + 1):
+        for epoch in range(e - self.lifetime, hi + 1):
             if epoch not in self._routes:
                 route = self._make(epoch)
                 self._routes[epoch] = route

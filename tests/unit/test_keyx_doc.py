@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from mt6d_mp.core import keyx
 from mt6d_mp.core.addressing import endpoint
 from mt6d_mp.core.crypto import derive_direction_key
-from tests.unit.test_packet import _doc_examples
+
+
+def _doc_examples() -> dict[str, bytes]:
+    """The ```hex NAME blocks of docs/PROTOCOL.md, as bytes."""
+    text = (Path(__file__).parents[2] / "docs" / "PROTOCOL.md").read_text()
+    return {name: bytes.fromhex("".join(line[6:] for line in body.splitlines()).replace(" ", ""))
+            for name, body in re.findall(r"```hex (\S+)\n(.*?)```", text, re.S)}
 
 
 def a16(s: str) -> bytes:
