@@ -22,33 +22,58 @@ Tests per path (table 4.1 of the thesis, scaled; ``--quick`` in brackets): stand
 jitter). Each ping, flood and UDP run also records which drop counters grew while it ran, so a
 loss comes with where it happened. Host metrics of each tunnel's processes on both gateways:
 CPU seconds per GB carried and private memory per gateway. MT6D only: the cost of one rotation
-for 1, 8 and 32 streams, in process and on a running supervisor.
+for 1, 8 and 32 streams, in process and on a running supervisor. The rekey cost: MT6D's key
+exchange timed on running gateways rekeying every 3-4 s (rotation 1 s), without traffic and
+during iperf3 TCP transfers in 0.5 s intervals, against a lab that keys only at start (the
+transfers' mean and their lowest interval in the second after each rekey); OpenVPN's
+renegotiation and first handshake and wireguard-go's handshake, each in a lab of its own.
 
 Writes ``bench.json``, ``bench.md`` and PNG charts (``latency.png``, ``loss.png``,
-``throughput.png``, ``host.png``, ``rotation.png``) into ``--out``. Medians with min-max over
+``throughput.png``, ``host.png``, ``rotation.png``, ``rekey.png``) into ``--out``. Medians with min-max over
 the repeats. Needs root. Exit code 0 when every measurement ran, 1 when some failed (the
 results are written either way), 2 for bad arguments, 4 without root, 5 when a program is missing.
 
 Usage::
 
     mt6d-bench [--quick] [--out results/] [--paths none,mt6d,openvpn,wireguard-go]
-               [--rotation-time S] [--rotation-streams 1,8,32] [--ping-count N] [--seconds S]
+               [--rotation-time S] [--rotation-streams 1,8,32] [--no-rotation] [--no-rekey]
+               [--ping-count N] [--seconds S]
 
 The modules, in the order a run uses them: plan.py (what to run), cli.py (``main``), runner.py
 (the whole run), tunnels.py (a path's lab and its tunnel), host.py (the machine, CPU and
 memory of the tunnel processes), battery.py (the tests), drops.py (drop counters), rotation.py
-with supervisor_debug.py (rotation cost), results.py (reading results), report.py (bench.md,
-targets), charts.py (PNG charts). Every public name is re-exported here.
+with supervisor_debug.py (rotation cost), rekey.py with handshakes.py (rekey cost), results.py
+(reading results), report.py (bench.md, targets), charts.py (PNG charts). Every public name is
+re-exported here.
 """
 
 from mt6d_mp.bench.battery import Runner, parse_ping
 from mt6d_mp.bench.charts import charts
 from mt6d_mp.bench.cli import main, parser
 from mt6d_mp.bench.drops import drop_counters, drops_between, drops_cell, kernel_drops, loss_drops
+from mt6d_mp.bench.handshakes import (
+    last_handshake,
+    openvpn_handshakes,
+    openvpn_times,
+    parse_uapi,
+    wireguard_handshakes,
+)
 from mt6d_mp.bench.host import TunnelProcesses, cpu_delta, descendants, host_metrics, machine
 from mt6d_mp.bench.plan import FULL, PATHS, QUICK, SCHEMA, Plan, Progress
+from mt6d_mp.bench.rekey import (
+    KeyEvent,
+    Poller,
+    bench_rekey,
+    counter_growth,
+    dips,
+    exchange_samples,
+    interval_rates,
+    key_events,
+    mt6d_rekey,
+    rekeys_in,
+)
 from mt6d_mp.bench.report import markdown, targets
-from mt6d_mp.bench.results import stats
+from mt6d_mp.bench.results import rekey_errors, stats
 from mt6d_mp.bench.rotation import bench_rotation, rotation_in_process, rotation_system
 from mt6d_mp.bench.runner import bench_path, make_files, run, write
 from mt6d_mp.bench.tunnels import PathLab, path_lab, setup_openvpn, setup_wireguard
@@ -58,29 +83,44 @@ __all__ = [
     "PATHS",
     "QUICK",
     "SCHEMA",
+    "KeyEvent",
     "PathLab",
     "Plan",
+    "Poller",
     "Progress",
     "Runner",
     "TunnelProcesses",
     "bench_path",
+    "bench_rekey",
     "bench_rotation",
     "charts",
+    "counter_growth",
     "cpu_delta",
     "descendants",
+    "dips",
     "drop_counters",
     "drops_between",
     "drops_cell",
+    "exchange_samples",
     "host_metrics",
+    "interval_rates",
     "kernel_drops",
+    "key_events",
+    "last_handshake",
     "loss_drops",
     "machine",
     "main",
     "make_files",
     "markdown",
+    "mt6d_rekey",
+    "openvpn_handshakes",
+    "openvpn_times",
     "parse_ping",
+    "parse_uapi",
     "parser",
     "path_lab",
+    "rekey_errors",
+    "rekeys_in",
     "rotation_in_process",
     "rotation_system",
     "run",
@@ -88,5 +128,6 @@ __all__ = [
     "setup_wireguard",
     "stats",
     "targets",
+    "wireguard_handshakes",
     "write",
 ]

@@ -51,13 +51,24 @@ def parse_ping(text: str) -> dict[str, Any]:
 class Runner:
     """Runs the test battery on one PathLab; failures are recorded, never raised."""
 
-    def __init__(self, pl: PathLab, plan: Plan, files: dict[int, tuple[Path, str]], progress: Progress):
+    def __init__(
+        self,
+        pl: PathLab,
+        plan: Plan,
+        files: dict[int, tuple[Path, str]],
+        progress: Progress,
+        iperf_server_args: Sequence[str] = (),
+    ):
         self.pl = pl
         self.plan = plan
         self.files = files
         self.say = progress
         self.errors: list[str] = []
         self.iperf_pid: int | None = None
+        self.iperf_server_args = tuple(iperf_server_args)  # more options for the iperf3 server
+        # Wall-clock times (time.time) just before the last iperf3 client started and just after
+        # it returned: where its intervals lie, for lining them up with other events (rekey.py).
+        self.launched = self.returned = 0.0
 
     def log(self, msg: str) -> None:
         self.say(f"{self.pl.path}: {msg}")
@@ -222,7 +233,7 @@ class Runner:
             hb = pl.info.host_b()
             self.iperf_pid = pl.lab.spawn(
                 hb.name,
-                ["iperf3", "-s", "-B", pl.dst, "-p", str(IPERF_PORT)],
+                ["iperf3", "-s", "-B", pl.dst, "-p", str(IPERF_PORT), *self.iperf_server_args],
                 name="iperf3-server",
                 log_path=pl.work / "iperf3-server.log",
             )
@@ -234,7 +245,9 @@ class Runner:
         for attempt in range(2):
             self._iperf_server(restart=attempt > 0)
             argv = ["iperf3", "-c", self.pl.dst, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", *extra]
+            self.launched = time.time()
             r = self.exec(argv, timeout=seconds + 40)
+            self.returned = time.time()
             try:
                 data: dict[str, Any] = json.loads(r.stdout)
             except json.JSONDecodeError:

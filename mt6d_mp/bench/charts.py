@@ -1,9 +1,10 @@
 """PNG charts of a run, in the style of the thesis's figures 5.22-5.24.
 
-Flow of :func:`charts`: for each chart (latency, loss, throughput, host, rotation; one function
-each, in that order) gather the series per path (value, low, high) from the results, draw them
-as grouped bars with whiskers (:func:`_grouped`) or, for the rotation, as lines against the
-number of streams, and save the figure into the output directory. matplotlib is imported only
+Flow of :func:`charts`: for each chart (latency, loss, throughput, host, rotation, rekey; one
+function each, in that order) gather the series per path (value, low, high) from the results,
+draw them as grouped bars with whiskers (:func:`_grouped`) or, for the rotation, as lines against
+the number of streams, for the rekey as bars and the intervals of a transfer over time, and save
+the figure into the output directory. matplotlib is imported only
 here, when charts are drawn (the ``bench`` extra).
 """
 
@@ -38,6 +39,7 @@ def charts(results: dict[str, Any], out: Path) -> list[str]:
         ("throughput.png", _throughput),
         ("host.png", _host),
         ("rotation.png", _rotation),
+        ("rekey.png", _rekey),
     ):
         fig = draw(plt, results)
         if fig is None:
@@ -258,4 +260,61 @@ def _rotation(plt: Any, results: dict[str, Any]) -> Any:
     ax.set_title("MT6D rotation cost")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return fig
+
+
+def _rekey(plt: Any, results: dict[str, Any]) -> Any:
+    """Left: one exchange or handshake per path (median, min-max). Right: MT6D's first transfer
+    of each lab, interval by interval, with the rekeys marked."""
+    rk = results.get("rekey")
+    if not rk:
+        return None
+    m, o, w = rk.get("mt6d"), rk.get("openvpn"), rk.get("wireguard-go")
+    bars = [
+        ("MT6D rekey\nno traffic", "mt6d", dig(m, "exchange", "idle")),
+        ("MT6D rekey\nunder TCP", "mt6d", dig(m, "exchange", "load")),
+        ("OpenVPN\nrenegotiation", "openvpn", dig(o, "renegotiation_s")),
+        ("OpenVPN first\nhandshake", "openvpn", dig(o, "handshake_s")),
+        ("wireguard-go\nhandshake", "wireguard-go", dig(w, "handshake_s")),
+    ]
+    bars = [b for b in bars if b[2]]
+    runs = {kind: next((r for r in dig(m, "runs") or [] if r["kind"] == kind and r["intervals"]), None)
+            for kind in ("baseline", "rekeying")}  # fmt: skip
+    if not bars and not any(runs.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 3]})
+    ax = axes[0]
+    if bars:
+        pos = list(range(len(bars)))
+        med = [s["median"] * 1e3 for _, _, s in bars]
+        lo = [(s["median"] - s["min"]) * 1e3 for _, _, s in bars]
+        hi = [(s["max"] - s["median"]) * 1e3 for _, _, s in bars]
+        drawn = ax.bar(pos, med, 0.6, color=[COLOURS.get(p) for _, p, _ in bars], yerr=[lo, hi], capsize=3,
+                       error_kw={"elinewidth": 0.8, "alpha": 0.7})  # fmt: skip
+        _label_bars(ax, drawn, [(v, None, None) for v in med], 2)
+        ax.set_xticks(pos)
+        ax.set_xticklabels([label for label, _, _ in bars], fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3, which="both")
+    ax.set_ylabel("ms (median, min-max; log scale)")
+    ax.set_title("One key exchange or handshake")
+    ax = axes[1]
+    for kind, colour in (("baseline", COLOURS["none"]), ("rekeying", COLOURS["mt6d"])):
+        r = runs[kind]
+        if r is None:
+            continue
+        label = f"regen_interval {m['regen_interval']:g} s" if kind == "rekeying" else "regen_interval 0"
+        edges = [iv[0] for iv in r["intervals"]] + [r["intervals"][-1][1]]
+        mean = f"{label}: {r['gbit_s']:.3f} Gbit/s mean"
+        ax.stairs([iv[2] for iv in r["intervals"]], edges, color=colour, label=mean, lw=1.5)
+        if kind == "rekeying":
+            for i, k in enumerate(r["rekeys"]):
+                ax.axvspan(k["at"], k["at"] + m["dip_window_s"], color=colour, alpha=0.12,
+                           label="a rekey and the second after it" if i == 0 else None)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("seconds into the transfer")
+    ax.set_ylabel("Gbit/s per interval")
+    ax.set_title("MT6D iperf3 TCP across rekeys (first transfer of each lab)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return fig

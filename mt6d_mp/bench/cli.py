@@ -20,7 +20,7 @@ from types import FrameType
 
 from mt6d_mp.bench.plan import FULL, PATHS, QUICK, Progress
 from mt6d_mp.bench.report import markdown
-from mt6d_mp.bench.results import clean
+from mt6d_mp.bench.results import clean, rekey_errors
 from mt6d_mp.bench.runner import run, write
 from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_NOT_INSTALLED, EXIT_PRIVILEGE
 from mt6d_mp.lab import MAX_STREAMS
@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--no-rotation", action="store_true", help="skip the rotation cost")
     ap.add_argument(
+        "--no-rekey", action="store_true", help="skip the rekey cost (MT6D) and the tunnels' handshakes"
+    )
+    ap.add_argument(
         "--ping-count", type=int, default=None, help="standard ping count (default 300, quick 50)"
     )
     ap.add_argument(
@@ -87,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = replace(plan, rotation_streams=args.rotation_streams)
     if args.no_rotation:
         plan = replace(plan, rotation_streams=())
+    if args.no_rekey:
+        plan = replace(plan, rekey=False)
     if args.ping_count is not None:
         if args.ping_count < 1:
             print("mt6d-bench: --ping-count must be at least 1", file=sys.stderr)
@@ -121,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old)
     errors = sum(len(p["errors"]) for p in results["paths"].values())
     errors += sum(1 for r in (results["rotation"] or {}).get("system", []) if r.get("error"))
+    errors += len(rekey_errors(results))
     if not args.quiet:
         print(markdown(clean(results)))
     if errors:

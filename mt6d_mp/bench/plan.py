@@ -41,6 +41,16 @@ class Plan:
     rotation_cycles: int  # in process, per stream count
     rotation_observe: float  # seconds of a running supervisor's rotations, per stream count
     rotation_system_time: float  # rotation_time of those labs
+    rekey: bool  # the rekey cost (rekey.py, handshakes.py)
+    rekey_rotation_time: float  # rotation_time of the MT6D rekey labs
+    rekey_interval: float  # crypto.regen_interval of the rekeying lab (the baseline's is 0)
+    rekey_window: float  # its crypto.regen_window
+    rekey_observe: float  # seconds of the rekeying lab without traffic, for the exchange's duration
+    rekey_seconds: int  # iperf3 TCP run length, each lab
+    rekey_runs: int  # runs per lab, the two labs taking turns
+    reneg_sec: int  # OpenVPN --reneg-sec in its handshake lab
+    reneg_observe: float  # seconds of that lab after it is up
+    handshake_repeats: int  # wireguard-go handshakes
 
 
 FULL = Plan(
@@ -62,6 +72,16 @@ FULL = Plan(
     rotation_cycles=500,
     rotation_observe=13.0,
     rotation_system_time=2.0,
+    rekey=True,
+    rekey_rotation_time=1.0,
+    rekey_interval=3.0,
+    rekey_window=1.0,
+    rekey_observe=20.0,
+    rekey_seconds=20,
+    rekey_runs=3,
+    reneg_sec=4,
+    reneg_observe=21.0,
+    handshake_repeats=10,
 )
 
 
@@ -78,6 +98,11 @@ QUICK = replace(
     udp_runs=1,
     rotation_cycles=100,
     rotation_observe=5.0,
+    rekey_observe=8.0,
+    rekey_seconds=10,
+    rekey_runs=1,
+    reneg_observe=9.0,
+    handshake_repeats=3,
 )
 
 

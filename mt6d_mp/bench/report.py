@@ -16,7 +16,7 @@ from typing import Any
 
 from mt6d_mp.bench.drops import drops_cell
 from mt6d_mp.bench.plan import PATHS
-from mt6d_mp.bench.results import dig, finite, flood_of
+from mt6d_mp.bench.results import dig, finite, flood_of, rekey_errors, stats
 from mt6d_mp.core import config as cfgmod
 
 
@@ -95,10 +95,11 @@ def markdown(results: dict[str, Any], charts_written: Sequence[str] = ()) -> str
     lines = _intro(results)
     lines += _table(results, paths, [*_measurement_rows(results["plan"]), *_host_rows()])
     lines += _rotation_section(results)
+    lines += _rekey_section(results)
     lines += _targets_section(results)
-    errs = [(p, e) for p in paths for e in results["paths"][p]["errors"]]
+    errs = [f"{p}: {e}" for p in paths for e in results["paths"][p]["errors"]] + rekey_errors(results)
     if errs:
-        lines += ["", "## Errors", ""] + [f"- {p}: {e}" for p, e in errs]
+        lines += ["", "## Errors", ""] + [f"- {e}" for e in errs]
     if charts_written:
         lines += ["", "Charts: " + ", ".join(f"[{c}]({c})" for c in charts_written) + "."]
     lines.append("")
@@ -238,6 +239,120 @@ def _rotation_section(results: dict[str, Any]) -> list[str]:
             f"| {r['streams']} | {_fmt(r['seconds'], 1e6, 1)} | {_fmt(s.get('seconds'), 1e3, 2)} | "
             f"{s.get('samples', '-')} |"
         )
+    return lines
+
+
+def _ms(s: dict[str, Any] | None, key: str) -> str:
+    return "-" if not s else f"{s[key] * 1e3:.2f}"
+
+
+def _pct(s: dict[str, Any] | None) -> str:
+    """A summary of ratios as per cent: median (min-max)."""
+    if not s:
+        return "-"
+    med, lo, hi = (round(s[k] * 100) for k in ("median", "min", "max"))
+    return f"{med} % ({lo}-{hi})" if s.get("n", 1) > 1 else f"{med} %"
+
+
+def _counters(c: dict[str, int] | None) -> str:
+    """The exchange counters that grew, but for those every exchange moves (sent messages, starts,
+    answers, rekeys): the retries, collisions, failures and expiries."""
+    routine = {"rekeys", "keyx_started", "keyx_answered"}
+    odd = {k: v for k, v in (c or {}).items() if k not in routine and not k.startswith("keyx_sent_")}
+    return ", ".join(f"{k} {v}" for k, v in odd.items()) if odd else "none"
+
+
+def _handshake_rows(rk: dict[str, Any]) -> list[tuple[str, str, dict[str, Any] | None, str | None]]:
+    """(path, what is timed, seconds summary, error) of every timed exchange or handshake."""
+    rows: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
+    m = rk.get("mt6d")
+    if m:
+        err = "; ".join(m["errors"]) or None
+        rows += [
+            ("MT6D", "rekey: first INIT to commit (status `keyx_last_seconds`), no traffic",
+             dig(m, "exchange", "idle"), err),
+            ("MT6D", "rekey: the same, during the iperf3 TCP transfers", dig(m, "exchange", "load"), err),
+        ]  # fmt: skip
+    o = rk.get("openvpn")
+    if o:
+        rows += [
+            ("OpenVPN", f"renegotiation (`--reneg-sec {o['reneg_sec']}`): `TLS: soft reset` to the new key "
+             "state active (`Control Channel:`), in the log of the gateway that starts it",
+             o["renegotiation_s"], o["error"]),
+            ("OpenVPN", "first handshake: `TLS: Initial packet from` to `Peer Connection Initiated`",
+             o["handshake_s"], o["error"]),
+            ("OpenVPN", "start-up: first log line to `Initialization Sequence Completed`",
+             o["startup_s"], o["error"]),
+        ]  # fmt: skip
+    w = rk.get("wireguard-go")
+    if w:
+        rows.append(
+            ("wireguard-go", "handshake of a peer set afresh (control socket) to its last handshake time",
+             w["handshake_s"], w["error"])
+        )  # fmt: skip
+    return rows
+
+
+def _rekey_section(results: dict[str, Any]) -> list[str]:
+    rk = results.get("rekey")
+    if not rk:
+        return []
+    lines = ["", "## Rekey cost", ""]
+    m = rk.get("mt6d")
+    if m:
+        lines += [
+            f"MT6D: two labs side by side, rotation every {m['rotation_time']:g} s: one with "
+            f"`crypto.regen_interval = {m['regen_interval']:g}` and `regen_window = "
+            f"{m['regen_window']:g}` (a rekey every {m['regen_interval']:g}-"
+            f"{m['regen_interval'] + m['regen_window']:g} s), one with `crypto.regen_interval = 0` (only "
+            "the exchange at start) as the baseline. An exchange's time is what its initiator reports "
+            "in `mt6dctl status` (both gateways polled every 0.2 s, pooled); the rekeys during a "
+            "transfer are the supervisors' `event=key_phase_committed` log lines (one per new phase, "
+            "at its first commit). OpenVPN and wireguard-go: labs of their own, set up as their paths.",
+            "",
+        ]
+    lines += ["| path | what is timed | median ms | max ms | measured |", "|---|---|---|---|---|"]
+    for path, what, s, err in _handshake_rows(rk):
+        if s:
+            lines.append(f"| {path} | {what} | {_ms(s, 'median')} | {_ms(s, 'max')} | {s['n']} |")
+        else:
+            lines.append(f"| {path} | {what} | not measured: {err or 'no sample'} | | 0 |")
+    if m and (m["baseline"]["runs"] or m["rekeying"]["runs"]):
+        b, r = m["baseline"], m["rekeying"]
+        plan = results["plan"]
+        source = next((x["interval_source"] for x in m["runs"] if x["interval_source"]), "-")
+        lines += [
+            "",
+            f"| iperf3 TCP {plan['rekey_seconds']} s x{plan['rekey_runs']} per lab, "
+            f"{m['iperf_interval_s']:g} s intervals ({source}) | `regen_interval = 0` | "
+            f"`regen_interval = {m['regen_interval']:g}` |",
+            "|---|---|---|",
+            f"| mean, Gbit/s | {_fmt(b['gbit_s'], digits=3)} | {_fmt(r['gbit_s'], digits=3)} |",
+            f"| median interval, Gbit/s | {_fmt(b['median_interval_gbit_s'], digits=3)} | "
+            f"{_fmt(r['median_interval_gbit_s'], digits=3)} |",
+            f"| rekeys during the transfers | {b['rekeys']} | {r['rekeys']} |",
+            f"| lowest interval within {m['dip_window_s']:g} s after a rekey, Gbit/s; of the median | - | "
+            f"{_fmt(r['dip_gbit_s'], digits=3)}; {_pct(r['dip_ratio'])} |",
+            f"| lowest interval away from rekeys, Gbit/s; of the median | "
+            f"{_fmt(b['lowest_elsewhere_gbit_s'], digits=3)}; {_pct(b['lowest_elsewhere_ratio'])} | "
+            f"{_fmt(r['lowest_elsewhere_gbit_s'], digits=3)}; {_pct(r['lowest_elsewhere_ratio'])} |",
+            f"| exchange retries, collisions, failures, expiries during the transfers | "
+            f"{_counters(b['counters'])} | {_counters(r['counters'])} |",
+            "",
+            "Per rekey the lowest interval overlapping the second after its first commit (both gateways send "
+            "on the new phase within the hold after it), against the transfer's median interval; the first "
+            "and last interval of a transfer left out. The intervals are placed from the start of the "
+            "iperf3 client; the test starts at most "
+            f"{_ms(stats([dig(x, 'start_slack_s', 'max') for x in (b, r)]), 'max')} ms later.",
+        ]
+    if rk.get("openvpn") or rk.get("wireguard-go"):
+        lines += [
+            "",
+            "Not measured: the tunnels' throughput across their own rekeys (OpenVPN's renegotiation and "
+            "wireguard-go's handshake are timed on idle tunnels); wireguard-go's own rekey, which comes "
+            "only after two minutes and which its control socket cannot bring forward (a peer set afresh "
+            "is timed instead).",
+        ]
     return lines
 
 

@@ -55,3 +55,14 @@ def flood_of(p: dict[str, Any] | None, n: int) -> dict[str, Any] | None:
             r: dict[str, Any] = f
             return r
     return None
+
+
+def rekey_errors(results: dict[str, Any]) -> list[str]:
+    """The failures of the rekey section, each named by its part."""
+    rk = results.get("rekey") or {}
+    out = [f"mt6d rekey: {e}" for e in dig(rk, "mt6d", "errors") or []]
+    for path in ("openvpn", "wireguard-go"):
+        e = dig(rk, path, "error")
+        if e:
+            out.append(f"{path} handshake: {e}")
+    return out

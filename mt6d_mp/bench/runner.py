@@ -1,9 +1,10 @@
-"""The whole mt6d-bench run: every path in a lab of its own, the rotation cost, then the files.
+"""The whole mt6d-bench run: every path in a lab of its own, the rotation and rekey costs, then the files.
 
 Flow of :func:`run`: describe the machine, make the HTTP test files (random, with their
 SHA-256), run :func:`bench_path` for each path (a lab from tunnels.py, the battery from
 battery.py, the host metrics from host.py around it), then the MT6D rotation cost
-(rotation.py), and compute the targets (report.py). :func:`write` writes bench.json, the charts
+(rotation.py), the rekey cost (rekey.py; the tunnels' handshakes from handshakes.py), and
+compute the targets (report.py). :func:`write` writes bench.json, the charts
 (charts.py) and bench.md.
 """
 
@@ -24,6 +25,7 @@ from mt6d_mp.bench.battery import Runner
 from mt6d_mp.bench.charts import charts
 from mt6d_mp.bench.host import host_metrics, machine
 from mt6d_mp.bench.plan import SCHEMA, Plan, Progress
+from mt6d_mp.bench.rekey import bench_rekey
 from mt6d_mp.bench.report import markdown, targets
 from mt6d_mp.bench.results import clean
 from mt6d_mp.bench.rotation import bench_rotation
@@ -106,6 +108,7 @@ def run(plan: Plan, out: Path, progress: Progress) -> dict[str, Any]:
         "plan": asdict(plan),
         "paths": {},
         "rotation": None,
+        "rekey": None,
         "targets": [],
         "duration_s": 0.0,
     }
@@ -119,6 +122,9 @@ def run(plan: Plan, out: Path, progress: Progress) -> dict[str, Any]:
         if "mt6d" in plan.paths and plan.rotation_streams:
             progress("== MT6D rotation cost")
             results["rotation"] = bench_rotation(plan, progress)
+        if plan.rekey and set(plan.paths) & {"mt6d", "openvpn", "wireguard-go"}:
+            progress("== rekey cost")
+            results["rekey"] = bench_rekey(plan, scratch, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["machine"]["loadavg_end"] = list(os.getloadavg())

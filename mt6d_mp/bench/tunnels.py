@@ -20,7 +20,7 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +121,8 @@ def _self_signed(cn: str, directory: Path) -> tuple[Path, Path, str]:
     return cert_path, key_path, cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def setup_openvpn(lab: Lab, info: LabInfo, work: Path) -> TunnelProcesses:
+def setup_openvpn(lab: Lab, info: LabInfo, work: Path, extra: Sequence[str] = ()) -> TunnelProcesses:
+    """OpenVPN in both gateways, up (``extra``: more options for both, e.g. ``--reneg-sec``)."""
     _add_outer_addresses(lab, info)
     certs = {side: _self_signed(f"gw{side}", work) for side in SIDES}
     inner = {"a": "fd6d:b::1", "b": "fd6d:b::2"}
@@ -168,6 +169,7 @@ def setup_openvpn(lab: Lab, info: LabInfo, work: Path) -> TunnelProcesses:
             "--verb",
             "3",
             "--mute-replay-warnings",
+            *extra,
         ]
         roots[side] = [lab.spawn(_gw(info, side), argv, name=f"openvpn-{side}", log_path=logs[side])]
     for side in SIDES:
@@ -244,9 +246,28 @@ def setup_wireguard(lab: Lab, info: LabInfo, work: Path) -> tuple[TunnelProcesse
 
 
 @contextlib.contextmanager
-def path_lab(path: str, plan: Plan, scratch: Path, progress: Progress, prefix: str) -> Iterator[PathLab]:
-    """A fresh routed lab ``prefix`` carrying ``path``; always removed afterwards."""
-    lab = Lab(prefix, TOPOLOGY, mt6d=path == "mt6d", rotation_time=plan.rotation_time)
+def path_lab(
+    path: str,
+    plan: Plan,
+    scratch: Path,
+    progress: Progress,
+    prefix: str,
+    *,
+    rotation_time: float | None = None,
+    settings: Sequence[str] = (),
+) -> Iterator[PathLab]:
+    """A fresh routed lab ``prefix`` carrying ``path``; always removed afterwards.
+
+    For ``mt6d``, ``rotation_time`` (default the plan's) and ``settings`` (supervisor
+    ``--set SECTION.KEY=VALUE``, both gateways) shape the gateways.
+    """
+    lab = Lab(
+        prefix,
+        TOPOLOGY,
+        mt6d=path == "mt6d",
+        rotation_time=plan.rotation_time if rotation_time is None else rotation_time,
+        settings=settings,
+    )
     work = scratch / prefix
     work.mkdir(mode=0o700)
     try:

@@ -1,8 +1,9 @@
 """mt6d-bench (mt6d_mp.bench) in a reduced quick mode: it runs and writes well-formed results.
 
-Only the paths ``none`` and ``mt6d``, short tests, one stream for the rotation cost. Checks the
-shape of ``bench.json`` (every key present, every number finite) and that the markdown and the
-charts are written and every lab is gone afterwards. Never a speed threshold.
+Only the paths ``none`` and ``mt6d``, short tests, one stream for the rotation cost, MT6D's part
+of the rekey cost. Checks the shape of ``bench.json`` (every key present, every number finite)
+and that the markdown and the charts are written and every lab is gone afterwards. Never a speed
+threshold.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
         "--seconds", "2", "--rotation-streams", "1", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(
-        argv, cwd=REPO, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL
+        argv, cwd=REPO, capture_output=True, text=True, timeout=360, stdin=subprocess.DEVNULL
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[" in proc.stdout and "== mt6d" in proc.stdout  # progress lines
@@ -84,7 +85,7 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
         assert math.isfinite(x), f"{where} = {x}"
 
     assert res["schema"] == "mt6d-bench/1"
-    assert {"schema", "machine", "plan", "paths", "rotation", "targets", "duration_s"} <= set(res)
+    assert {"schema", "machine", "plan", "paths", "rotation", "rekey", "targets", "duration_s"} <= set(res)
     m = res["machine"]
     for key in ("date", "kernel", "cpu_model", "cores", "python", "loadavg_start", "loadavg_end", "tools"):
         assert m.get(key) is not None, key
@@ -140,13 +141,33 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
     assert not labmod.namespaces_with_prefix(sysrot["lab"])
     _stats(sysrot["seconds"], "rotation.system")
 
+    # The rekey cost: MT6D only (the tunnels are not in --paths).
+    rk = res["rekey"]
+    assert rk["openvpn"] is None and rk["wireguard-go"] is None
+    m6 = rk["mt6d"]
+    assert m6["errors"] == [], m6["errors"]
+    for prefix in m6["labs"].values():
+        assert not labmod.namespaces_with_prefix(prefix), f"rekey lab {prefix} left behind"
+    assert [r["kind"] for r in m6["runs"]] == ["baseline", "rekeying"] * plan["rekey_runs"]
+    _stats(m6["exchange"]["all"], "rekey.exchange.all")  # at least one exchange was timed
+    ex = m6["exchange"]
+    assert ex["all"]["n"] == sum(ex[k]["n"] for k in ("idle", "load") if ex[k])
+    for r in m6["runs"]:
+        assert r["gbit_s"] > 0 and r["interval_source"] == "receiver", r
+        assert all(iv[0] < iv[1] and iv[2] >= 0 for iv in r["intervals"]), r["intervals"]
+        for k in r["rekeys"]:
+            assert set(k) == {"phase", "at", "committed", "sending", "lowest_gbit_s", "ratio"}, k
+    assert m6["baseline"]["rekeys"] == 0  # regen_interval 0: only the exchange at start
+    assert m6["rekeying"]["rekeys"] >= 1  # a rekey every 3-4 s, transfers of rekey_seconds (10)
+    _stats(m6["rekeying"]["dip_ratio"], "rekey.rekeying.dip_ratio")
+
     for t in res["targets"]:
         assert {"target", "mt6d", "reference", "unit", "met"} == set(t)
         assert t["met"] in (True, False, None)
 
     md = (out / "bench.md").read_text()
-    assert "| test | none | mt6d |" in md and "rotation cost" in md
+    assert "| test | none | mt6d |" in md and "rotation cost" in md and "## Rekey cost" in md
     assert "| drops counted during ping, floods and UDP (where) |" in md
     if importlib.util.find_spec("matplotlib") is not None:
-        for png in ("latency.png", "loss.png", "throughput.png", "host.png", "rotation.png"):
+        for png in ("latency.png", "loss.png", "throughput.png", "host.png", "rotation.png", "rekey.png"):
             assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
