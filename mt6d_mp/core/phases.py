@@ -328,7 +328,9 @@ class StreamKeys:
             self.initiated = None
         q = keyx.next_phase(msg.phase, *self.phases)
         secret, reply, expected = keyx.answer(msg, self.psk, q, self.rng)
-        until = now + self._retry_delay(RESP_REPEATS) * RESP_REPEATS
+        # RESP goes again every RETRY_BASE until CONFIRM; the exchange is given up when the
+        # initiator gives up its INIT too (half the clock tolerance: it then starts afresh).
+        until = now + max(self.policy.tolerance / 2, RETRY_BASE * (RESP_REPEATS + 1))
         self.answered[msg.id] = keyx.Answered(msg.id, q, secret, reply, expected, until,
                                               route.key_phase)
         self.answered_sent[msg.id] = now
