@@ -349,25 +349,28 @@ class Supervisor:
         c = self.config
         assert self.nl is not None and self.bus is not None
         t0 = time.perf_counter()
-        add, remove = [], []
+        add, remove, unbind = [], [], []
         for stream, changes in all_changes.items():
             for r in changes.released:
                 self.bus.publish(route_update(r, "released"))
-                if c.routes:
-                    self.nl.remove_address(c.bridging, r.local.address)
+                unbind.append(r.local.address)
                 self.bound_routes.pop((stream, r.key_phase, r.epoch), None)
                 remove.append((stream, r.epoch, r.key_phase))
             add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port, r.key_phase)
                     for r in changes.added]
+        if c.routes:  # one netlink batch for all of them, not a round trip each
+            self.nl.remove_addresses(c.bridging, unbind)
         t1 = time.perf_counter()
         if self.fw is not None:
             self.fw.change_routes(add, remove)
         t2 = time.perf_counter()
+        bind = []
         for stream, changes in all_changes.items():
             for r in changes.added:
-                if c.routes:
-                    self.nl.add_address(c.bridging, r.local.address)
+                bind.append(r.local.address)
                 self.bound_routes[(stream, r.key_phase, r.epoch)] = r
+        if c.routes:
+            self.nl.add_addresses(c.bridging, bind)
         t3 = time.perf_counter()
         for changes in all_changes.values():
             for r in changes.added:

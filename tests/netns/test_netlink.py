@@ -240,3 +240,24 @@ def test_supervisor_uses_pyroute2s_messages_without_the_whole_package(pair: tupl
     socket layer never load."""
     out = nsutil.run_in(pair[0], [sys.executable, "-c", SUPERVISOR_LIKE])
     assert out.split() == ["full", "package", "loaded:", "False", "ok"]
+
+
+def test_address_batches(pair: tuple[str, str], nl: Netlink) -> None:
+    """Hundreds of addresses in batches (more than one datagram's worth): each one added with
+    the single-address flags, those already there counted as not new, then all removed; a
+    refusal other than "already there" names the address."""
+    a, _ = pair
+    addrs = [ipaddress.IPv6Address(f"2001:db8:77::{i:x}").packed for i in range(1, 301)]
+    assert nl.add_address("va", addrs[0])
+    assert nl.add_addresses("va", addrs) == len(addrs) - 1  # the first was there already
+    listed = ip6(a, "addr", "show", "dev", "va")
+    for raw in (addrs[0], addrs[150], addrs[-1]):
+        line = next(x for x in listed.splitlines() if str(ipaddress.IPv6Address(raw)) + "/128" in x)
+        assert "nodad" in line and "noprefixroute" in line and "deprecated" in line, line
+    owned = {x.address for ifname, x in nl.owned_addresses() if ifname == "va"}
+    assert set(addrs) <= owned
+    assert nl.remove_addresses("va", [*addrs, ipaddress.IPv6Address("2001:db8:77::ffff").packed]) == 300
+    assert "2001:db8:77::" not in ip6(a, "addr", "show", "dev", "va")
+    assert nl.add_addresses("va", []) == nl.remove_addresses("va", []) == 0
+    with pytest.raises(SystemSetupError, match="ff02::1"):
+        nl.add_addresses("va", [ipaddress.IPv6Address("ff02::1").packed])  # multicast: refused

@@ -39,6 +39,16 @@ class Recorder:
     def remove_address(self, dev: str, addr: bytes) -> None:
         self.log.append(("unbind", bytes(addr)))
 
+    def add_addresses(self, dev: str, addrs: list[bytes]) -> int:
+        for a in addrs:
+            self.add_address(dev, a)
+        return len(addrs)
+
+    def remove_addresses(self, dev: str, addrs: list[bytes]) -> int:
+        for a in addrs:
+            self.remove_address(dev, a)
+        return len(addrs)
+
     def change_routes(self, add: list[tuple[Any, ...]], remove: list[tuple[str, int]]) -> int:
         self.log.append(("commit", {a[3]: a[1] for a in add}, tuple(r[1] for r in remove)))
         return len(add) + len(remove)
