@@ -233,22 +233,22 @@ class _Rtnl:
         self.sock.send(request)
         codes: dict[int, int] = {}
         while len(codes) < n:
-            try:
-                data, _, rflags, _ = self.sock.recvmsg(RECV_BUFFER)
-            except TimeoutError:
-                raise NetlinkError(errno.ETIMEDOUT, f"no reply in {REPLY_TIMEOUT:g} s") from None
-            if rflags & socket.MSG_TRUNC:
-                raise NetlinkError(errno.EMSGSIZE, "netlink reply larger than the receive buffer")
-            offset = 0
-            while offset + NLMSG_HEADER.size <= len(data):
-                length, rkind, _mflags, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
-                if length < NLMSG_HEADER.size or offset + length > len(data):
-                    raise NetlinkError(errno.EBADMSG, "malformed netlink reply")
+            data = self._receive()
+            for offset, length, rkind, _mflags, seq in _messages(data):
                 if first <= seq < first + n and rkind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, offset + 16)[0] if length >= 20 else 0
                     codes[seq] = code if 0 <= code <= 0xFFF else errno.EBADMSG
-                offset += (length + 3) & ~3
         return [codes[first + i] for i in range(n)]
+
+    def _receive(self) -> bytes:
+        """One datagram of replies (NetlinkError on a timeout or a truncated datagram)."""
+        try:
+            data, _, rflags, _ = self.sock.recvmsg(RECV_BUFFER)
+        except TimeoutError:
+            raise NetlinkError(errno.ETIMEDOUT, f"no reply in {REPLY_TIMEOUT:g} s") from None
+        if rflags & socket.MSG_TRUNC:
+            raise NetlinkError(errno.EMSGSIZE, "netlink reply larger than the receive buffer")
+        return bytes(data)
 
     def _exchange(self, request: bytes, reply: Any) -> tuple[list[Any], bool]:
         """One request and its replies: (the replies decoded, whether a dump was interrupted)."""
@@ -256,17 +256,8 @@ class _Rtnl:
         out: list[Any] = []
         interrupted = False
         while True:
-            try:
-                data, _, rflags, _ = self.sock.recvmsg(RECV_BUFFER)
-            except TimeoutError:
-                raise NetlinkError(errno.ETIMEDOUT, f"no reply in {REPLY_TIMEOUT:g} s") from None
-            if rflags & socket.MSG_TRUNC:
-                raise NetlinkError(errno.EMSGSIZE, "netlink reply larger than the receive buffer")
-            offset = 0
-            while offset + NLMSG_HEADER.size <= len(data):
-                length, rkind, mflags, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
-                if length < NLMSG_HEADER.size or offset + length > len(data):
-                    raise NetlinkError(errno.EBADMSG, "malformed netlink reply")
+            data = self._receive()
+            for offset, length, rkind, mflags, seq in _messages(data):
                 if seq == self.seq:
                     interrupted |= bool(mflags & NLM_F_DUMP_INTR)
                     if rkind in (NLMSG_ERROR, NLMSG_DONE):
@@ -283,7 +274,18 @@ class _Rtnl:
                         except struct.error as exc:  # shorter than its fixed header
                             raise NetlinkError(errno.EBADMSG, f"malformed netlink reply: {exc}") from None
                         out.append(message)
-                offset += (length + 3) & ~3
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """(offset, length, type, flags, sequence number) of each message in a reply datagram;
+    NetlinkError if a length does not fit."""
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, rkind, mflags, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > len(data):
+            raise NetlinkError(errno.EBADMSG, "malformed netlink reply")
+        yield offset, length, rkind, mflags, seq
+        offset += (length + 3) & ~3
 
 
 # include/uapi/linux/if_addr.h

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from mt6d_mp import lab as labmod
 from mt6d_mp.io.bus import request
 from mt6d_mp.lab import Lab, LabInfo
 from mt6d_mp.lab.info import NamespaceInfo
-from tests.lab.test_mt6d import ROUTES_SEEN, capture, check_external_capture, frames
+from tests.lab.test_mt6d import ROUTES_SEEN, _lab, capture, check_external_capture, frames
 
 pytestmark = [
     pytest.mark.lab,
@@ -41,16 +40,7 @@ REKEY = ("crypto.regen_interval=3", "crypto.regen_window=0.5", "crypto.regen_lim
 
 @pytest.fixture(scope="module")
 def klab() -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "k" + secrets.token_hex(3)
-    lab = Lab(prefix, "switched", rotation_time=ROTATION, streams=1, start_supervisors=False)
-    try:
-        yield lab, lab.up()
-    finally:
-        lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        assert not stray, f"left behind: {stray}"
+    yield from _lab("switched", streams=1, start_supervisors=False)
 
 
 def gateways(info: LabInfo) -> tuple[NamespaceInfo, NamespaceInfo]:
