@@ -214,6 +214,21 @@ class Rekey(Command):
         return sup.rekey(args)
 
 
+class Top(Command):
+    """A live view of every worker and stream, refreshed every second (as ``wg show`` or ``htop``).
+
+    Packets and bits per second out (tunnelled) and in (extracted), drops per second by reason,
+    worker state, the active route, the time to the next rotation and the stream's key. The
+    client asks for ``status`` again every interval and shows the differences; Ctrl-C ends it.
+    Wire: ``[b"top"]`` -> the ``status`` reply. Exit: 0.
+    """
+
+    name = "top"
+
+    def execute(self, sup: Controlled, args: list[str]) -> dict[str, Any]:
+        return sup.status_data()
+
+
 class Doctor(Command):
     """Check what this machine needs to run MT6D (no supervisor needed).
 
@@ -232,7 +247,7 @@ class Doctor(Command):
 
 COMMANDS: dict[str, Command] = {
     c.name: c for c in (Status(), Start(), Stop(), Restart(), Reload(), Routes(), Rehash(),
-                        Rekey(), Doctor())
+                        Rekey(), Top(), Doctor())
 }
 
 

@@ -268,6 +268,78 @@ class Rekey(Client):
                          for n, r in result["streams"].items())
 
 
+class Top(Client):
+    name = "top"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+        p.add_argument("--count", type=int, default=0, help="stop after N frames (0: Ctrl-C)")
+
+    def finish(self, reply: dict[str, Any], args: argparse.Namespace,
+               ctl: Ctl) -> tuple[dict[str, Any], int]:
+        prev, prev_t = reply, time.monotonic()
+        frames = 0
+        try:
+            while not args.count or frames < args.count:
+                time.sleep(max(0.1, args.interval))
+                cur, now = ctl.call(b"status"), time.monotonic()
+                sys.stdout.write("\x1b[H\x1b[2J" + render_top(prev, cur, now - prev_t) + "\n")
+                sys.stdout.flush()
+                prev, prev_t = cur, now
+                frames += 1
+        except KeyboardInterrupt:
+            pass
+        return prev, EXIT_OK
+
+    def text(self, result: dict[str, Any]) -> str:
+        return ""  # the frames went out as they came
+
+
+def _rate(n: float) -> str:
+    """A per-second figure in 5 characters: 950, 12.3k, 4.1M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def render_top(prev: dict[str, Any], cur: dict[str, Any], seconds: float) -> str:
+    """One frame of ``mt6dctl top``: rates from two status replies ``seconds`` apart."""
+    dt = max(seconds, 1e-6)
+    before = {w["name"]: w for w in prev.get("workers", [])}
+    streams = {s["name"]: s for s in cur.get("streams", [])}
+    lines = [f"mt6d top  supervisor pid {cur.get('pid')}  up {_dur(cur.get('uptime', 0))}  "
+             f"tunnel mtu {cur.get('tunnel_mtu')}  {time.strftime('%H:%M:%S')}",
+             f"{'WORKER':<22} {'STATE':<9} {'PKT/s OUT':>9} {'PKT/s IN':>9} {'bit/s OUT':>9} "
+             f"{'bit/s IN':>9}  {'ROUTE':<14} {'ROTATE':>6}  KEY"]
+    for w in cur.get("workers", []):
+        old = before.get(w["name"], w)
+
+        def per_s(key: str, w: dict[str, Any] = w, old: dict[str, Any] = old) -> float:
+            return float(max(0, w.get(key, 0) - old.get(key, 0))) / dt
+
+        s = streams.get(w["name"])
+        route = key = rotate = ""
+        if s is not None:
+            a = s.get("active")
+            route = f"{a['epoch']} p{a['key_phase']}" if a else "none"
+            rotate = f"{s['next_rotation_in']:.1f}s"
+            key = _key(s)
+        lines.append(
+            f"{w['name']:<22} {w['state']:<9} {_rate(per_s('packets_out')):>9} "
+            f"{_rate(per_s('packets_in')):>9} {_rate(8 * per_s('bytes_out')):>9} "
+            f"{_rate(8 * per_s('bytes_in')):>9}  {route:<14} {rotate:>6}  {key}")
+        old_drops = old.get("drops", {})
+        drops = {k: (v - old_drops.get(k, 0)) / dt for k, v in w.get("drops", {}).items()
+                 if v > old_drops.get(k, 0)}
+        if drops:
+            lines.append("    drops/s " + " ".join(f"{k}={_rate(v)}" for k, v in sorted(drops.items())))
+    fw = cur.get("firewall_drops") or {}
+    if fw:
+        lines.append("FIREWALL DROPS (total)  " + " ".join(f"{k}={v}" for k, v in sorted(fw.items())))
+    return "\n".join(lines)
+
+
 class Doctor(Client):
     name = "doctor"
 
@@ -283,7 +355,7 @@ class Doctor(Client):
 
 CLIENTS: dict[str, Client] = {
     c.name: c for c in (Status(), Start(), Stop(), Restart(), Reload(), Routes(), Rehash(),
-                        Rekey(), Doctor())
+                        Rekey(), Top(), Doctor())
 }
 
 

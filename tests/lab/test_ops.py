@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -333,6 +334,23 @@ def test_mt6dctl_commands(oplab: tuple[Lab, LabInfo]) -> None:
         assert all(s["active"] and s["next_rotation_in"] <= 1.0 for s in st["streams"])
         code, text = ctl(ga, "status")
         assert code == 0 and s1.name in text and "running" in text, text
+        # The live view, in a terminal (tmux), while a ping runs: rates, route and key per stream.
+        session = f"mt6d-top-{info.prefix}"
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "30",
+                        shlex.join([*CTL, "-c", ga.config or "", "top", "--interval", "0.5"])],
+                       check=True, cwd=REPO)
+        try:
+            pinger = lab.spawn(s1.host_a_ns, ["ping", "-6", "-n", "-i", "0.1", s1.host_b_address],
+                               name="top-ping")
+            time.sleep(2.5)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                    capture_output=True, text=True, check=True).stdout
+            lab.stop(pinger)
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+        row = next((x for x in screen.splitlines() if x.startswith(s1.name + " ")), "")
+        assert "PKT/s OUT" in screen and "running" in row and " phase " in row, screen
+        assert row.split()[2] != "0" and " p" in row, row  # packets per second out, route
 
         code, routes = ctl(ga, "routes", json_out=True)
         assert code == 0

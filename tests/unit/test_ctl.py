@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,25 @@ def test_a_reply_of_another_shape_is_a_failed_command_not_a_traceback(
     monkeypatch.setattr(ctl.Ctl, "call", lambda self, *frames: reply)
     assert ctl.main(["--runtime-dir", str(tmp_path), "status"]) == ctl.STATUS_UNKNOWN
     assert "unexpected reply from the supervisor" in capsys.readouterr().err
+
+
+def test_top_frame_shows_rates_routes_keys_and_drops_per_second() -> None:
+    def reply(out: int, dropped: int) -> dict[str, Any]:
+        return {"pid": 7, "uptime": 65.0, "tunnel_mtu": 1452, "firewall_drops": {"fragment": 3},
+                "workers": [{"name": "s1", "state": "running", "packets_out": out,
+                             "packets_in": out // 2, "bytes_out": out * 100,
+                             "bytes_in": out * 50, "drops": {"no_key": dropped}},
+                            {"name": "icmp", "state": "running", "drops": {}}],
+                "streams": [{"name": "s1", "next_rotation_in": 0.7, "key_state": "keyed",
+                             "key_phase": 3, "key_age": 42.0, "next_rekey_in": 80.0,
+                             "active": {"epoch": 881234, "key_phase": 3}}]}
+
+    frame = ctl.render_top(reply(1000, 4), reply(3000, 10), 2.0)
+    lines = frame.splitlines()
+    row = next(x for x in lines if x.startswith("s1 "))
+    assert row.split()[2:6] == ["1.0k", "500", "800.0k", "400.0k"], row
+    assert "881234 p3" in row and "0.7s" in row and "phase 3 age 42.0s" in row and "rekey in 1m20s" in row
+    assert "drops/s no_key=3" in frame and "fragment=3" in frame and "up 1m05s" in lines[0]
+    expired = reply(3000, 10)
+    expired["streams"][0].update(key_state="expired", active=None)
+    assert "EXPIRED (sends nothing)" in ctl.render_top(reply(3000, 10), expired, 1.0)
