@@ -108,6 +108,11 @@ class Supervisor:
             keep_up=lambda: self.running, monotonic=monotonic)
         self.pool.before_spawn = self.new_lane
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json
+        # What streams share on the internal interface, and which streams use it: a local host's
+        # neighbour entry and /128 route (("local", address)), a remote host's address
+        # (("remote", address)). Two streams of one host (a gateway with several peers) share
+        # them; they go when the last stream that uses them does (see host_entry_released).
+        self.host_users: dict[tuple[str, str], set[str]] = {}
         self.tunnel_mtu = 0
         self.int_index = self.ext_index = 0
         # When the next rotation is due: the boundary after the epoch the last rotation brought
@@ -194,9 +199,17 @@ class Supervisor:
             # Thesis 3.2.2: the remote host's address on the internal interface makes the local
             # host's packets to it local (INPUT); the permanent neighbour entry and the /128 route
             # reach the local host on the internal side although the same /64 is outside too.
+            # Another stream of the same host may have made them already: each is made again
+            # (the kernel calls are idempotent: an existing address is left, the neighbour
+            # entry and the route are replaced by the same ones) and this stream counted as
+            # one of their users first, so that removing either stream leaves them to the other.
+            self.host_users.setdefault(("remote", str(s.remote.address)), set()).add(s.name)
+            self.host_users.setdefault(("local", str(s.local.address)), set()).add(s.name)
             self.nl.add_address(c.internal, remote)
-            self.neighbours.append((c.internal, str(s.local.address)))
-            self.save_state()  # recorded before it exists: a crash in between leaks nothing
+            entry = (c.internal, str(s.local.address))
+            if entry not in self.neighbours:
+                self.neighbours.append(entry)
+                self.save_state()  # recorded before it exists: a crash in between leaks nothing
             self.nl.add_neighbour(c.internal, local, s.local.mac)
             self.nl.add_host_route(c.internal, local)
         if self.fw is not None:
@@ -596,15 +609,38 @@ class Supervisor:
         log.info("event=stopped failed_steps=%d", failed)
 
     def remove_stream_system(self, s: cfgmod.StreamConfig) -> None:
+        """Undo what :meth:`add_stream` made on the internal interface for ``s``, but only what
+        no other stream still uses (a host in two streams keeps its entries until both are gone).
+        Idempotent: a stream that was never counted, or already removed, removes what no stream
+        uses (a half-done add leaves nothing behind)."""
         assert self.nl is not None
         c = self.config
         local = str(s.local.address)
-        self.nl.remove_host_route(c.internal, s.local.address.packed)
-        self.nl.remove_neighbour(c.internal, s.local.address.packed)
-        if (c.internal, local) in self.neighbours:
-            self.neighbours.remove((c.internal, local))
-            self.save_state()
-        self.nl.remove_address(c.internal, s.remote.address.packed)
+        if self.host_entry_released("local", local, s.name):
+            self.nl.remove_host_route(c.internal, s.local.address.packed)
+            self.nl.remove_neighbour(c.internal, s.local.address.packed)
+            if (c.internal, local) in self.neighbours:
+                self.neighbours.remove((c.internal, local))
+                self.save_state()
+        else:
+            log.info("event=kept what=neighbour,route dev=%s address=%s stream=%s users=%s",
+                     c.internal, local, s.name, ",".join(sorted(self.host_users[("local", local)])))
+        remote = str(s.remote.address)
+        if self.host_entry_released("remote", remote, s.name):
+            self.nl.remove_address(c.internal, s.remote.address.packed)
+        else:
+            log.info("event=kept what=address dev=%s address=%s stream=%s users=%s", c.internal,
+                     remote, s.name, ",".join(sorted(self.host_users[("remote", remote)])))
+
+    def host_entry_released(self, kind: str, address: str, stream: str) -> bool:
+        """``stream`` no longer uses the ``kind`` entry of ``address``; True when no stream
+        does any more (then it is to be removed)."""
+        users = self.host_users.get((kind, address), set())
+        users.discard(stream)
+        if users:
+            return False
+        self.host_users.pop((kind, address), None)
+        return True
 
     def status_data(self) -> dict[str, Any]:
         """Daemon half of ``mt6dctl status`` (wire format: mt6d_mp.commands.Status); also the
