@@ -1,4 +1,5 @@
-"""The two-gateway network namespace lab used by the tests, the demo and the benchmark.
+"""The network namespace lab (two gateways, or three peers) used by the tests, the demo and the
+benchmark.
 
 Every public name lives in one of the package's modules and is re-exported here, so that
 ``from mt6d_mp.lab import Lab`` works as it always did. The modules, in the order a lab is made:
@@ -26,6 +27,7 @@ from mt6d_mp.lab.info import (
     LabPrivilegeError,
     LabUsageError,
     NamespaceInfo,
+    SiteInfo,
     StreamInfo,
 )
 from mt6d_mp.lab.lab import LAB_ROOT, MAX_STREAMS, Lab, down, load, up
@@ -72,6 +74,7 @@ __all__ = [
     "LabPrivilegeError",
     "LabUsageError",
     "NamespaceInfo",
+    "SiteInfo",
     "StreamInfo",
     "analyse_capture",
     "check_prefix",

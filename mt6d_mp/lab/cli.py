@@ -4,7 +4,7 @@ Flow: :func:`main` parses the arguments (:func:`_parser`), sends the lab's log (
 system changes) to stderr at the level asked, turns SIGTERM into KeyboardInterrupt so that a
 killed ``up`` or ``demo`` still rolls back, checks for root, and runs the subcommand::
 
-    mt6d-lab up --prefix P --topology switched|routed [--streams N] [--rotation-time S] [--json]
+    mt6d-lab up --prefix P --topology switched|routed|three-sites [--streams N] [--rotation-time S] [--json]
                 [--no-mt6d] [--router-mtu M] [--ready-timeout S] [--set SECTION.KEY=VALUE]
     mt6d-lab down --prefix P [--keep-files]
     mt6d-lab info --prefix P
@@ -35,13 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="also show read-only commands")
     common.add_argument("-q", "--quiet", action="store_true", help="do not echo system changes")
-    ap = argparse.ArgumentParser(prog="mt6d-lab", description="Two-gateway network namespace lab for MT6D.")
+    ap = argparse.ArgumentParser(prog="mt6d-lab",
+                                 description="Network namespace lab for MT6D: two gateways, or three "
+                                 "that are each other's peers (--topology three-sites).")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", parents=[common], help="build a lab")
     p.add_argument("--prefix", required=True, help=f"namespace prefix (max {MAX_PREFIX} chars)")
-    p.add_argument("--topology", choices=TOPOLOGIES, default="switched")
-    p.add_argument("--streams", type=int, default=1, help="host pairs (default 1)")
+    p.add_argument("--topology", choices=TOPOLOGIES, default="switched",
+                   help="three-sites: sites A, B, C on one switch, each gateway a peer of the others")
+    p.add_argument("--streams", type=int, default=1,
+                   help="host pairs (default 1); three-sites: hosts per site, each in a stream with "
+                        "its namesake at each other site")
     p.add_argument("--rotation-time", type=float, default=2.0, help="seconds (default 2)")
     p.add_argument("--json", action="store_true", help="print the lab description as JSON")
     p.add_argument("--no-mt6d", action="store_true", help="plain forwarding baseline, no MT6D")
@@ -127,5 +132,5 @@ def _print_summary(info: LabInfo) -> None:
     for s in info.streams:
         print(f"  stream {s.name}: {s.host_a_address} <-> {s.host_b_address} queue {s.queue}")
     if info.mt6d:
-        print(f"  configs: {info.gateway_a.config} {info.gateway_b.config}")
+        print(f"  configs: {' '.join(str(gw.config) for gw in info.gateways)}")
     print(f"  remove with: mt6d-lab down --prefix {info.prefix}")

@@ -4,11 +4,14 @@ Flow of :func:`demo`, each step a function below in this order:
 
 - build the lab (with the threat model printed first when MT6D runs);
 - :func:`_start_capture`: tcpdump on the external link, waited for until it listens;
-- :func:`_ping`: 20 pings from host A to host B, every one must come back;
-- :func:`_download`: a random file served by host B, fetched by host A with curl and checked by
+- then for each pair of sites (A-B; with ``three-sites`` A-B, A-C and B-C, each gateway a peer of
+  the two others), one stream's hosts x and y:
+- :func:`_ping`: 20 pings from host x to host y, every one must come back;
+- :func:`_download`: a random file served by host y, fetched by host x with curl and checked by
   SHA-256;
-- :func:`_show_capture`: stop tcpdump, list the outer address pairs by first appearance, and
-  with MT6D fail on any true address seen or on addresses that did not rotate;
+- :func:`_show_capture`: stop tcpdump, list the outer address pairs by first appearance (with
+  three sites, each with the gateways whose link it crossed), and with MT6D fail on any true
+  address seen or on addresses that did not rotate (between every pair of gateways);
 - remove the lab (only one this call built) and print ``== OK`` or ``== FAILED: ...``.
 """
 
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 from mt6d_mp.errors import Mt6dError
-from mt6d_mp.lab.info import LabError, LabInfo
+from mt6d_mp.lab.info import LabError, LabInfo, NamespaceInfo
 from mt6d_mp.lab.lab import Lab
 from mt6d_mp.lab.netns import random_prefix
 from mt6d_mp.lab.pcap import analyse_capture
@@ -63,12 +66,14 @@ def demo(
         if mt6d:
             _say(THREAT_MODEL)
         info = lab.up()
-        ha, hb = info.host_a(), info.host_b()
-        assert ha.address and hb.address
-        _say(f"   host A {ha.name} {ha.address}   host B {hb.name} {hb.address}")
+        _say("  " + "".join(f" host {s.name.upper()} {h.name} {h.address}  "
+                            for s in info.sites for h in [info.namespace(s.hosts[0])]).rstrip())
         pcap, cap = _start_capture(lab, info)
-        failures += _ping(lab, info)
-        failures += _download(lab, info, size)
+        servers: dict[str, str] = {}  # host y's namespace -> SHA-256 of the file it serves
+        for s in info.streams:
+            x, y = info.namespace(s.host_a_ns), info.namespace(s.host_b_ns)
+            failures += _ping(lab, x, y)
+            failures += _download(lab, info, x, y, size, servers)
         time.sleep(0.3)
         lab.stop(cap)
         failures += _show_capture(pcap, info)
@@ -106,8 +111,7 @@ def _start_capture(lab: Lab, info: LabInfo) -> tuple[Path, int]:
     return pcap, cap
 
 
-def _ping(lab: Lab, info: LabInfo) -> list[str]:
-    ha, hb = info.host_a(), info.host_b()
+def _ping(lab: Lab, ha: NamespaceInfo, hb: NamespaceInfo) -> list[str]:
     assert hb.address
     _say(f"-- ping -c 20 -i 0.2 {hb.address} from {ha.name}")
     ping = lab.exec(
@@ -121,16 +125,20 @@ def _ping(lab: Lab, info: LabInfo) -> list[str]:
     return [f"ping lost {sent - got} of {sent}"] if got < sent else []
 
 
-def _download(lab: Lab, info: LabInfo, size: int) -> list[str]:
-    ha, hb = info.host_a(), info.host_b()
+def _download(lab: Lab, info: LabInfo, ha: NamespaceInfo, hb: NamespaceInfo, size: int,
+              servers: dict[str, str]) -> list[str]:
+    """Host ``ha`` fetches a file from host ``hb`` (whose server, started once, is in ``servers``)."""
     assert hb.address
-    www = mkdir(Path(info.lab_dir) / "hb" / "www", 0o755)
-    blob = www / "file.bin"
-    with open(blob, "wb") as f:
-        f.write(os.urandom(size))
-    want = hashlib.sha256(blob.read_bytes()).hexdigest()
-    lab.start_http_server(hb.name, www, hb.address)
-    dest = mkdir(Path(info.lab_dir) / "ha", 0o755) / "file.bin"
+    a_dir, b_dir = ha.name.rsplit("-", 1)[1], hb.name.rsplit("-", 1)[1]
+    if hb.name not in servers:
+        www = mkdir(Path(info.lab_dir) / b_dir / "www", 0o755)
+        blob = www / "file.bin"
+        with open(blob, "wb") as f:
+            f.write(os.urandom(size))
+        servers[hb.name] = hashlib.sha256(blob.read_bytes()).hexdigest()
+        lab.start_http_server(hb.name, www, hb.address)
+    want = servers[hb.name]
+    dest = mkdir(Path(info.lab_dir) / a_dir, 0o755) / f"file-from-{b_dir}.bin"
     _say(f"-- curl http://[{hb.address}]/file.bin ({size / 2**20:g} MiB) from {ha.name}")
     curl = lab.exec(
         ha.name,
@@ -151,16 +159,26 @@ def _download(lab: Lab, info: LabInfo, size: int) -> list[str]:
 
 
 def _show_capture(pcap: Path, info: LabInfo) -> list[str]:
-    rep = analyse_capture(pcap, info.true_addresses)
+    many = len(info.gateways) > 2  # name each pair's link by its gateways (their ext0 MACs)
+    labels = {gw.iface("ext0").mac: gw.role.rsplit("-", 1)[1].upper() for gw in info.gateways}
+    rep = analyse_capture(pcap, info.true_addresses, labels if many else None)
     _say(
         f"-- external link: {rep.packets} IPv6 packets; outer address pairs (non-ICMP), "
         "by first appearance:"
     )
     for src, dst, first, last, n in rep.pairs[:40]:
-        _say(f"   {first:7.2f}-{last:7.2f} s  {src:>28} -> {dst:<28} {n:6d} pkts")
+        link = "{}->{}  ".format(*rep.links.get((src, dst), ("?", "?"))) if many else ""
+        _say(f"   {first:7.2f}-{last:7.2f} s  {link}{src:>28} -> {dst:<28} {n:6d} pkts")
     if len(rep.pairs) > 40:
         _say(f"   ... {len(rep.pairs) - 40} more")
     _say(f"   {rep.distinct_pairs} distinct pairs; true host addresses seen in {len(rep.leaks)} frames")
+    per_link: dict[str, int] = {}
+    if many:
+        for src, dst, *_ in rep.pairs:
+            link = "<->".join(sorted(rep.links.get((src, dst), ("?", "?"))))
+            per_link[link] = per_link.get(link, 0) + 1
+        _say("   distinct pairs between gateways: "
+             + ", ".join(f"{k} {v}" for k, v in sorted(per_link.items())))
     for t, what in rep.leaks[:5]:
         _say(f"   leak at {t:.2f} s: {what}")
     failures = []
@@ -169,6 +187,13 @@ def _show_capture(pcap: Path, info: LabInfo) -> list[str]:
             failures.append(f"true host addresses visible on the external link ({len(rep.leaks)} frames)")
         if rep.distinct_pairs <= 2:
             failures.append(f"outer addresses did not rotate ({rep.distinct_pairs} pairs)")
+        names = sorted(labels.values()) if many else []
+        for n, x in enumerate(names):
+            for y in names[n + 1:]:
+                seen = per_link.get(f"{x}<->{y}", 0)
+                if seen <= 2:
+                    failures.append(f"outer addresses between gateways {x} and {y} did not "
+                                    f"rotate ({seen} pairs)")
     elif rep.leaks:
         _say("   (baseline without MT6D: the true addresses are visible, as expected)")
     return failures

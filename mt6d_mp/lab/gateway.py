@@ -1,9 +1,10 @@
 """MT6D on the lab's gateways: their configuration files and their supervisors.
 
 Flow: once the network is up, :meth:`Lab.up` writes each gateway's files with
-:func:`write_configs` (one key per stream, shared by both gateways; users, ethers, profiles and
-``mt6d.toml`` from :func:`gateway_toml`) and then, unless asked not to, starts both supervisors
-with :func:`start_supervisors` and waits until each has written its ``ready`` file.
+:func:`write_configs` (one key per stream, shared by the two gateways of the stream and written
+to them only; users, ethers, profiles and ``mt6d.toml`` from :func:`gateway_toml`) and then,
+unless asked not to, starts every gateway's supervisor with :func:`start_supervisors` and waits
+until each has written its ``ready`` file and keyed every one of its streams.
 """
 
 from __future__ import annotations
@@ -35,28 +36,30 @@ def log_tail(path: str | Path | None, lines: int = 12) -> str:
 
 
 def write_configs(info: LabInfo, *, encrypt: bool) -> None:
-    """Each gateway's directory: keys/, users, ethers, profiles and mt6d.toml."""
+    """Each gateway's directory: keys/, users, ethers, profiles and mt6d.toml. A gateway's
+    profiles list the streams it carries, its own host first (in a three-site lab two of them
+    per host: one to each other site)."""
     keys = {s.name: os.urandom(64).hex() + "\n" for s in info.streams}
     hosts = [n for n in info.namespaces if n.address]
     users = "# <ipv6 address> <hostname>\n" + "".join(f"{n.address} {n.hostname}\n" for n in hosts)
     ethers = "# <mac> <ipv6 address>\n" + "".join(f"{n.mac} {n.address}\n" for n in hosts)
-    for gw in (info.gateway_a, info.gateway_b):
+    for gw in info.gateways:
         assert gw.dir and gw.config and gw.runtime_dir and gw.log_file
         gdir = mkdir(Path(gw.dir), 0o700)
         kdir = mkdir(gdir / "keys", 0o700)
         mkdir(Path(gw.runtime_dir), 0o700)
-        for name, key in keys.items():
-            write_private(kdir / f"{name}.key", key)
-        side_a = gw.role == "gateway-a"
+        mine = info.streams_of(gw)
         lines = ["# <local host> <remote host> <queue> <key or @keyfile>"]
-        for s in info.streams:
-            local, remote = (s.host_a_name, s.host_b_name) if side_a else (s.host_b_name, s.host_a_name)
+        for s, name in mine:
+            write_private(kdir / f"{s.name}.key", keys[s.name])
+            local, remote = ((s.host_a_name, s.host_b_name) if name == s.name
+                             else (s.host_b_name, s.host_a_name))
             lines.append(f"{local} {remote} {s.queue} @{s.key_file}")
         write_private(gdir / "users", users, 0o644)
         write_private(gdir / "ethers", ethers, 0o644)
         write_private(gdir / "profiles", "\n".join(lines) + "\n")
         write_private(gdir / "mt6d.toml", gateway_toml(info, gw, encrypt=encrypt), 0o644)
-        log.info("[#] wrote %s (users, ethers, profiles, %d key files)", gw.config, len(keys))
+        log.info("[#] wrote %s (users, ethers, profiles, %d key files)", gw.config, len(mine))
 
 
 def gateway_toml(info: LabInfo, gw: NamespaceInfo, *, encrypt: bool) -> str:
@@ -96,7 +99,8 @@ def start_supervisors(
     ready_timeout: float,
     argv: Sequence[str] = (),
 ) -> list[int]:
-    """Start both gateways' supervisors and wait until both are ready; their PIDs, A first.
+    """Start every gateway's supervisor and wait until each is ready and (MT6D's own) has keyed
+    every stream; their PIDs, A first.
 
     ``argv`` is the program before ``--config`` (default: this Python running supervisor.py).
     """
@@ -104,7 +108,7 @@ def start_supervisors(
         raise LabError(f"MT6D supervisor not found at {SUPERVISOR} (use --no-mt6d for the baseline)")
     program = list(argv) or [sys.executable, str(SUPERVISOR)]
     started: list[tuple[NamespaceInfo, int]] = []
-    for gw in (info.gateway_a, info.gateway_b):
+    for gw in info.gateways:
         assert gw.config and gw.runtime_dir and gw.supervisor_out
         (Path(gw.runtime_dir) / "ready").unlink(missing_ok=True)
         pid = procs.spawn(

@@ -5,9 +5,16 @@ stores it in its state file with :meth:`LabInfo.to_dict` and :func:`load` reads 
 :meth:`LabInfo.from_dict`. In order:
 
 - the lab's errors (:class:`LabError` and the two with their own exit codes);
-- :class:`InterfaceInfo`, :class:`NamespaceInfo`, :class:`StreamInfo`: one interface, namespace,
-  host pair;
-- :class:`LabInfo`: the whole lab, with lookups by role and name and its (de)serialisation.
+- :class:`InterfaceInfo`, :class:`NamespaceInfo`, :class:`StreamInfo`, :class:`SiteInfo`: one
+  interface, namespace, host pair, site (a gateway and the hosts behind it);
+- :class:`LabInfo`: the whole lab, with lookups by role, name, site and gateway, and its
+  (de)serialisation.
+
+A stream has two ends, ``a`` and ``b`` (the ``host_a_*`` and ``host_b_*`` fields): in a two-site
+lab host A's and host B's; in a three-site lab a stream between sites B and C has host B at end
+``a``. The gateway in front of an end is the gateway of the end's site
+(:meth:`LabInfo.stream_gateways`); each gateway names the stream after its own host first
+(:meth:`StreamInfo.name_at`).
 """
 
 from __future__ import annotations
@@ -67,8 +74,8 @@ class NamespaceInfo:
 
 @dataclass(frozen=True)
 class StreamInfo:
-    name: str  # "host-a-host-b": the stream's name in gateway A's configuration
-    index: int  # 1..N
+    name: str  # "host-a-host-b": the stream's name in the configuration of end a's gateway
+    index: int  # 1..number of streams
     queue: int
     key_file: str  # relative to each gateway's directory ("keys/<name>.key")
     host_a_ns: str
@@ -79,6 +86,28 @@ class StreamInfo:
     host_b_name: str
     host_b_address: str
     host_b_mac: str
+
+    @property
+    def reverse_name(self) -> str:
+        """The stream's name in the configuration of end b's gateway ("host-b-host-a")."""
+        return f"{self.host_b_name}-{self.host_a_name}"
+
+    def name_at(self, host_ns: str) -> str:
+        """The stream's name in the configuration of the gateway in front of ``host_ns`` (one of
+        its two hosts' namespaces)."""
+        if host_ns == self.host_a_ns:
+            return self.name
+        if host_ns == self.host_b_ns:
+            return self.reverse_name
+        raise KeyError(f"stream {self.name} has no host {host_ns}")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    name: str  # "a", "b", "c"
+    gateway: str  # the gateway's namespace
+    net: str  # /64 of the site's hosts
+    hosts: tuple[str, ...]  # the hosts' namespaces, host 1 first
 
 
 @dataclass(frozen=True)
@@ -97,6 +126,7 @@ class LabInfo:
     namespaces: tuple[NamespaceInfo, ...]
     streams: tuple[StreamInfo, ...]
     pids: dict[str, int] = field(default_factory=dict)
+    sites: tuple[SiteInfo, ...] = ()  # site by site, a first (empty in a state file made before)
 
     # lookups
     def ns(self, role: str) -> NamespaceInfo:
@@ -116,6 +146,48 @@ class LabInfo:
 
     def host_b(self, i: int = 1) -> NamespaceInfo:
         return self.ns("host-b" if i == 1 else f"host-b{i}")
+
+    def host(self, site: str, i: int = 1) -> NamespaceInfo:
+        """Host ``i`` of ``site`` ("a", "b", "c")."""
+        return self.ns(f"host-{site}" if i == 1 else f"host-{site}{i}")
+
+    def gateway(self, site: str) -> NamespaceInfo:
+        return self.ns(f"gateway-{site}")
+
+    @property
+    def gateways(self) -> tuple[NamespaceInfo, ...]:
+        """Every gateway, site by site (A, B, then C in a three-site lab)."""
+        return tuple(sorted((n for n in self.namespaces if n.role.startswith("gateway-")),
+                            key=lambda n: n.role))
+
+    def site_of(self, host_ns: str) -> SiteInfo:
+        """The site of a host (by its namespace)."""
+        for site in self.sites:
+            if host_ns in site.hosts:
+                return site
+        raise KeyError(f"lab {self.prefix} has no host {host_ns}")
+
+    def stream_gateways(self, s: StreamInfo) -> tuple[NamespaceInfo, NamespaceInfo]:
+        """The gateways in front of the stream's end a and end b."""
+        if not self.sites:  # a state file from before sites were recorded: two sites
+            return self.gateway_a, self.gateway_b
+        return (self.namespace(self.site_of(s.host_a_ns).gateway),
+                self.namespace(self.site_of(s.host_b_ns).gateway))
+
+    def streams_of(self, gateway: NamespaceInfo) -> tuple[tuple[StreamInfo, str], ...]:
+        """The streams a gateway carries, each with its name there (its own host first)."""
+        out = []
+        for s in self.streams:
+            for end, gw in zip((s.host_a_ns, s.host_b_ns), self.stream_gateways(s), strict=True):
+                if gw.name == gateway.name:
+                    out.append((s, s.name_at(end)))
+        return tuple(out)
+
+    def streams_between(self, x: str, y: str) -> tuple[StreamInfo, ...]:
+        """The streams between sites ``x`` and ``y`` (either order)."""
+        want = {x, y}
+        return tuple(s for s in self.streams
+                     if {self.site_of(s.host_a_ns).name, self.site_of(s.host_b_ns).name} == want)
 
     @property
     def gateway_a(self) -> NamespaceInfo:
@@ -169,5 +241,6 @@ class LabInfo:
             for n in d["namespaces"]
         )
         streams = tuple(StreamInfo(**s) for s in d["streams"])
-        plain = {k: v for k, v in d.items() if k not in ("namespaces", "streams", "roles")}
-        return cls(**{**plain, "namespaces": namespaces, "streams": streams})
+        sites = tuple(SiteInfo(**{**s, "hosts": tuple(s["hosts"])}) for s in d.get("sites", ()))
+        plain = {k: v for k, v in d.items() if k not in ("namespaces", "streams", "roles", "sites")}
+        return cls(**{**plain, "namespaces": namespaces, "streams": streams, "sites": sites})

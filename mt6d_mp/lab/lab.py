@@ -1,11 +1,17 @@
-"""The lab: one two-gateway namespace network, named by its prefix, built and removed as a whole.
+"""The lab: one namespace network of two or three gateways, named by its prefix, built and
+removed as a whole.
 
 Topology (``P`` is the lab's prefix)::
 
     switched:  P-ha[i] --eth0|int0-- P-ga --ext0|ga-- P-sw(br0) --gb|ext0-- P-gb --int0|eth0-- P-hb[i]
     routed:    P-ha[i] --eth0|int0-- P-ga --ext0|ga-- P-rt --gb|ext0-- P-gb --int0|eth0-- P-hb[i]
+    three-sites: switched, and a third site on the same switch:
+                                                    P-sw(br0) --gc|ext0-- P-gc --int0|eth0-- P-hc[i]
 
-With several streams, ``int0`` is a bridge inside the gateway with one veth port ``h<i>`` per host.
+With several streams (hosts per site), ``int0`` is a bridge inside the gateway with one veth port
+``h<i>`` per host. In a three-site lab each gateway is a peer of the two others: host ``i`` of
+each site is in a stream with host ``i`` of each other site (A-B, A-C, B-C), so each gateway
+carries two streams per host.
 
 Flow of :meth:`Lab.up`: claim the prefix (refuse a live lab or foreign namespaces, start a
 fresh ``/run/mt6d-lab/P/state.json``), make the plan (plan.py) and its :class:`LabInfo`, carry
@@ -98,7 +104,7 @@ class Lab:
             info = LabInfo.from_dict(data["info"])
             lab._info = info
             lab.topology, lab.mt6d, lab.rotation_time = info.topology, info.mt6d, info.rotation_time
-            lab.streams = len(info.streams)
+            lab.streams = len(info.sites[0].hosts) if info.sites else len(info.streams)
         return lab
 
     @property

@@ -3,14 +3,15 @@
 Flow: :func:`read_pcap` walks a classic pcap file frame by frame, takes the IPv6 packet out of
 each frame (:func:`_ipv6_payload`: Ethernet with VLAN tags, raw IP, Linux cooked v1/v2) and
 finds its final next header (:func:`_final_next_header`); :func:`analyse_capture` then collects
-the outer (src, dst) pairs of non-ICMPv6 traffic and every frame that carries a true address.
+the outer (src, dst) pairs of non-ICMPv6 traffic (with the link each crossed, named by the
+frames' MAC addresses, when asked) and every frame that carries a true address.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,15 +90,23 @@ class CaptureReport:
     pairs: list[tuple[str, str, float, float, int]] = field(default_factory=list)
     leaks: list[tuple[float, str]] = field(default_factory=list)  # (time, description)
     start: float = 0.0
+    # (src, dst) -> (sender, receiver) named by the ``labels`` of their MACs (Ethernet captures)
+    links: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     @property
     def distinct_pairs(self) -> int:
         return len(self.pairs)
 
 
-def analyse_capture(path: Path, true_addresses: Sequence[str]) -> CaptureReport:
-    """Outer (src, dst) pairs of non-ICMPv6 traffic, and any frame carrying a true address."""
+def analyse_capture(
+    path: Path, true_addresses: Sequence[str], labels: Mapping[str, str] | None = None
+) -> CaptureReport:
+    """Outer (src, dst) pairs of non-ICMPv6 traffic, and any frame carrying a true address.
+
+    ``labels`` names MAC addresses (``02:6d:...`` -> ``A``): each pair's link, by the source and
+    destination MAC of its first Ethernet frame, goes to :attr:`CaptureReport.links`."""
     rep = CaptureReport()
+    names = {bytes.fromhex(mac.replace(":", "")): name for mac, name in (labels or {}).items()}
     needles = {ipaddress.IPv6Address(a).packed: a for a in true_addresses}
     seen: dict[tuple[str, str], list[float]] = {}
     counts: dict[tuple[str, str], int] = {}
@@ -120,5 +129,7 @@ def analyse_capture(path: Path, true_addresses: Sequence[str]) -> CaptureReport:
         else:
             seen[key] = [t, t]
         counts[key] = counts.get(key, 0) + 1
+        if names and key not in rep.links and len(pkt.frame) >= 12:
+            rep.links[key] = (names.get(pkt.frame[6:12], "?"), names.get(pkt.frame[0:6], "?"))
     rep.pairs = sorted(((k[0], k[1], v[0], v[1], counts[k]) for k, v in seen.items()), key=lambda p: p[2])
     return rep

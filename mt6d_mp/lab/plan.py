@@ -2,7 +2,10 @@
 
 Flow: :func:`make_plan` turns a :class:`Shape` (prefix, topology, streams, MT6D or not) into a
 :class:`NetworkPlan`, one step at a time; network.py carries the plan out and
-:func:`build_info` describes it as a :class:`LabInfo`. In order:
+:func:`build_info` describes it as a :class:`LabInfo`. A lab has two sites (``a``, ``b``), or
+three (``a``, ``b``, ``c``: topology ``three-sites``, switched, each gateway a peer of the two
+others); every site has a gateway and ``streams`` hosts, and host ``i`` of a site is in one
+stream with host ``i`` of every other site. In order:
 
 - the address plan and the MAC scheme (``02:6d:PP:RR:II:NN``: prefix hash, role, index, NIC);
 - :func:`ns_name`: a role's namespace name;
@@ -20,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mt6d_mp.lab.info import InterfaceInfo, LabInfo, NamespaceInfo, StreamInfo
+from mt6d_mp.lab.info import InterfaceInfo, LabInfo, NamespaceInfo, SiteInfo, StreamInfo
 
-TOPOLOGIES = ("switched", "routed")
+TOPOLOGIES = ("switched", "routed", "three-sites")
 
 # Address plan.
 SWITCHED_NET = "2001:db8:100::"
@@ -33,10 +36,8 @@ ROUTER_B = "2001:db8:b::1"
 GATEWAY_LL = "fe80::1"  # extra link-local address of each gateway's int0 (the hosts' next hop)
 
 # Second-to-last byte of the MAC role field: 02:6d:PP:RR:II:NN.
-_ROLE_HOST_A = 0xA0
-_ROLE_HOST_B = 0xB0
-_ROLE_GW_A = 0x1A
-_ROLE_GW_B = 0x1B
+_ROLE_HOST = {"a": 0xA0, "b": 0xB0, "c": 0xC0}
+_ROLE_GW = {"a": 0x1A, "b": 0x1B, "c": 0x1C}
 _ROLE_SWITCH = 0x5E
 _ROLE_ROUTER = 0x7E
 
@@ -60,10 +61,10 @@ def link_local_of(mac: str) -> str:
 
 def ns_name(prefix: str, role: str) -> str:
     """The namespace of ``role`` (gateway-a, switch, host-b2, ...) in lab ``prefix``."""
-    short = {"gateway-a": "ga", "gateway-b": "gb", "switch": "sw", "router": "rt"}
+    short = {"gateway-a": "ga", "gateway-b": "gb", "gateway-c": "gc", "switch": "sw", "router": "rt"}
     if role in short:
         return f"{prefix}-{short[role]}"
-    m = re.fullmatch(r"host-([ab])(\d*)", role)
+    m = re.fullmatch(r"host-([abc])(\d*)", role)
     if not m:
         raise KeyError(role)
     return f"{prefix}-h{m.group(1)}{m.group(2)}"
@@ -78,14 +79,19 @@ class Shape:
 
     prefix: str
     topology: str
-    streams: int
+    streams: int  # hosts per site
     mt6d: bool
     router_mtu: int
     host_accept_ra: bool
 
     @property
     def switched(self) -> bool:
-        return self.topology == "switched"
+        """One external link for every gateway (a bridge); routed has a router between two."""
+        return self.topology != "routed"
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return ("a", "b", "c") if self.topology == "three-sites" else ("a", "b")
 
     @property
     def middle_role(self) -> str:
@@ -115,7 +121,7 @@ class Bridge:
 class Host:
     ns: str
     role: str  # host-a / host-a2 / host-b ...
-    side: str  # "a" or "b"
+    side: str  # the site: "a", "b" or "c"
     index: int
     address: str
     mac: str
@@ -158,15 +164,18 @@ def make_plan(shape: Shape) -> NetworkPlan:
     return p
 
 
+def site_net(shape: Shape, site: str) -> str:
+    """The /64 (without the length) of a site's hosts."""
+    if shape.switched:
+        return SWITCHED_NET
+    return {"a": SITE_A_NET, "b": SITE_B_NET}[site]
+
+
 def _hosts(shape: Shape, pp: int) -> list[Host]:
-    net_a = SWITCHED_NET if shape.switched else SITE_A_NET
-    net_b = SWITCHED_NET if shape.switched else SITE_B_NET
     many = shape.streams > 1
     hosts = []
-    for side, net, role_byte, gw_byte in (
-        ("a", net_a, _ROLE_HOST_A, _ROLE_GW_A),
-        ("b", net_b, _ROLE_HOST_B, _ROLE_GW_B),
-    ):
+    for side in shape.sites:
+        net, role_byte, gw_byte = site_net(shape, side), _ROLE_HOST[side], _ROLE_GW[side]
         for i in range(1, shape.streams + 1):
             role = f"host-{side}" if i == 1 else f"host-{side}{i}"
             hosts.append(
@@ -184,14 +193,21 @@ def _hosts(shape: Shape, pp: int) -> list[Host]:
     return hosts
 
 
+def _gateways(shape: Shape) -> list[str]:
+    """The gateways' namespaces, site by site."""
+    return [ns_name(shape.prefix, f"gateway-{site}") for site in shape.sites]
+
+
 def _plan_namespaces(p: NetworkPlan, shape: Shape) -> None:
+    """Site A's hosts and gateway, the middle, then each other site's gateway and hosts."""
     for h in p.side("a"):
         p.namespaces.append((h.ns, h.role))
     p.namespaces.append((ns_name(shape.prefix, "gateway-a"), "gateway-a"))
     p.namespaces.append((ns_name(shape.prefix, shape.middle_role), shape.middle_role))
-    p.namespaces.append((ns_name(shape.prefix, "gateway-b"), "gateway-b"))
-    for h in p.side("b"):
-        p.namespaces.append((h.ns, h.role))
+    for site in shape.sites[1:]:
+        p.namespaces.append((ns_name(shape.prefix, f"gateway-{site}"), f"gateway-{site}"))
+        for h in p.side(site):
+            p.namespaces.append((h.ns, h.role))
 
 
 def _forwarding(on: bool) -> list[str]:
@@ -204,7 +220,7 @@ def _forwarding(on: bool) -> list[str]:
 
 
 def _plan_sysctls(p: NetworkPlan, shape: Shape) -> None:
-    ga, gb = ns_name(shape.prefix, "gateway-a"), ns_name(shape.prefix, "gateway-b")
+    gateways = _gateways(shape)
     mid = ns_name(shape.prefix, shape.middle_role)
     ra = "1" if shape.host_accept_ra else "0"
     host_sys = [*_DAD, f"net.ipv6.conf.all.accept_ra={ra}", f"net.ipv6.conf.default.accept_ra={ra}"]
@@ -217,8 +233,8 @@ def _plan_sysctls(p: NetworkPlan, shape: Shape) -> None:
         gw_sys += ["net.ipv6.conf.all.proxy_ndp=1", "net.ipv6.conf.default.proxy_ndp=1"]
     for h in p.hosts:
         p.sysctls[h.ns] = list(host_sys)
-    p.sysctls[ga] = list(gw_sys)
-    p.sysctls[gb] = list(gw_sys)
+    for gw in gateways:
+        p.sysctls[gw] = list(gw_sys)
     if shape.switched:
         p.sysctls[mid] = [
             *_DAD,
@@ -230,40 +246,41 @@ def _plan_sysctls(p: NetworkPlan, shape: Shape) -> None:
     else:
         p.sysctls[mid] = [*_DAD, *_forwarding(True)]  # the router routes, MT6D or not
     if shape.streams > 1:
-        p.bridge_namespaces.update((ga, gb))
+        p.bridge_namespaces.update(gateways)
 
 
 def _plan_host_links(p: NetworkPlan, shape: Shape, pp: int) -> None:
     """Hosts to their gateway: one veth each, bridged into int0 when there are several."""
-    for role, side, gw_byte in (("gateway-a", "a", _ROLE_GW_A), ("gateway-b", "b", _ROLE_GW_B)):
-        gw, hosts = ns_name(shape.prefix, role), p.side(side)
+    for side in shape.sites:
+        gw, hosts = ns_name(shape.prefix, f"gateway-{side}"), p.side(side)
         for h in hosts:
             p.veths.append(Veth(h.ns, "eth0", h.mac, gw, h.port, h.port_mac))
         if shape.streams > 1:
-            p.bridges.append(Bridge(gw, "int0", _mac(pp, gw_byte, 0, 1), [h.port for h in hosts]))
+            p.bridges.append(Bridge(gw, "int0", _mac(pp, _ROLE_GW[side], 0, 1), [h.port for h in hosts]))
 
 
 def _plan_middle_links(p: NetworkPlan, shape: Shape, pp: int) -> None:
-    """Gateways to the switch (a bridge br0) or the router (gb's link with the router's MTU)."""
-    ga, gb = ns_name(shape.prefix, "gateway-a"), ns_name(shape.prefix, "gateway-b")
+    """Gateways to the switch (a bridge br0, port ``g<site>`` per gateway) or the router (gb's
+    link with the router's MTU)."""
     mid = ns_name(shape.prefix, shape.middle_role)
     mid_byte = _ROLE_SWITCH if shape.switched else _ROLE_ROUTER
-    p.veths.append(Veth(ga, "ext0", _mac(pp, _ROLE_GW_A, 0, 2), mid, "ga", _mac(pp, mid_byte, 0, 0x1A)))
-    p.veths.append(
-        Veth(
-            gb, "ext0", _mac(pp, _ROLE_GW_B, 0, 2), mid, "gb", _mac(pp, mid_byte, 0, 0x1B),
-            mtu=1500 if shape.switched else shape.router_mtu,
-        )
-    )  # fmt: skip
+    for site in shape.sites:
+        gw, byte = ns_name(shape.prefix, f"gateway-{site}"), _ROLE_GW[site]
+        p.veths.append(
+            Veth(
+                gw, "ext0", _mac(pp, byte, 0, 2), mid, f"g{site}", _mac(pp, mid_byte, 0, byte),
+                mtu=shape.router_mtu if site == "b" and not shape.switched else 1500,
+            )
+        )  # fmt: skip
     if shape.switched:
-        p.bridges.append(Bridge(mid, "br0", _mac(pp, _ROLE_SWITCH, 0, 0), ["ga", "gb"]))
+        p.bridges.append(Bridge(mid, "br0", _mac(pp, _ROLE_SWITCH, 0, 0), [f"g{s}" for s in shape.sites]))
 
 
 def _plan_addresses(p: NetworkPlan, shape: Shape) -> None:
     for h in p.hosts:
         p.addresses.append((h.ns, "eth0", f"{h.address}/64"))
-    for role in ("gateway-a", "gateway-b"):
-        p.addresses.append((ns_name(shape.prefix, role), "int0", f"{GATEWAY_LL}/64"))
+    for gw in _gateways(shape):
+        p.addresses.append((gw, "int0", f"{GATEWAY_LL}/64"))
     if not shape.switched:
         mid = ns_name(shape.prefix, "router")
         p.addresses.append((mid, "ga", f"{ROUTER_A}/64"))
@@ -274,7 +291,7 @@ def _plan_routes(p: NetworkPlan, shape: Shape) -> None:
     """The gateways' external /64 on ext0 (hashed addresses live there); routed: the defaults."""
     ga, gb = ns_name(shape.prefix, "gateway-a"), ns_name(shape.prefix, "gateway-b")
     if shape.switched:
-        for gw in (ga, gb):
+        for gw in _gateways(shape):
             p.routes.append((gw, ["-6", "route", "add", f"{SWITCHED_NET}/64", "dev", "ext0"]))
         return
     for gw, net, router in ((ga, SITE_A_NET, ROUTER_A), (gb, SITE_B_NET, ROUTER_B)):
@@ -286,8 +303,9 @@ def _plan_routes(p: NetworkPlan, shape: Shape) -> None:
 
 def _plan_baseline(p: NetworkPlan, shape: Shape) -> None:
     """The --no-mt6d baseline: plain forwarding, NDP proxied by the gateways."""
-    ga, gb = ns_name(shape.prefix, "gateway-a"), ns_name(shape.prefix, "gateway-b")
-    for gw, local, remote in ((ga, p.side("a"), p.side("b")), (gb, p.side("b"), p.side("a"))):
+    for site in shape.sites:
+        gw = ns_name(shape.prefix, f"gateway-{site}")
+        local, remote = p.side(site), [h for h in p.hosts if h.side != site]
         for h in local:
             p.routes.append((gw, ["-6", "route", "add", f"{h.address}/128", "dev", "int0"]))
             p.proxies.append((gw, "ext0", h.address))
@@ -312,12 +330,21 @@ def build_info(
         router_mtu=None if switched else shape.router_mtu,
         lab_dir=str(lab_dir),
         state_file=str(state_file),
-        site_a_net=f"{SWITCHED_NET if switched else SITE_A_NET}/64",
-        site_b_net=f"{SWITCHED_NET if switched else SITE_B_NET}/64",
+        site_a_net=f"{site_net(shape, 'a')}/64",
+        site_b_net=f"{site_net(shape, 'b')}/64",
         capture_ns=ns_name(shape.prefix, shape.middle_role),
         capture_if="br0" if switched else "ga",
         namespaces=_namespace_infos(plan, shape.mt6d, lab_dir),
-        streams=_stream_infos(plan),
+        streams=_stream_infos(plan, shape),
+        sites=tuple(
+            SiteInfo(
+                name=site,
+                gateway=ns_name(shape.prefix, f"gateway-{site}"),
+                net=f"{site_net(shape, site)}/64",
+                hosts=tuple(h.ns for h in plan.side(site)),
+            )
+            for site in shape.sites
+        ),
     )
 
 
@@ -389,15 +416,20 @@ def _namespace_infos(plan: NetworkPlan, mt6d: bool, lab_dir: Path) -> tuple[Name
     return tuple(namespaces)
 
 
-def _stream_infos(plan: NetworkPlan) -> tuple[StreamInfo, ...]:
+def _stream_infos(plan: NetworkPlan, shape: Shape) -> tuple[StreamInfo, ...]:
+    """Host ``i`` of each site with host ``i`` of each later site: with two sites A-B (index
+    and queue as always: 1..N, 2..N+1), with three A-B, A-C, B-C (index 1..3N, one queue
+    number each, so that no gateway has two streams on one queue)."""
+    pairs = [(x, y) for n, x in enumerate(shape.sites) for y in shape.sites[n + 1:]]
     streams = []
-    for a, z in zip(plan.side("a"), plan.side("b"), strict=True):
+    ends = (end for x, y in pairs for end in zip(plan.side(x), plan.side(y), strict=True))
+    for index, (a, z) in enumerate(ends, start=1):
         sname = f"{a.role}-{z.role}"
         streams.append(
             StreamInfo(
                 name=sname,
-                index=a.index,
-                queue=1 + a.index,
+                index=index,
+                queue=1 + index,
                 key_file=f"keys/{sname}.key",
                 host_a_ns=a.ns,
                 host_a_name=a.role,
