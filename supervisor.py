@@ -6,7 +6,8 @@ One supervisor per gateway (thesis 3.2.1-3.2.2, with threads replaced by process
 2. Remove what a killed earlier run left (MT6D's chains and rules, addresses and routes tagged
    with MT6D's netlink protocol number), then set up the firewall chains and, per stream, the
    remote host's true address on the internal interface, a permanent neighbour entry and a
-   /128 route for the local host, and the stream rule.
+   /128 route for the local host (shared by the streams of a host: a gateway with several
+   peers has a stream per peer for each host), and the stream rule.
 3. Make the routes of the current window (make-before-break, see mt6d_mp.core.routes), bind
    each route's hashed source address and add its rule, then publish everything on the bus.
 4. Start one worker per stream queue and one ICMP worker; write ``ready`` in the runtime

@@ -102,9 +102,9 @@ def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedPro
 
 
 def datapath_report(info: LabInfo) -> str:
-    """Both gateways' worker counters, drops and kernel queue figures: what a lost packet left."""
+    """Every gateway's worker counters, drops and kernel queue figures: what a lost packet left."""
     lines = []
-    for gateway in ("gateway-a", "gateway-b"):
+    for gateway in (gw.role for gw in info.gateways):
         try:
             for w in status(info, gateway)["workers"]:
                 lines.append(f"{gateway} {w['name']}: {w['counters']} drops={w['drops']} "
@@ -130,7 +130,7 @@ ROUTES_SEEN: dict[Path, dict[tuple[bytes, bytes], tuple[int, int, str]]] = {}  #
 def _watch_routes(lab: Lab, seen: dict[tuple[bytes, bytes], tuple[int, int, str]],
                   stop: threading.Event) -> None:
     info = lab.info
-    dirs = [Path(gw.runtime_dir) for gw in (info.gateway_a, info.gateway_b) if gw.runtime_dir]
+    dirs = [Path(gw.runtime_dir) for gw in info.gateways if gw.runtime_dir]
     while True:
         for d in dirs:
             reply = bus.request(d, b"routes", timeout=1.0)
@@ -148,7 +148,7 @@ def _watch_routes(lab: Lab, seen: dict[tuple[bytes, bytes], tuple[int, int, str]
 def capture(lab: Lab, ns: str, iface: str, path: Path, filt: str = "ip6",
             snaplen: int = 200) -> Iterator[Path]:
     """tcpdump on a link for the duration of the block (``snaplen`` bytes per frame, 0: whole),
-    while the gateways' installed routes are recorded in ROUTES_SEEN[path]."""
+    while the installed routes of every gateway of the lab are recorded in ROUTES_SEEN[path]."""
     seen = ROUTES_SEEN[path] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_routes, args=(lab, seen, stop), daemon=True)
@@ -220,7 +220,7 @@ def check_external_capture(info: LabInfo, path: Path) -> dict[str, Any]:
             "hashed route the gateways installed")
         # Sent on the route of the sender's current epoch; capture and gateways share a clock.
         epoch = route[1]
-        assert abs(epoch - t // ROTATION) <= 1, (epoch, t)
+        assert abs(epoch - t // info.rotation_time) <= 1, (epoch, t)
         summary["epochs"].add(epoch)
     summary["tunnel"] = len(tunnel)
     return summary
