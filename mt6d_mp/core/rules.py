@@ -10,8 +10,10 @@ Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``, INT and EXT t
     OUTPUT      position 1: -o EXT -j P-OUTPUT                               "prefix:jump"
     P-INPUT     -i EXT -m frag -j DROP                                       "prefix:frag"
                 -p ipv6-icmp --icmpv6-type 133..137 -j P-ICMP (five rules)   "prefix:nd"
-                two rules per stream                                  "prefix:stream:NAME"
+                per stream, its queue rule                            "prefix:stream:NAME"
                   -s local_true -d remote_true -i INT -m mac --mac-source HOST_MAC -j NFQUEUE
+                then per stream, its true-address guard (after every queue rule: streams
+                that share a remote host share this rule's match)     "prefix:stream:NAME"
                   -d remote_true -j P-TRUE
                 two rules per route                             "prefix:route:NAME:EPOCH"
                   -s remote_hashed -d local_hashed -i EXT -p udp --dport PORT -j ACCEPT

@@ -410,8 +410,9 @@ class Firewall:
 
     Nothing touches the kernel before :meth:`setup`. Positions in ``P-INPUT`` are computed from
     what this object added (it owns the chain): the fixed head (fragment and neighbour-discovery
-    rules), then each stream's two rules in the order the streams were added, then each route's
-    two rules in the order they were added, then the ICMP jump. ``P-OUTPUT`` holds the fixed
+    rules), then each stream's queue rule and then each stream's true-address guard, both in the
+    order the streams were added, then each route's two rules in the order they were added, then
+    the ICMP jump. ``P-OUTPUT`` holds the fixed
     silence rules, then each stream's two source rules. Removing a rule never reorders the others.
     """
 
@@ -505,10 +506,15 @@ class Firewall:
             return False
         if old is not None:
             raise SystemSetupError(f"firewall: stream {name} exists with another rule")
-        position = len(fixed.head) + 2 * len(self._streams)
+        # Every queue rule before every guard: streams of two local hosts with one remote host
+        # (a site with several hosts talking to one host of a peer) have the same guard,
+        # "-d remote -j P-TRUE", which would drop the second stream's packets before its queue
+        # rule if the first stream's guard came first.
+        n = len(self._streams)
+        queue_at, guard_at = len(fixed.head) + n, len(fixed.head) + 2 * n + 1
         out_position = len(fixed.chains[self.chains.output]) + 2 * len(self._silenced)
         _transaction(
-            [_op_insert(inputs[0], position), _op_insert(inputs[1], position + 1),
+            [_op_insert(inputs[0], queue_at), _op_insert(inputs[1], guard_at),
              _op_insert(silenced[0], out_position), _op_insert(silenced[1], out_position + 1)],
             f"add_stream {name}",
         )
@@ -610,7 +616,8 @@ class Firewall:
         by_chain = {chain: [r.text() for r in chain_rules] for chain, chain_rules in fixed.chains.items()}
         by_chain[self.chains.input] = (
             [r.text() for r in fixed.head]
-            + [r.text() for pair in self._streams.values() for r in pair]
+            + [pair[0].text() for pair in self._streams.values()]
+            + [pair[1].text() for pair in self._streams.values()]
             + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
             + [fixed.icmp_jump.text()]
         )

@@ -26,6 +26,7 @@ import pytest
 from mt6d_mp import lab as labmod
 from mt6d_mp.core.addressing import mac_bytes
 from mt6d_mp.lab import Lab, LabInfo, NamespaceInfo, StreamInfo
+from mt6d_mp.lab.processes import write_private
 from tests.lab.test_mt6d import capture, check_external_capture, datapath_report, frames
 
 pytestmark = [
@@ -124,10 +125,13 @@ class Pinger:
     def run(self) -> None:
         while not self.stopping.is_set():
             r = ping(self.lab, self.ns, self.address, "-c", "10", "-i", "0.1", "-W", "2")
-            sent, got = received(r.stdout)
+            try:
+                sent, got = received(r.stdout)
+            except AssertionError:  # no statistics: ping failed before sending
+                sent, got = 10, 0
             self.sent, self.got, self.bursts = self.sent + sent, self.got + got, self.bursts + 1
             if got != sent:
-                self.lossy.append(r.stdout)
+                self.lossy.append(r.stdout + r.stderr)
 
     def wait_bursts(self, n: int) -> None:
         deadline = time.monotonic() + 60
@@ -308,3 +312,93 @@ def test_reload_removing_one_of_two_streams_of_a_host_leaves_the_other_its_traff
             if path.read_text() != original[name]:
                 path.write_text(original[name])
                 ctl(info.namespace(name), "reload")
+
+
+# --- a stream between hosts of two other streams (two sites, two hosts each) -------------------
+
+
+@pytest.fixture(scope="module")
+def pairs() -> Iterator[tuple[Lab, LabInfo]]:
+    prefix = "p" + secrets.token_hex(3)
+    lab = Lab(prefix, "switched", rotation_time=ROTATION, streams=2)
+    try:
+        yield lab, lab.up()
+    finally:
+        lab.down()
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        assert not stray, f"left behind: {stray}"
+
+
+def test_a_stream_added_between_hosts_of_two_streams_works_and_its_removal_leaves_them_theirs(
+    pairs: tuple[Lab, LabInfo]
+) -> None:
+    """Streams A1-B1 and A2-B2 carry pings both ways while a reload adds A1-B2 (on gateway A it
+    shares host A1 with A1-B1 and host B2 with A2-B2; on gateway B the other way round) and
+    another removes it: nothing lost, their workers untouched; A1-B2 carries traffic both ways
+    while it exists; every host's entries stay while a stream uses them; the firewall is what
+    the supervisor installed (mt6dctl rehash compares)."""
+    lab, info = pairs
+    ga, gb = info.gateway_a, info.gateway_b
+    s1, s2 = info.streams
+    a1, a2, b1, b2 = info.host_a(1), info.host_a(2), info.host_b(1), info.host_b(2)
+    assert a1.address and a2.address and b1.address and b2.address
+    key = "keys/host-a-host-b2.key"
+    lines = {ga.name: f"host-a host-b2 9 @{key}\n", gb.name: f"host-b2 host-a 9 @{key}\n"}
+    added = {ga.name: "host-a-host-b2", gb.name: "host-b2-host-a"}
+    profiles = {gw.name: Path(gw.dir or "") / "profiles" for gw in (ga, gb)}
+    original = {name: p.read_text() for name, p in profiles.items()}
+    pids = {(gw.name, name): wait_worker(gw, name)["pid"]
+            for gw, names in ((ga, (s1.name, s2.name)), (gb, (s1.reverse_name, s2.reverse_name)))
+            for name in names}
+    secret = os.urandom(64).hex() + "\n"
+    pingers: list[Pinger] = []
+    try:
+        pingers = [Pinger(lab, x.name, y.address or "")
+                   for x, y in ((a1, b1), (b1, a1), (a2, b2), (b2, a2))]
+        for p in pingers:
+            p.wait_bursts(1)
+        for gw in (ga, gb):
+            write_private(Path(gw.dir or "") / key, secret)
+            profiles[gw.name].write_text(original[gw.name] + lines[gw.name])
+            code, res = ctl(gw, "reload")
+            assert code == 0 and res["added"] == [added[gw.name]] and res["removed"] == [], res
+        for gw in (ga, gb):
+            wait_worker(gw, added[gw.name])
+        ping_eventually(lab, a1.name, b2.address)
+        for x, y in ((a1, b2), (b2, a1)):
+            assert received(ping(lab, x.name, y.address or "", "-c", "5", "-i", "0.2").stdout) == (5, 5)
+        for gw, local, remote in ((ga, (a1, a2), (b1, b2)), (gb, (b1, b2), (a1, a2))):
+            entries = internal_entries(lab, gw)
+            assert entries["neighbours"] == entries["routes"] == {h.address for h in local}, entries
+            assert entries["addresses"] == {h.address for h in remote}, entries
+        for gw in (ga, gb):  # and away again
+            profiles[gw.name].write_text(original[gw.name])
+            code, res = ctl(gw, "reload")
+            assert code == 0 and res["removed"] == [added[gw.name]] and res["added"] == [], res
+        for gw, local, remote in ((ga, (a1, a2), (b1, b2)), (gb, (b1, b2), (a1, a2))):
+            entries = internal_entries(lab, gw)
+            assert entries["neighbours"] == entries["routes"] == {h.address for h in local}, entries
+            assert entries["addresses"] == {h.address for h in remote}, entries
+            assert sorted(recorded_neighbours(gw)) == sorted(("int0", h.address) for h in local)
+            code, res = ctl(gw, "rehash")
+            assert code == 0 and res["firewall_diff"] == [], res
+        r = ping(lab, a1.name, b2.address, "-c", "2", "-W", "1")
+        assert r.returncode != 0, "a removed stream carries nothing"
+        for p in pingers:
+            p.wait_bursts(p.bursts + 2)
+        for p in pingers:
+            sent, got = p.stop()
+            assert sent == got, (f"{p.ns} -> {p.address} lost {sent - got} of {sent}:\n"
+                                 + "".join(p.lossy) + datapath_report(info))
+        for (gw_name, name), pid in pids.items():
+            assert wait_worker(info.namespace(gw_name), name)["pid"] == pid, "its worker untouched"
+    finally:
+        for p in pingers:
+            p.stop()
+        for name, path in profiles.items():
+            if path.read_text() != original[name]:
+                path.write_text(original[name])
+                ctl(info.namespace(name), "reload")
+            (Path(info.namespace(name).dir or "") / key).unlink(missing_ok=True)

@@ -82,6 +82,13 @@ def silenced(name: str, remote: str) -> list[str]:
 
 STREAM_B = stream("hostA-hostB", REMOTE_B, 1)
 STREAM_C = stream("hostA-hostC", REMOTE_C, 2)
+
+
+def streams(*rules: list[str]) -> list[str]:
+    """Streams' rules in MT6D-INPUT: every queue rule, then every true-address guard (streams
+    that share a remote host share a guard's match: a guard must not come before a queue rule)."""
+    return [r[0] for r in rules] + [r[1] for r in rules]
+
 ROUTE_B7 = (
     "-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -i ext0 -p udp -m udp --dport 1 "
     '-m comment --comment "mt6d:route:hostA-hostB:7" -j ACCEPT'
@@ -120,8 +127,7 @@ GOLDEN = [
     *GUARD_RULES,
     *ICMP_RULES,
     *HEAD,
-    *STREAM_B,
-    *STREAM_C,
+    *streams(STREAM_B, STREAM_C),
     ROUTE_B7,
     guard(ROUTE_B7),
     ROUTE_C7,
@@ -211,7 +217,8 @@ def test_removal_keeps_order(netns: str) -> None:
         return [line for line in lines if line.startswith(f"-A {name} ")]
 
     assert chain(after_route, "MT6D-INPUT")[len(HEAD):] == [
-        *STREAM_B, *STREAM_C, ROUTE_C7, guard(ROUTE_C7), ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
+        *streams(STREAM_B, STREAM_C), ROUTE_C7, guard(ROUTE_C7), ROUTE_B8, guard(ROUTE_B8),
+        ICMP_JUMP]
     assert ROUTE_B7 not in after_route
     assert chain(after_stream, "MT6D-INPUT")[len(HEAD):] == [
         *STREAM_B, ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
@@ -221,8 +228,8 @@ def test_removal_keeps_order(netns: str) -> None:
         '-m comment --comment "mt6d:route:hostA-hostD:1" -j ACCEPT'
     )
     assert chain(after_adds, "MT6D-INPUT")[len(HEAD):] == [
-        *STREAM_B, *stream("hostA-hostD", "fd00:d::1", 3), ROUTE_B8, guard(ROUTE_B8), route_d1,
-        guard(route_d1), ICMP_JUMP]
+        *streams(STREAM_B, stream("hostA-hostD", "fd00:d::1", 3)), ROUTE_B8, guard(ROUTE_B8),
+        route_d1, guard(route_d1), ICMP_JUMP]
     assert chain(after_adds, "MT6D-OUTPUT") == [
         *SILENT, *silenced("hostA-hostB", REMOTE_B), *silenced("hostA-hostD", "fd00:d::1")]
     assert rules == ours(after_adds)
@@ -508,6 +515,40 @@ def test_queue_without_reader_drops(netns_factory: Any) -> None:
     assert got["after"] is True
 
 
+def _shared_remote(peer: str, peer_mac: str) -> dict[str, int]:
+    from mt6d_mp.io.firewall import Firewall
+
+    fw = Firewall()
+    fw.setup(ICMP_QUEUE, "va", "lo")
+    try:
+        # Two local hosts (the peer's two addresses) in a stream each with one remote host (ours).
+        fw.add_stream("b-a", "fd00:1::b", "fd00:1::a", 5, peer_mac)
+        fw.add_stream("c-a", "fd00:1::c", "fd00:1::a", 6, peer_mac)
+        for src in ("fd00:1::b", "fd00:1::c"):
+            _ping(peer, src, "fd00:1::a")
+        counters = subprocess.run(["ip6tables-legacy", "-L", "MT6D-INPUT", "-v", "-n", "-x"],
+                                  capture_output=True, text=True, check=True).stdout
+        queued = {f"queue{q}": int(next(line for line in counters.splitlines()
+                                        if f"NFQUEUE num {q}" in line).split()[0]) for q in (5, 6)}
+        return {**queued, "true_address": fw.drop_counts()["true_address"], "verify": len(fw.verify())}
+    finally:
+        fw.teardown()
+
+
+def test_streams_of_two_hosts_to_one_remote_host_each_queue_their_own(netns_factory: Any) -> None:
+    """The second stream to a remote host is not caught by the first one's true-address guard
+    (every queue rule comes before every guard): each host's packets reach its own queue."""
+    a, b = netns_factory("a"), netns_factory("b")
+    nsutil.veth(a, "va", b, "vb")
+    nsutil.run_in(a, ["ip", "-6", "addr", "add", "fd00:1::a/64", "dev", "va", "nodad"])
+    for addr in ("fd00:1::b/64", "fd00:1::c/64"):
+        nsutil.run_in(b, ["ip", "-6", "addr", "add", addr, "dev", "vb", "nodad"])
+    peer_mac = nsutil.run_in(b, ["cat", "/sys/class/net/vb/address"]).strip()
+    got = nsutil.call_in(a, _shared_remote, b, peer_mac)
+    assert got["queue5"] >= 2 and got["queue6"] >= 2, got
+    assert got["true_address"] == 0 and got["verify"] == 0, got
+
+
 def _interfaces_apart(peer: str) -> dict[str, bool]:
     from mt6d_mp.io.firewall import Firewall
 
@@ -626,6 +667,6 @@ def test_a_rotation_is_one_commit(netns: str) -> None:
     route_b9 = ROUTE_B8.replace("8b", "9b").replace("8a", "9a").replace("hostB:8", "hostB:9")
     route_c9 = (ROUTE_C7.replace("7c", "9c").replace("7a", "9a").replace("hostC:7", "hostC:9"))
     inputs = [line for line in after if line.startswith("-A MT6D-INPUT ")]
-    assert inputs[len(HEAD):] == [*STREAM_B, *STREAM_C, ROUTE_B8, guard(ROUTE_B8), route_b9,
+    assert inputs[len(HEAD):] == [*streams(STREAM_B, STREAM_C), ROUTE_B8, guard(ROUTE_B8), route_b9,
                                   guard(route_b9), route_c9, guard(route_c9), ICMP_JUMP]
     assert verify == []
