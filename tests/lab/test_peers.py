@@ -314,6 +314,25 @@ def test_reload_removing_one_of_two_streams_of_a_host_leaves_the_other_its_traff
                 ctl(info.namespace(name), "reload")
 
 
+def test_the_three_site_demo_runs_end_to_end() -> None:
+    """``mt6d-lab demo --topology three-sites``, as an operator runs it (a lab of its own, torn
+    down at the end): pings and a download across each pair, every gateway link rotating."""
+    prefix = "p" + secrets.token_hex(3)
+    try:
+        r = subprocess.run([sys.executable, "-m", "mt6d_mp.lab", "demo", "--topology", "three-sites",
+                            "--prefix", prefix], capture_output=True, text=True, timeout=400, cwd=REPO)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    finally:
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert not stray, f"the demo left {stray}"
+    assert r.stdout.count("20/20 replies") == 3 and r.stdout.count("sha256 matches") == 3, r.stdout
+    links = next(line for line in r.stdout.splitlines() if "distinct pairs between gateways" in line)
+    assert all(f"{link} " in links for link in ("A<->B", "A<->C", "B<->C")), links
+    assert "== OK" in r.stdout, r.stdout
+
+
 # --- a stream between hosts of two other streams (two sites, two hosts each) -------------------
 
 
