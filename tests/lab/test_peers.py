@@ -2,9 +2,13 @@
 (``mt6d-lab --topology three-sites``: streams A-B, A-C and B-C, so each host is in two streams
 on its gateway and the two share the host's entries on the internal interface).
 
-One lab for the module, its supervisors started by the lab (which waits until every stream of
-every gateway is keyed: mt6d_mp/lab/gateway.py) with a short rekey interval (3 s at 1 s
-rotations, as tests/lab/test_rekey.py), so that the traffic crosses rotations and key phases.
+In order, each lab torn down before the next is built (the machine may have two cores): the
+three-site demo in a lab of its own; a two-site lab with two hosts per site, where a reload adds
+and removes a stream between hosts of two other streams (a host in two streams on each
+gateway, one of them as the remote host); then one three-site lab for the remaining tests, its
+supervisors started by the lab (which waits until every stream of every gateway is keyed:
+mt6d_mp/lab/gateway.py) with a short rekey interval (3 s at 1 s rotations, as
+tests/lab/test_rekey.py), so that the traffic crosses rotations and key phases.
 """
 
 from __future__ import annotations
@@ -39,21 +43,7 @@ ROTATION = 1.0
 REKEY = ("crypto.regen_interval=3", "crypto.regen_window=0.5", "crypto.regen_limit=6")
 
 
-@pytest.fixture(scope="module")
-def peers() -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "p" + secrets.token_hex(3)
-    lab = Lab(prefix, "three-sites", rotation_time=ROTATION, settings=REKEY)
-    try:
-        yield lab, lab.up()
-    finally:
-        lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        assert not stray, f"left behind: {stray}"
-
-
-# --- helpers ------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 
 def ctl(gw: NamespaceInfo, *args: str) -> tuple[int, Any]:
@@ -173,7 +163,133 @@ def without_stream(profiles: str, s: StreamInfo) -> str:
                    if f" {s.queue} @" not in line)
 
 
-# --- tests --------------------------------------------------------------------------------------
+# --- the demo, in a lab of its own ----------------------------------------------------------------
+
+
+def test_the_three_site_demo_runs_end_to_end() -> None:
+    """``mt6d-lab demo --topology three-sites``, as an operator runs it (a lab of its own, torn
+    down at the end): pings and a download across each pair, every gateway link rotating."""
+    prefix = "p" + secrets.token_hex(3)
+    try:
+        r = subprocess.run([sys.executable, "-m", "mt6d_mp.lab", "demo", "--topology", "three-sites",
+                            "--prefix", prefix], capture_output=True, text=True, timeout=400, cwd=REPO)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    finally:
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert not stray, f"the demo left {stray}"
+    assert r.stdout.count("20/20 replies") == 3 and r.stdout.count("sha256 matches") == 3, r.stdout
+    links = next(line for line in r.stdout.splitlines() if "distinct pairs between gateways" in line)
+    assert all(f"{link} " in links for link in ("A<->B", "A<->C", "B<->C")), links
+    assert "== OK" in r.stdout, r.stdout
+
+
+# --- a stream between the hosts of two streams (two sites, two hosts each) ------------------------
+
+
+@pytest.fixture
+def pairs() -> Iterator[tuple[Lab, LabInfo]]:
+    prefix = "p" + secrets.token_hex(3)
+    lab = Lab(prefix, "switched", rotation_time=ROTATION, streams=2)
+    try:
+        yield lab, lab.up()
+    finally:
+        lab.down()
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        assert not stray, f"left behind: {stray}"
+
+
+def test_a_stream_added_between_hosts_of_two_streams_works_and_its_removal_leaves_them_theirs(
+    pairs: tuple[Lab, LabInfo]
+) -> None:
+    """Streams A1-B1 and A2-B2 carry pings both ways while a reload adds A1-B2 (on gateway A it
+    shares host A1 with A1-B1 and host B2 with A2-B2; on gateway B the other way round) and
+    another removes it: nothing lost, their workers untouched; A1-B2 carries traffic both ways
+    while it exists; every host's entries stay while a stream uses them; the firewall is what
+    the supervisor installed (mt6dctl rehash compares)."""
+    lab, info = pairs
+    ga, gb = info.gateway_a, info.gateway_b
+    s1, s2 = info.streams
+    a1, a2, b1, b2 = info.host_a(1), info.host_a(2), info.host_b(1), info.host_b(2)
+    assert a1.address and a2.address and b1.address and b2.address
+    key = "keys/host-a-host-b2.key"
+    lines = {ga.name: f"host-a host-b2 9 @{key}\n", gb.name: f"host-b2 host-a 9 @{key}\n"}
+    added = {ga.name: "host-a-host-b2", gb.name: "host-b2-host-a"}
+    profiles = {gw.name: Path(gw.dir or "") / "profiles" for gw in (ga, gb)}
+    original = {name: p.read_text() for name, p in profiles.items()}
+    pids = {(gw.name, name): wait_worker(gw, name)["pid"]
+            for gw, names in ((ga, (s1.name, s2.name)), (gb, (s1.reverse_name, s2.reverse_name)))
+            for name in names}
+    secret = os.urandom(64).hex() + "\n"
+    pingers: list[Pinger] = []
+    try:
+        pingers = [Pinger(lab, x.name, y.address or "")
+                   for x, y in ((a1, b1), (b1, a1), (a2, b2), (b2, a2))]
+        for p in pingers:
+            p.wait_bursts(1)
+        for gw in (ga, gb):
+            write_private(Path(gw.dir or "") / key, secret)
+            profiles[gw.name].write_text(original[gw.name] + lines[gw.name])
+            code, res = ctl(gw, "reload")
+            assert code == 0 and res["added"] == [added[gw.name]] and res["removed"] == [], res
+        for gw in (ga, gb):
+            wait_worker(gw, added[gw.name])
+        ping_eventually(lab, a1.name, b2.address)
+        for x, y in ((a1, b2), (b2, a1)):
+            assert received(ping(lab, x.name, y.address or "", "-c", "5", "-i", "0.2").stdout) == (5, 5)
+        for gw, local, remote in ((ga, (a1, a2), (b1, b2)), (gb, (b1, b2), (a1, a2))):
+            entries = internal_entries(lab, gw)
+            assert entries["neighbours"] == entries["routes"] == {h.address for h in local}, entries
+            assert entries["addresses"] == {h.address for h in remote}, entries
+        for gw in (ga, gb):  # and away again
+            profiles[gw.name].write_text(original[gw.name])
+            code, res = ctl(gw, "reload")
+            assert code == 0 and res["removed"] == [added[gw.name]] and res["added"] == [], res
+        for gw, local, remote in ((ga, (a1, a2), (b1, b2)), (gb, (b1, b2), (a1, a2))):
+            entries = internal_entries(lab, gw)
+            assert entries["neighbours"] == entries["routes"] == {h.address for h in local}, entries
+            assert entries["addresses"] == {h.address for h in remote}, entries
+            assert sorted(recorded_neighbours(gw)) == sorted(("int0", h.address) for h in local)
+            code, res = ctl(gw, "rehash")
+            assert code == 0 and res["firewall_diff"] == [], res
+        r = ping(lab, a1.name, b2.address, "-c", "2", "-W", "1")
+        assert r.returncode != 0, "a removed stream carries nothing"
+        for p in pingers:
+            p.wait_bursts(p.bursts + 2)
+        for p in pingers:
+            sent, got = p.stop()
+            assert sent == got, (f"{p.ns} -> {p.address} lost {sent - got} of {sent}:\n"
+                                 + "".join(p.lossy) + datapath_report(info))
+        for (gw_name, name), pid in pids.items():
+            assert wait_worker(info.namespace(gw_name), name)["pid"] == pid, "its worker untouched"
+    finally:
+        for p in pingers:
+            p.stop()
+        for name, path in profiles.items():
+            if path.read_text() != original[name]:
+                path.write_text(original[name])
+                ctl(info.namespace(name), "reload")
+            (Path(info.namespace(name).dir or "") / key).unlink(missing_ok=True)
+
+
+# --- three sites: one lab for these tests ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[tuple[Lab, LabInfo]]:
+    prefix = "p" + secrets.token_hex(3)
+    lab = Lab(prefix, "three-sites", rotation_time=ROTATION, settings=REKEY)
+    try:
+        yield lab, lab.up()
+    finally:
+        lab.down()
+        stray = labmod.namespaces_with_prefix(prefix)
+        for ns in stray:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        assert not stray, f"left behind: {stray}"
 
 
 def test_each_gateway_keys_a_stream_to_each_of_its_peers_before_the_lab_is_up(
@@ -312,112 +428,3 @@ def test_reload_removing_one_of_two_streams_of_a_host_leaves_the_other_its_traff
             if path.read_text() != original[name]:
                 path.write_text(original[name])
                 ctl(info.namespace(name), "reload")
-
-
-def test_the_three_site_demo_runs_end_to_end() -> None:
-    """``mt6d-lab demo --topology three-sites``, as an operator runs it (a lab of its own, torn
-    down at the end): pings and a download across each pair, every gateway link rotating."""
-    prefix = "p" + secrets.token_hex(3)
-    try:
-        r = subprocess.run([sys.executable, "-m", "mt6d_mp.lab", "demo", "--topology", "three-sites",
-                            "--prefix", prefix], capture_output=True, text=True, timeout=400, cwd=REPO)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    finally:
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-    assert not stray, f"the demo left {stray}"
-    assert r.stdout.count("20/20 replies") == 3 and r.stdout.count("sha256 matches") == 3, r.stdout
-    links = next(line for line in r.stdout.splitlines() if "distinct pairs between gateways" in line)
-    assert all(f"{link} " in links for link in ("A<->B", "A<->C", "B<->C")), links
-    assert "== OK" in r.stdout, r.stdout
-
-
-# --- a stream between hosts of two other streams (two sites, two hosts each) -------------------
-
-
-@pytest.fixture(scope="module")
-def pairs() -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "p" + secrets.token_hex(3)
-    lab = Lab(prefix, "switched", rotation_time=ROTATION, streams=2)
-    try:
-        yield lab, lab.up()
-    finally:
-        lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        assert not stray, f"left behind: {stray}"
-
-
-def test_a_stream_added_between_hosts_of_two_streams_works_and_its_removal_leaves_them_theirs(
-    pairs: tuple[Lab, LabInfo]
-) -> None:
-    """Streams A1-B1 and A2-B2 carry pings both ways while a reload adds A1-B2 (on gateway A it
-    shares host A1 with A1-B1 and host B2 with A2-B2; on gateway B the other way round) and
-    another removes it: nothing lost, their workers untouched; A1-B2 carries traffic both ways
-    while it exists; every host's entries stay while a stream uses them; the firewall is what
-    the supervisor installed (mt6dctl rehash compares)."""
-    lab, info = pairs
-    ga, gb = info.gateway_a, info.gateway_b
-    s1, s2 = info.streams
-    a1, a2, b1, b2 = info.host_a(1), info.host_a(2), info.host_b(1), info.host_b(2)
-    assert a1.address and a2.address and b1.address and b2.address
-    key = "keys/host-a-host-b2.key"
-    lines = {ga.name: f"host-a host-b2 9 @{key}\n", gb.name: f"host-b2 host-a 9 @{key}\n"}
-    added = {ga.name: "host-a-host-b2", gb.name: "host-b2-host-a"}
-    profiles = {gw.name: Path(gw.dir or "") / "profiles" for gw in (ga, gb)}
-    original = {name: p.read_text() for name, p in profiles.items()}
-    pids = {(gw.name, name): wait_worker(gw, name)["pid"]
-            for gw, names in ((ga, (s1.name, s2.name)), (gb, (s1.reverse_name, s2.reverse_name)))
-            for name in names}
-    secret = os.urandom(64).hex() + "\n"
-    pingers: list[Pinger] = []
-    try:
-        pingers = [Pinger(lab, x.name, y.address or "")
-                   for x, y in ((a1, b1), (b1, a1), (a2, b2), (b2, a2))]
-        for p in pingers:
-            p.wait_bursts(1)
-        for gw in (ga, gb):
-            write_private(Path(gw.dir or "") / key, secret)
-            profiles[gw.name].write_text(original[gw.name] + lines[gw.name])
-            code, res = ctl(gw, "reload")
-            assert code == 0 and res["added"] == [added[gw.name]] and res["removed"] == [], res
-        for gw in (ga, gb):
-            wait_worker(gw, added[gw.name])
-        ping_eventually(lab, a1.name, b2.address)
-        for x, y in ((a1, b2), (b2, a1)):
-            assert received(ping(lab, x.name, y.address or "", "-c", "5", "-i", "0.2").stdout) == (5, 5)
-        for gw, local, remote in ((ga, (a1, a2), (b1, b2)), (gb, (b1, b2), (a1, a2))):
-            entries = internal_entries(lab, gw)
-            assert entries["neighbours"] == entries["routes"] == {h.address for h in local}, entries
-            assert entries["addresses"] == {h.address for h in remote}, entries
-        for gw in (ga, gb):  # and away again
-            profiles[gw.name].write_text(original[gw.name])
-            code, res = ctl(gw, "reload")
-            assert code == 0 and res["removed"] == [added[gw.name]] and res["added"] == [], res
-        for gw, local, remote in ((ga, (a1, a2), (b1, b2)), (gb, (b1, b2), (a1, a2))):
-            entries = internal_entries(lab, gw)
-            assert entries["neighbours"] == entries["routes"] == {h.address for h in local}, entries
-            assert entries["addresses"] == {h.address for h in remote}, entries
-            assert sorted(recorded_neighbours(gw)) == sorted(("int0", h.address) for h in local)
-            code, res = ctl(gw, "rehash")
-            assert code == 0 and res["firewall_diff"] == [], res
-        r = ping(lab, a1.name, b2.address, "-c", "2", "-W", "1")
-        assert r.returncode != 0, "a removed stream carries nothing"
-        for p in pingers:
-            p.wait_bursts(p.bursts + 2)
-        for p in pingers:
-            sent, got = p.stop()
-            assert sent == got, (f"{p.ns} -> {p.address} lost {sent - got} of {sent}:\n"
-                                 + "".join(p.lossy) + datapath_report(info))
-        for (gw_name, name), pid in pids.items():
-            assert wait_worker(info.namespace(gw_name), name)["pid"] == pid, "its worker untouched"
-    finally:
-        for p in pingers:
-            p.stop()
-        for name, path in profiles.items():
-            if path.read_text() != original[name]:
-                path.write_text(original[name])
-                ctl(info.namespace(name), "reload")
-            (Path(info.namespace(name).dir or "") / key).unlink(missing_ok=True)
