@@ -515,7 +515,22 @@ def _read_profiles(
         problem = _secret_file_problem(path)
         if problem:
             problems.append(problem)
+    _check_shared_keys(streams, problems)
     return tuple(streams)
+
+
+def _check_shared_keys(streams: list[StreamConfig], problems: list[str]) -> None:
+    """Two streams of one host must not share a key: the host's bootstrap-phase address and
+    port are a function of its address, its MAC, the key and the epoch alone (docs/PROTOCOL.md
+    0 and 5.1), so both streams would bind the same route address and port."""
+    seen: dict[tuple[bytes, bytes], StreamConfig] = {}
+    for s in streams:
+        for host in (s.local, s.remote):
+            first = seen.setdefault((host.address.packed, s.key.secret), s)
+            if first is not s:
+                problems.append(
+                    f"{s.source}: stream {s.name} has the key of {first.name} ({first.source}) "
+                    f"and shares host {host.name} with it: each stream of a host needs its own key")
 
 
 # --- loading ----------------------------------------------------------------------------------

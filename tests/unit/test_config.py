@@ -192,6 +192,16 @@ def test_same_queue_twice(gw: Path) -> None:
     assert f"{profiles}:6: queue 2 is already used by {profiles}:5" in problems(gw)
 
 
+def test_two_streams_of_a_host_with_one_key_are_refused(gw: Path) -> None:
+    append(gw.parent / "users", "2001:468:c80:c111::3  host-c\n")
+    append(gw.parent / "ethers", "00:ab:cd:11:22:03  2001:468:c80:c111::3\n")
+    append(gw.parent / "profiles", "mt6d-host-a  host-c  3  @keys/host-a-host-b.key\n")
+    profiles = gw.parent / "profiles"
+    msg = problems(gw)
+    assert (f"{profiles}:6: stream mt6d-host-a-host-c has the key of mt6d-host-a-mt6d-host-b "
+            f"({profiles}:5) and shares host mt6d-host-a with it") in msg, msg
+
+
 def test_stream_queue_equal_to_icmp_queue(gw: Path) -> None:
     gw.write_text(gw.read_text().replace("icmp = 1", "icmp = 2"))
     assert "queue 2 is already used by queues.icmp" in problems(gw)
