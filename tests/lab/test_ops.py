@@ -337,12 +337,12 @@ def test_mt6dctl_commands(oplab: tuple[Lab, LabInfo]) -> None:
         # The live view, in a terminal (tmux), while a ping runs: rates, route and key per stream.
         session = f"mt6d-top-{info.prefix}"
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "30",
-                        shlex.join([*CTL, "-c", ga.config or "", "top", "--interval", "0.5"])],
+                        shlex.join([*CTL, "-c", ga.config or "", "top", "--interval", "2"])],
                        check=True, cwd=REPO)
         try:
             pinger = lab.spawn(s1.host_a_ns, ["ping", "-6", "-n", "-i", "0.1", s1.host_b_address],
                                name="top-ping")
-            time.sleep(2.5)
+            time.sleep(5)  # two frames, each over a worker's counter report (every second)
             screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
                                     capture_output=True, text=True, check=True).stdout
             lab.stop(pinger)
