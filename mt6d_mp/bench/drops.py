@@ -11,6 +11,7 @@ comes with where it happened.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,9 +80,8 @@ def drops_between(before: Counter[str], after: Counter[str]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in sorted(after) if after[k] > before[k]}
 
 
-def loss_drops(d: dict[str, Any]) -> dict[str, int] | None:
-    """The drop counters that grew during the path's loss tests, summed; None if unread."""
-    tests = [d.get("ping"), *d.get("flood", []), *(dig(d, "udp", "runs") or [])]
+def summed_drops(tests: Iterable[dict[str, Any] | None]) -> dict[str, int] | None:
+    """The drop counters that grew during the tests, summed; None if any reading is missing."""
     total: Counter[str] = Counter()
     for t in tests:
         if not t or t.get("drops") is None:
@@ -90,13 +90,27 @@ def loss_drops(d: dict[str, Any]) -> dict[str, int] | None:
     return dict(total)
 
 
+def loss_drops(d: dict[str, Any]) -> dict[str, int] | None:
+    """The drop counters that grew during the path's loss tests, summed; None if unread."""
+    return summed_drops([d.get("ping"), *d.get("flood", []), *(dig(d, "udp", "runs") or [])])
+
+
 def _drops_list(drops: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(drops.items()))
 
 
-def drops_cell(d: dict[str, Any]) -> str:
-    drops = loss_drops(d)
+def _cell(drops: dict[str, int] | None) -> str:
     return "-" if drops is None else _drops_list(drops) or "none"
+
+
+def drops_cell(d: dict[str, Any]) -> str:
+    return _cell(loss_drops(d))
+
+
+def runs_drops_cell(tests: Sequence[dict[str, Any] | None]) -> str:
+    """A table cell: the drop counters that grew during the tests, ``none``, or ``-`` if a reading
+    is missing or there were no tests."""
+    return _cell(summed_drops(tests) if tests else None)
 
 
 def drops_text(drops: dict[str, int] | None) -> str:
