@@ -20,9 +20,9 @@ Tests per path (table 4.1 of the thesis, scaled; ``--quick`` in brackets): stand
 1 MB, 10 MB and 50 MB [500 kB, 10 MB], three [two] times each, SHA-256 checked; iperf3 TCP 10 s
 x3 [3 s x1]; iperf3 UDP at 100 Mbit/s with 1200-byte datagrams, 10 s x3 [3 s x1] (loss,
 jitter). Under load (``--no-load`` skips it): a ping every 0.05 s during an iperf3 TCP
-transfer, 10 s x3 [3 s x1]; iperf3 UDP at full offered rate (``-b 0``) with 200- and 1200-byte
-datagrams, 10 s x3 [2 s x1] each (received Mbit/s and packets/s, loss); iperf3 TCP with 4
-parallel streams, 10 s x3 [2 s x1]. Each ping, flood and UDP run and each load run also records
+transfer, 10 s x3 [2 s x1]; iperf3 UDP at full offered rate (``-b 0``) with 200- and 1200-byte
+datagrams, 10 s x3 [1 s x1] each (received Mbit/s and packets/s, loss); iperf3 TCP with 4
+parallel streams, 10 s x3 [1 s x1]. Each ping, flood and UDP run and each load run also records
 which drop counters grew while it ran, so a loss comes with where it happened. Host metrics of
 each tunnel's processes on both gateways: CPU seconds per GB carried and private memory per
 gateway. MT6D only: the cost of one rotation for 1, 8 and 32 streams, in process and on a

@@ -214,8 +214,8 @@ def _load(plt: Any, results: dict[str, Any]) -> Any:
     sizes = list(plan["udp_full_lens"])
     groups = [f"{n} B" for n in sizes]
     series = {p: [_st(dig(udp_full_of(P[p], n), "received_kpps")) for n in sizes] for p in paths}
-    _grouped(axes[0][1], groups, series, "thousand packets/s received",
-             "iperf3 UDP at full offered rate (-b 0): received (median, min-max)", 1)  # fmt: skip
+    _grouped(axes[0][1], groups, series, "thousand packets/s received (log scale)",
+             "iperf3 UDP at full offered rate (-b 0): received (median, min-max)", 1, log=True)  # fmt: skip
     series = {p: [_st(dig(udp_full_of(P[p], n), "loss_pct")) for n in sizes] for p in paths}
     _grouped(axes[1][0], groups, series, "loss, % of the datagrams sent",
              "iperf3 UDP at full offered rate: loss (median, min-max)", 1)  # fmt: skip

@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
         "--seconds",
         type=int,
         default=None,
-        help="length of every iperf3 run but the rekey's (default 10; quick 3, the load rows 3 and 2)",
+        help="length of every iperf3 run but the rekey's (default 10; quick 3, the load rows 2 and 1)",
     )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return ap
