@@ -5,7 +5,8 @@ Flow: runner.py makes a :class:`Runner` for a path's lab and calls, in order,
 :meth:`Runner.ping`, :meth:`Runner.flood` per size, :meth:`Runner.http` (nginx on host B, curl
 on host A, SHA-256 checked), :meth:`Runner.tcp` and :meth:`Runner.udp` (iperf3, JSON, one retry
 with a fresh server). Ping, flood and UDP runs also record the drop counters that grew while
-they ran (drops.py). A failure is recorded in :attr:`Runner.errors`, never raised.
+they ran (drops.py). The load rows (load.py) run on the same Runner afterwards. A failure is
+recorded in :attr:`Runner.errors`, never raised.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def parse_ping(text: str) -> dict[str, Any]:
         "received": got,
         "loss_pct": 100.0 * (sent - got) / sent if sent else None,
         "rtt_ms": rtt,
+    }
+
+
+def tcp_figures(end: dict[str, Any]) -> dict[str, Any]:
+    """One iperf3 TCP run (its JSON ``end``): received Gbit/s, bytes, the sender's retransmits."""
+    rx, tx = end["sum_received"], end["sum_sent"]
+    return {
+        "gbit_s": float(rx["bits_per_second"]) / 1e9,
+        "bytes": int(rx["bytes"]),
+        "retransmits": int(tx.get("retransmits", 0)),
     }
 
 
@@ -223,7 +234,8 @@ class Runner:
             )
         return out
 
-    def _iperf_server(self, restart: bool = False) -> None:
+    def iperf_server(self, restart: bool = False) -> None:
+        """The iperf3 server on host B, started once (again with ``restart``) and listening."""
         pl = self.pl
         if restart and self.iperf_pid is not None:
             with contextlib.suppress(Mt6dError):
@@ -243,7 +255,7 @@ class Runner:
         """One iperf3 client run (JSON); one retry with a fresh server if it fails."""
         last = ""
         for attempt in range(2):
-            self._iperf_server(restart=attempt > 0)
+            self.iperf_server(restart=attempt > 0)
             argv = ["iperf3", "-c", self.pl.dst, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", *extra]
             self.launched = time.time()
             r = self.exec(argv, timeout=seconds + 40)
@@ -267,12 +279,7 @@ class Runner:
             except Mt6dError as e:
                 self.fail(f"tcp run {k + 1}", e)
                 continue
-            rx, tx = end["sum_received"], end["sum_sent"]
-            run = {
-                "gbit_s": rx["bits_per_second"] / 1e9,
-                "bytes": int(rx["bytes"]),
-                "retransmits": int(tx.get("retransmits", 0)),
-            }
+            run = tcp_figures(end)
             runs.append(run)
             self.log(
                 f"tcp run {k + 1}/{self.plan.tcp_runs}: {run['gbit_s']:.3f} Gbit/s, "

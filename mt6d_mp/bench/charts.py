@@ -1,7 +1,7 @@
 """PNG charts of a run, in the style of the thesis's figures 5.22-5.24.
 
-Flow of :func:`charts`: for each chart (latency, loss, throughput, host, rotation, rekey; one
-function each, in that order) gather the series per path (value, low, high) from the results,
+Flow of :func:`charts`: for each chart (latency, loss, throughput, load, host, rotation, rekey;
+one function each, in that order) gather the series per path (value, low, high) from the results,
 draw them as grouped bars with whiskers (:func:`_grouped`) or, for the rotation, as lines against
 the number of streams, for the rekey as bars and the intervals of a transfer over time, and save
 the figure into the output directory. matplotlib is imported only
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mt6d_mp.bench.plan import PATHS
-from mt6d_mp.bench.report import size_label
+from mt6d_mp.bench.report import size_label, udp_full_of
 from mt6d_mp.bench.results import dig, flood_of
 
 COLOURS = {"none": "#7f7f7f", "mt6d": "#d62728", "openvpn": "#1f77b4", "wireguard-go": "#2ca02c"}
@@ -37,6 +37,7 @@ def charts(results: dict[str, Any], out: Path) -> list[str]:
         ("latency.png", _latency),
         ("loss.png", _loss),
         ("throughput.png", _throughput),
+        ("load.png", _load),
         ("host.png", _host),
         ("rotation.png", _rotation),
         ("rekey.png", _rekey),
@@ -190,6 +191,38 @@ def _throughput(plt: Any, results: dict[str, Any]) -> Any:
         1,
         log=True,
     )
+    return fig
+
+
+def _load(plt: Any, results: dict[str, Any]) -> Any:
+    """The load rows (load.py): ping idle and during TCP, UDP at full rate, TCP with 1 and -P streams."""
+    P, plan = results["paths"], results["plan"]
+    paths = _paths(results)
+    if not plan.get("load") or not any(P[p].get("ping_under_tcp") or P[p].get("udp_full") for p in paths):
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    series = {
+        p: [_one(dig(P[p], "ping", "rtt_ms", "avg")),
+            _one(dig(P[p], "ping_under_tcp", "ping", "rtt_ms", "avg")),
+            _one(dig(P[p], "ping_under_tcp", "ping", "rtt_ms", "max"))]
+        for p in paths
+    }  # fmt: skip
+    _grouped(axes[0][0], ["idle ping: avg", "during TCP: avg", "during TCP: max"], series,
+             "round-trip time, ms (log scale)",
+             f"Ping every {plan['ping_load_interval']:g} s during iperf3 TCP, beside the standard ping", 2,
+             log=True)  # fmt: skip
+    sizes = list(plan["udp_full_lens"])
+    groups = [f"{n} B" for n in sizes]
+    series = {p: [_st(dig(udp_full_of(P[p], n), "received_kpps")) for n in sizes] for p in paths}
+    _grouped(axes[0][1], groups, series, "thousand packets/s received (log scale)",
+             "iperf3 UDP at full offered rate (-b 0): received (median, min-max)", 1, log=True)  # fmt: skip
+    series = {p: [_st(dig(udp_full_of(P[p], n), "loss_pct")) for n in sizes] for p in paths}
+    _grouped(axes[1][0], groups, series, "loss, % of the datagrams sent",
+             "iperf3 UDP at full offered rate: loss (median, min-max)", 1)  # fmt: skip
+    k = plan["parallel_streams"]
+    series = {p: [_st(dig(P[p], "tcp", "gbit_s")), _st(dig(P[p], "tcp_parallel", "gbit_s"))] for p in paths}
+    _grouped(axes[1][1], ["1 stream", f"{k} streams (-P {k})"], series, "Gbit/s (log scale)",
+             "iperf3 TCP, one stream and parallel streams (median, min-max)", log=True)  # fmt: skip
     return fig
 
 

@@ -67,7 +67,15 @@ def parser() -> argparse.ArgumentParser:
         "--ping-count", type=int, default=None, help="standard ping count (default 300, quick 50)"
     )
     ap.add_argument(
-        "--seconds", type=int, default=None, help="iperf3 TCP and UDP run length (default 10, quick 3)"
+        "--no-load",
+        action="store_true",
+        help="skip the load rows (ping during TCP, UDP at full rate, TCP with parallel streams)",
+    )
+    ap.add_argument(
+        "--seconds",
+        type=int,
+        default=None,
+        help="length of every iperf3 run but the rekey's (default 10; quick 3, the load rows 2 and 1)",
     )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return ap
@@ -92,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = replace(plan, rotation_streams=())
     if args.no_rekey:
         plan = replace(plan, rekey=False)
+    if args.no_load:
+        plan = replace(plan, load=False)
     if args.ping_count is not None:
         if args.ping_count < 1:
             print("mt6d-bench: --ping-count must be at least 1", file=sys.stderr)
@@ -101,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seconds < 1:
             print("mt6d-bench: --seconds must be at least 1", file=sys.stderr)
             return EXIT_BAD_ARGS
-        plan = replace(plan, tcp_seconds=args.seconds, udp_seconds=args.seconds)
+        plan = replace(plan, tcp_seconds=args.seconds, udp_seconds=args.seconds,
+                       ping_load_seconds=args.seconds, udp_full_seconds=args.seconds,
+                       parallel_seconds=args.seconds)  # fmt: skip
     if os.geteuid() != 0:
         print("mt6d-bench: needs root (network namespaces)", file=sys.stderr)
         return EXIT_PRIVILEGE

@@ -37,6 +37,15 @@ class Plan:
     udp_len: int
     udp_seconds: int
     udp_runs: int
+    load: bool  # the load rows (battery.py: Runner.ping_under_tcp, udp_full, tcp_parallel)
+    load_runs: int  # repeats of each load row
+    ping_load_seconds: int  # the iperf3 TCP transfer the ping runs under
+    ping_load_interval: float  # ping -i during it
+    ping_load_margin: float  # the ping starts this long after the transfer and ends as long before
+    udp_full_lens: tuple[int, ...]  # datagram sizes of iperf3 UDP at full offered rate (-b 0)
+    udp_full_seconds: int
+    parallel_streams: int  # iperf3 TCP -P
+    parallel_seconds: int
     rotation_streams: tuple[int, ...]
     rotation_cycles: int  # in process, per stream count
     rotation_observe: float  # seconds of a running supervisor's rotations, per stream count
@@ -68,6 +77,15 @@ FULL = Plan(
     udp_len=1200,
     udp_seconds=10,
     udp_runs=3,
+    load=True,
+    load_runs=3,
+    ping_load_seconds=10,
+    ping_load_interval=0.05,
+    ping_load_margin=0.5,
+    udp_full_lens=(200, 1200),
+    udp_full_seconds=10,
+    parallel_streams=4,
+    parallel_seconds=10,
     rotation_streams=(1, 8, 32),
     rotation_cycles=500,
     rotation_observe=13.0,
@@ -96,6 +114,13 @@ QUICK = replace(
     tcp_runs=1,
     udp_seconds=3,
     udp_runs=1,
+    # The load rows in about 6 s a path (about 37 s for the four paths at 3, 2 and 2 s):
+    # 30 pings during a 2 s transfer, 1 s of UDP per datagram size and of TCP -P 4.
+    load_runs=1,
+    ping_load_seconds=2,
+    ping_load_margin=0.25,
+    udp_full_seconds=1,
+    parallel_seconds=1,
     rotation_cycles=100,
     rotation_observe=5.0,
     rekey_observe=8.0,

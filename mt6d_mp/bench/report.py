@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mt6d_mp.bench.drops import drops_cell
+from mt6d_mp.bench.drops import drops_cell, runs_drops_cell
 from mt6d_mp.bench.plan import PATHS
 from mt6d_mp.bench.results import dig, finite, flood_of, rekey_errors, stats
 from mt6d_mp.core import config as cfgmod
@@ -41,8 +41,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     add("TCP throughput >= faster of OpenVPN and wireguard-go", dig(m, "tcp", "gbit_s", "median"),
         max(peers) if peers else None, "Gbit/s", operator.ge)
-    add("standard ping average <= OpenVPN's", dig(m, "ping", "rtt_ms", "avg"),
+    add("idle ping average (standard ping) <= OpenVPN's (stretch)", dig(m, "ping", "rtt_ms", "avg"),
         dig(o, "ping", "rtt_ms", "avg"), "ms")
+    if results["plan"].get("load"):
+        _load_targets(add, m, o, w, results["plan"])
     add("zero loss, standard ping (rotations included)", dig(m, "ping", "loss_pct"), 0.0, "%",
         operator.eq)
     if results["plan"]["floods"]:
@@ -69,6 +71,39 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+Add = Callable[..., None]  # targets' add(name, mt6d, reference, unit, met=operator.le)
+
+
+def udp_full_of(p: dict[str, Any] | None, n: int) -> dict[str, Any] | None:
+    """A path's UDP run at full rate with ``n``-byte datagrams (load.py)."""
+    for u in dig(p, "udp_full") or []:
+        if u["datagram_bytes"] == n:
+            r: dict[str, Any] = u
+            return r
+    return None
+
+
+def _load_targets(add: Add, m: dict[str, Any], o: dict[str, Any] | None, w: dict[str, Any] | None,
+                  plan: dict[str, Any]) -> None:
+    """The targets of the load rows: the ping during a TCP transfer, small datagrams at full rate."""
+    def ping(x: dict[str, Any] | None, key: str) -> float | None:
+        v: float | None = dig(x, "ping_under_tcp", "ping", "rtt_ms", key)
+        return v
+
+    peers = [x for x in (ping(o, "avg"), ping(w, "avg")) if x is not None]
+    add("ping during TCP: average <= the lower of OpenVPN's and wireguard-go's", ping(m, "avg"),
+        min(peers) if peers else None, "ms")
+    omax = ping(o, "max")
+    add("ping during TCP: max < 2 x OpenVPN's", ping(m, "max"), None if omax is None else 2 * omax, "ms",
+        operator.lt)
+    add("ping during TCP: no loss", dig(m, "ping_under_tcp", "ping", "loss_pct"), 0.0, "%", operator.eq)
+    if plan.get("udp_full_lens"):
+        n = min(plan["udp_full_lens"])
+        add(f"UDP at full rate, {n} B: received packets/s >= OpenVPN's",
+            dig(udp_full_of(m, n), "received_kpps", "median"),
+            dig(udp_full_of(o, n), "received_kpps", "median"), "kpps", operator.ge)
+
+
 def _fmt(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
     if not s:
         return "-"
@@ -93,7 +128,9 @@ def markdown(results: dict[str, Any], charts_written: Sequence[str] = ()) -> str
     """bench.md: set-up, the table of measurements, rotation cost, targets, errors, charts."""
     paths = [p for p in PATHS if p in results["paths"]]
     lines = _intro(results)
-    lines += _table(results, paths, [*_measurement_rows(results["plan"]), *_host_rows()])
+    lines += _table(results, paths, [*_measurement_rows(results["plan"]), *_load_rows(results["plan"]),
+                                     *_host_rows()])
+    lines += _load_note(results["plan"])
     lines += _rotation_section(results)
     lines += _rekey_section(results)
     lines += _targets_section(results)
@@ -186,6 +223,71 @@ def _measurement_rows(plan: dict[str, Any]) -> list[tuple[str, Cell]]:
         ("drops counted during ping, floods and UDP (where)", drops_cell),
     ]  # fmt: skip
     return rows
+
+
+def _udp_full_cell(d: dict[str, Any], n: int, key: str, digits: int) -> str:
+    u = udp_full_of(d, n)
+    return "-" if u is None else _fmt(u[key], digits=digits)
+
+
+def _udp_full_drops(d: dict[str, Any], n: int) -> str:
+    u = udp_full_of(d, n)
+    return "-" if u is None else runs_drops_cell(u["runs"])
+
+
+def _load_rows(plan: dict[str, Any]) -> list[tuple[str, Cell]]:
+    """Ping during TCP, UDP at full offered rate per datagram size, TCP with parallel streams (load.py)."""
+    if not plan.get("load"):
+        return []
+    runs = plan["load_runs"]
+    pt = (f"ping every {plan['ping_load_interval']:g} s during iperf3 TCP "
+          f"{plan['ping_load_seconds']} s x{runs}")  # fmt: skip
+    rows: list[tuple[str, Cell]] = [
+        (f"{pt}: rtt ms", lambda d: _rtt(d["ping_under_tcp"]["ping"])),
+        ("ping during TCP: loss %", lambda d: _num(d["ping_under_tcp"]["ping"]["loss_pct"])),
+        ("ping during TCP: the TCP transfer, Gbit/s",
+         lambda d: _fmt(d["ping_under_tcp"]["gbit_s"], digits=3)),
+        ("ping during TCP: drops (where)", lambda d: runs_drops_cell(d["ping_under_tcp"]["runs"])),
+    ]  # fmt: skip
+    for i, n in enumerate(plan["udp_full_lens"]):
+        head = f"iperf3 UDP full rate (-b 0), {n} B"
+        if i == 0:
+            head += f", {plan['udp_full_seconds']} s x{runs}"
+        rows += [
+            (f"{head}: received Mbit/s",
+             functools.partial(_udp_full_cell, n=n, key="received_mbit_s", digits=1)),
+            (f"UDP full rate, {n} B: received thousand packets/s",
+             functools.partial(_udp_full_cell, n=n, key="received_kpps", digits=1)),
+            (f"UDP full rate, {n} B: sent thousand packets/s",
+             functools.partial(_udp_full_cell, n=n, key="sent_kpps", digits=1)),
+            (f"UDP full rate, {n} B: loss % (of the datagrams sent)",
+             functools.partial(_udp_full_cell, n=n, key="loss_pct", digits=2)),
+            (f"UDP full rate, {n} B: drops (where)", functools.partial(_udp_full_drops, n=n)),
+        ]  # fmt: skip
+    k = plan["parallel_streams"]
+    rows += [
+        (f"iperf3 TCP -P {k}, {plan['parallel_seconds']} s x{runs}: Gbit/s",
+         lambda d: _fmt(d["tcp_parallel"]["gbit_s"], digits=3)),
+        (f"iperf3 TCP -P {k}: retransmits", lambda d: _fmt(d["tcp_parallel"]["retransmits"], digits=0)),
+    ]  # fmt: skip
+    return rows
+
+
+def _load_note(plan: dict[str, Any]) -> list[str]:
+    if not plan.get("load"):
+        return []
+    m = plan["ping_load_margin"]
+    return [
+        "",
+        "Load rows, run last on each path (after the CPU and memory figures above are taken): a ping "
+        f"every {plan['ping_load_interval']:g} s from host A to host B from {m:g} s after the start of "
+        f"an iperf3 TCP transfer from A to B to {m:g} s before its end (at most a quarter of it at each "
+        "end), the runs' pings pooled as one summary (avg, with min-max over the packets); iperf3 UDP "
+        "with `-b 0` (as fast as the sender writes), received = the datagrams that reached host B's "
+        "iperf3, per second of its receiving, and the loss of those sent; iperf3 TCP with "
+        f"`-P {plan['parallel_streams']}`. Drops: the counters that grew during the runs (as above, "
+        "and per interface: `rx_dropped` and `tx_dropped` of /proc/net/dev).",
+    ]
 
 
 def _processes(d: dict[str, Any]) -> str:

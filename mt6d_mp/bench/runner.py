@@ -2,9 +2,9 @@
 
 Flow of :func:`run`: describe the machine, make the HTTP test files (random, with their
 SHA-256), run :func:`bench_path` for each path (a lab from tunnels.py, the battery from
-battery.py, the host metrics from host.py around it), then the MT6D rotation cost
-(rotation.py), the rekey cost (rekey.py; the tunnels' handshakes from handshakes.py), and
-compute the targets (report.py). :func:`write` writes bench.json, the charts
+battery.py, the host metrics from host.py around it, then the load rows from load.py), then
+the MT6D rotation cost (rotation.py), the rekey cost (rekey.py; the tunnels' handshakes from
+handshakes.py), and compute the targets (report.py). :func:`write` writes bench.json, the charts
 (charts.py) and bench.md.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 from mt6d_mp.bench.battery import Runner
 from mt6d_mp.bench.charts import charts
 from mt6d_mp.bench.host import host_metrics, machine
+from mt6d_mp.bench.load import load_tests
 from mt6d_mp.bench.plan import SCHEMA, Plan, Progress
 from mt6d_mp.bench.rekey import bench_rekey
 from mt6d_mp.bench.report import markdown, targets
@@ -46,6 +47,9 @@ def bench_path(
         "tcp": None,
         "udp": None,
         "host": None,
+        "ping_under_tcp": None,
+        "tcp_parallel": None,
+        "udp_full": [],
         "lab": random_prefix("bn"),
     }
     t0 = time.monotonic()
@@ -70,6 +74,8 @@ def bench_path(
                     f"{path}: CPU {h['cpu_s_per_gb_tcp'] or float('nan'):.1f} s/GB (TCP), "
                     f"private memory per gateway {h['private_mb_per_gateway_end']:.1f} MB"
                 )
+            if plan.load:  # after the host figures, which so cover the same tests as before
+                load_tests(run, res)
             res["errors"] = run.errors
     except KeyboardInterrupt:
         raise

@@ -1,9 +1,9 @@
 """mt6d-bench (mt6d_mp.bench) in a reduced quick mode: it runs and writes well-formed results.
 
-Only the paths ``none`` and ``mt6d``, short tests, one stream for the rotation cost, MT6D's part
-of the rekey cost. Checks the shape of ``bench.json`` (every key present, every number finite)
-and that the markdown and the charts are written and every lab is gone afterwards. Never a speed
-threshold.
+Only the paths ``none`` and ``mt6d``, short tests (the load rows included), one stream for the
+rotation cost, MT6D's part of the rekey cost. Checks the shape of ``bench.json`` (every key
+present, every number finite) and that the markdown and the charts are written and every lab is
+gone afterwards. Never a speed threshold.
 """
 
 from __future__ import annotations
@@ -68,6 +68,35 @@ def _ping(p: Any, where: str) -> None:
     assert set(p["rtt_ms"]) == RTT, where
 
 
+def _load_rows(p: dict[str, Any], plan: dict[str, Any], name: str) -> None:
+    """Ping during TCP, UDP at full rate, TCP with parallel streams (mt6d_mp/bench/load.py)."""
+    runs = plan["load_runs"]
+    pt = p["ping_under_tcp"]
+    assert len(pt["runs"]) == runs and pt["seconds"] == plan["ping_load_seconds"], (name, pt)
+    _ping(pt["ping"], f"{name}.ping_under_tcp.ping")
+    assert pt["ping"]["sent"] == pt["count"] * runs
+    _stats(pt["gbit_s"], f"{name}.ping_under_tcp.gbit_s")
+    for r in pt["runs"]:
+        _ping(r, f"{name}.ping_under_tcp.runs")
+        # The ping lay within the transfer (else the run is an error, and errors are checked).
+        assert 0 <= r["ping_from_s"] <= r["ping_to_s"] <= min(pt["seconds"], r["transfer_s"]), (name, r)
+        assert r["gbit_s"] > 0 and r["bytes"] > 0, (name, r)
+    tp = p["tcp_parallel"]
+    assert tp["streams"] == plan["parallel_streams"] and len(tp["runs"]) == runs and tp["bytes"] > 0
+    _stats(tp["gbit_s"], f"{name}.tcp_parallel.gbit_s")
+    _stats(tp["retransmits"], f"{name}.tcp_parallel.retransmits")
+    assert [u["datagram_bytes"] for u in p["udp_full"]] == plan["udp_full_lens"], name
+    for u in p["udp_full"]:
+        where = f"{name}.udp_full.{u['datagram_bytes']}"
+        assert len(u["runs"]) == runs and u["bytes"] > 0, where
+        for key in ("received_mbit_s", "received_kpps", "sent_kpps", "loss_pct"):
+            _stats(u[key], f"{where}.{key}")
+        for r in u["runs"]:
+            assert 0 < r["received"] <= r["sent"], (where, r)
+            assert 0.0 <= r["loss_pct"] <= 100.0, (where, r)
+            assert r["bytes"] == r["received"] * u["datagram_bytes"], (where, r)
+
+
 def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = [
@@ -114,8 +143,10 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
         assert len(p["udp"]["runs"]) == plan["udp_runs"] and p["udp"]["bytes"] > 0
         _stats(p["udp"]["jitter_ms"], f"{name}.udp.jitter_ms")
         _stats(p["udp"]["loss_pct"], f"{name}.udp.loss_pct")
+        _load_rows(p, plan, name)
         # Every loss test says which drop counters grew while it ran ({} if none did).
-        for t in [p["ping"], *p["flood"], *p["udp"]["runs"]]:
+        udp_full = [r for u in p["udp_full"] for r in u["runs"]]
+        for t in [p["ping"], *p["flood"], *p["udp"]["runs"], *p["ping_under_tcp"]["runs"], *udp_full]:
             assert isinstance(t["drops"], dict), (name, t)
             assert all(isinstance(v, int) and v > 0 for v in t["drops"].values()), (name, t)
 
@@ -168,6 +199,12 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
     md = (out / "bench.md").read_text()
     assert "| test | none | mt6d |" in md and "rotation cost" in md and "## Rekey cost" in md
     assert "| drops counted during ping, floods and UDP (where) |" in md
+    for row in ("| ping during TCP: loss % |", "| ping during TCP: drops (where) |",
+                "| UDP full rate, 200 B: received thousand packets/s |",
+                "| UDP full rate, 1200 B: drops (where) |", f"| iperf3 TCP -P {plan['parallel_streams']}, "):
+        assert row in md, row
+    assert "| ping during TCP: no loss |" in md  # a target
     if importlib.util.find_spec("matplotlib") is not None:
-        for png in ("latency.png", "loss.png", "throughput.png", "host.png", "rotation.png", "rekey.png"):
+        for png in ("latency.png", "loss.png", "throughput.png", "load.png", "host.png", "rotation.png",
+                    "rekey.png"):
             assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -30,6 +30,27 @@ def test_kernel_drops_reads_the_drop_counters_and_both_queue_columns() -> None:
     assert "host-b Ip6InReceives" not in found and "host-b Udp6InDatagrams" not in found
 
 
+# /proc/net/dev of a gateway (an excerpt), as the third file of the same `cat`.
+DEV = (  # spacing narrowed; the kernel pads the columns to fixed widths
+    "Inter-|   Receive                                                |  Transmit\n"
+    " face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls"
+    " carrier compressed\n"
+    "    lo:       0     0 0 0 0 0 0 0       0     0 0   0 0 0 0 0\n"
+    "  ext0: 9100412 61203 0 2 0 0 0 0 8812340 60110 0  17 0 0 0 0\n"
+    "  tun0:  500000  4000 0 0 0 0 0 0  600000  4500 0 311 0 0 0 0\n"
+)
+
+
+def test_kernel_drops_reads_each_interfaces_receive_and_transmit_drops() -> None:
+    found = kernel_drops("gateway-a", PROC + DEV)
+    assert found["gateway-a ext0 rx_dropped"] == 2 and found["gateway-a ext0 tx_dropped"] == 17
+    assert found["gateway-a tun0 tx_dropped"] == 311 and found["gateway-a lo rx_dropped"] == 0
+    assert found["gateway-a nfqueue_dropped"] == 9 and found["gateway-a Udp6RcvbufErrors"] == 24
+    # The header lines and the byte and packet columns are not counters of drops.
+    assert not [k for k in found if "face" in k or "Inter" in k or "bytes" in k]
+    assert len([k for k in found if " ext0 " in k]) == 2
+
+
 def test_only_counters_that_grew_are_reported() -> None:
     before = Counter({"a x": 5, "b y": 1})
     after = Counter({"a x": 5, "b y": 4, "c z": 2})
