@@ -13,6 +13,10 @@ Auxiliary files (``#`` starts a comment, blank lines are ignored):
   ``@path`` naming a key file holding the hex key (relative paths are relative to the profiles
   file). Files holding keys must not be readable or writable by group or others.
 
+Two modes (``[interfaces] mode``): ``gateway`` (the default) protects the hosts on the internal
+interface; ``host`` protects this machine itself, which has no internal interface: every
+stream's local host is one of this machine's own addresses (thesis 2.6, figure 2.4).
+
 Every key of the main file, with its default, is documented in ``conf/mt6d.toml.example``
 and in :data:`SCHEMA` below (the single source of truth; a test keeps both in step).
 
@@ -41,6 +45,7 @@ from mt6d_mp.errors import ConfigError
 CRYPT_TYPES = CRYPT_NAMES
 LOG_HANDLERS = ("console", "file", "syslog")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("gateway", "host")
 MIN_KEY_BYTES = 32
 RECOMMENDED_KEY_BYTES = 64
 
@@ -122,6 +127,13 @@ class Config:
     streams: tuple[StreamConfig, ...]
     keep_warm_ms: int = 5
     metrics_listen: str = ""
+    mode: str = "gateway"  # "host": MT6D on the protected host itself; internal is then ""
+
+    @property
+    def host_mode(self) -> bool:
+        """MT6D runs on the protected host: no internal interface, the local hosts are this
+        machine's own addresses (README, "Host mode")."""
+        return self.mode == "host"
 
     @property
     def effective_regen_limit(self) -> float:
@@ -211,7 +223,10 @@ NUMBER = (int, float)
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "interfaces": {
-        "internal": Key(str, "eth1", "interface toward the protected hosts", _ifname),
+        "mode": Key(str, "gateway", "gateway: protect the hosts on the internal interface; "
+                    "host: protect this machine itself (no internal interface)", _one_of(MODES)),
+        "internal": Key(str, "eth1", "interface toward the protected hosts (gateway mode only)",
+                        _ifname),
         "external": Key(str, "eth0", "interface toward the untrusted network", _ifname),
         "bridging": Key(
             str, "", "interface the route addresses are bound to; empty = external",
@@ -563,7 +578,7 @@ def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any], probl
 
 
 def _check_together(path: Path, get: Callable[[str], Any], files: dict[str, Path],
-                    problems: list[str]) -> None:
+                    problems: list[str], given: Callable[[str], bool] = lambda name: False) -> None:
     """What no single key can say: files that exist, settings that agree with each other, and
     switches kept from the thesis's configuration whose behaviour is not built yet (refused rather
     than silently run without what the operator asked for)."""
@@ -576,7 +591,13 @@ def _check_together(path: Path, get: Callable[[str], Any], files: dict[str, Path
             f"{path}: rotation.route_lifetime = {get('rotation.route_lifetime')}: expected at "
             f"least rotation.rotation_time ({get('rotation.rotation_time')})"
         )
-    if get("interfaces.internal") == get("interfaces.external"):
+    if get("interfaces.mode") == "host":
+        if given("interfaces.internal"):
+            problems.append(
+                f"{path}: interfaces.internal = {get('interfaces.internal')!r}: host mode has no "
+                "internal interface (this machine is the protected host); remove the key, or use "
+                'mode = "gateway"')
+    elif get("interfaces.internal") == get("interfaces.external"):
         problems.append(f"{path}: interfaces.internal and interfaces.external must differ")
     interval, window = get("crypto.regen_interval"), get("crypto.regen_window")
     rotation = get("rotation.rotation_time")
@@ -614,7 +635,7 @@ def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = Non
     for kind in ("users", "ethers", "profiles"):
         p = Path(get(f"files.{kind}"))
         files[kind] = p if p.is_absolute() else path.parent / p
-    _check_together(path, get, files, problems)
+    _check_together(path, get, files, problems, lambda name: name in values)
     if problems:
         raise ConfigError(problems)
 
@@ -634,7 +655,7 @@ def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
             streams: tuple[StreamConfig, ...]) -> Config:
     return Config(
         path=path,
-        internal=get("interfaces.internal"),
+        internal="" if get("interfaces.mode") == "host" else get("interfaces.internal"),
         external=get("interfaces.external"),
         bridging=get("interfaces.bridging") or get("interfaces.external"),
         rotation_time=float(get("rotation.rotation_time")),
@@ -662,4 +683,5 @@ def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
         keep_warm_ms=get("tunnel.keep_warm_ms"),
         streams=streams,
         metrics_listen=get("metrics.listen"),
+        mode=get("interfaces.mode"),
     )

@@ -246,3 +246,47 @@ def test_queue_numbers_above_32767_are_the_segmenting_queues(gw: Path) -> None:
            "queues)" in msg, msg
     gw.write_text(gw.read_text().replace("icmp = 1", "icmp = 32768"))
     assert "a queue number 0..32767" in problems(gw)
+
+
+# --- host mode (README "Host mode") -------------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """A copy of the example host A in host mode with a fresh key; returns its main file."""
+    d = tmp_path / "host"
+    shutil.copytree(CONF / "host-a", d)
+    write_key(str(d / "keys" / "host-a-host-b.key"))
+    return d / "mt6d.toml"
+
+
+def test_host_mode_example_loads_with_no_internal_interface(host: Path) -> None:
+    c = cfg.load(host)
+    assert c.mode == "host" and c.host_mode
+    assert c.internal == "" and c.external == "eth0" and c.bridging == "eth0"
+    (s,) = c.streams
+    assert str(s.local.address) == "2001:468:c80:c111::1"
+    assert s.local.mac == bytes.fromhex("00abcd112201")  # the ethers file's, as the peer hashes it
+
+
+def test_gateway_mode_is_the_default(gw: Path) -> None:
+    c = cfg.load(gw)
+    assert c.mode == "gateway" and not c.host_mode and c.internal == "eth1"
+
+
+def test_host_mode_with_an_internal_interface_is_refused(host: Path, gw: Path) -> None:
+    text = host.read_text().replace('external = "eth0"', 'external = "eth0"\ninternal = "eth1"')
+    host.write_text(text)
+    msg = problems(host)
+    assert "interfaces.internal = 'eth1': host mode has no internal interface" in msg
+    # The same from the command line, against a gateway's file.
+    msg = problems(gw, overrides={"interfaces.mode": "host"})
+    assert "interfaces.internal = 'eth1': host mode has no internal interface" in msg
+    msg = problems(gw, overrides={"interfaces.mode": "hosted"})
+    assert "interfaces.mode = 'hosted': expected one of 'gateway', 'host'" in msg
+
+
+def test_host_mode_needs_no_distinct_internal_interface(host: Path) -> None:
+    # internal == external is a gateway's mistake; in host mode there is no internal interface
+    c = cfg.load(host, {"interfaces.external": "eth1"})
+    assert c.external == "eth1" and c.internal == ""
