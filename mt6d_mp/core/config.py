@@ -578,7 +578,7 @@ def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, Any], probl
 
 
 def _check_together(path: Path, get: Callable[[str], Any], files: dict[str, Path],
-                    problems: list[str], given: Callable[[str], bool] = lambda name: False) -> None:
+                    problems: list[str], in_file: Callable[[str], bool] = lambda name: False) -> None:
     """What no single key can say: files that exist, settings that agree with each other, and
     switches kept from the thesis's configuration whose behaviour is not built yet (refused rather
     than silently run without what the operator asked for)."""
@@ -592,7 +592,7 @@ def _check_together(path: Path, get: Callable[[str], Any], files: dict[str, Path
             f"least rotation.rotation_time ({get('rotation.rotation_time')})"
         )
     if get("interfaces.mode") == "host":
-        if given("interfaces.internal"):
+        if in_file("interfaces.internal"):  # set in the file or on the command line
             problems.append(
                 f"{path}: interfaces.internal = {get('interfaces.internal')!r}: host mode has no "
                 "internal interface (this machine is the protected host); remove the key, or use "

@@ -33,6 +33,37 @@ Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``, INT and EXT t
 So nothing the gateway itself sends leaves on the external interface from a true address, and
 the gateway never answers a stranger there: no errors, no echo replies, no MLD report that names
 a hashed address's solicited-node group before the address is used (docs/SECURITY.md).
+
+Host mode (MT6D on the protected host itself, README "Host mode"; ``LO`` is the loopback
+interface, ``local`` the host's own true address, ``remote`` the peer host's)::
+
+    INPUT       position 1: -j P-INPUT                                       "prefix:jump"
+    OUTPUT      position 1: -j P-OUTPUT (every packet, whatever its interface) "prefix:jump"
+    P-INPUT     -i EXT -m frag -j DROP                                       "prefix:frag"
+                per stream, before neighbour discovery                "prefix:stream:NAME"
+                  -s remote_true -d local_true -i LO -j RETURN   (the worker's delivery)
+                then per stream (after every delivery rule: streams that share a remote host
+                share this rule's match)                              "prefix:stream:NAME"
+                  -s remote_true -j P-TRUE                       (from anywhere else)
+                neighbour discovery, routes, the ICMP jump: as in gateway mode
+    P-TRUE      DROP: nothing from a remote true address arrives from outside.
+    P-GUARD     as in gateway mode.
+    P-ICMP      RETURN neighbour solicitation/advertisement, NFQUEUE errors (1-4) from the
+                external interface, RETURN everything else (the host's own stack takes its
+                router advertisements; it sends its own solicitations).
+    P-OUTPUT    first, four rules per stream, each kind for every stream before the next
+                kind (as in P-INPUT)                                  "prefix:stream:NAME"
+                  -s local_true -d remote_true -j NFQUEUE        (the stream, no bypass)
+                  -d remote_true -j DROP                         (from any other source)
+                  -s remote_true -d local_true -j RETURN         (the worker's delivery, via LO)
+                  -s remote_true -j DROP
+                then -o EXT: DROP ICMPv6 errors, echo replies and MLD reports  "prefix:silent"
+
+The host's true address stays an ordinary address of the host (its unprotected traffic uses it);
+what must never leave is a packet of a protected stream with a true address: every packet
+between the two true addresses is queued in OUTPUT before any other rule sees it (the host's own
+echo replies and errors to the remote host too, which the silence rules would otherwise drop),
+and nothing else may go to, or come from, the remote true address (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -58,6 +89,7 @@ from mt6d_mp.errors import SystemSetupError
 
 HOOK_CHAIN = "INPUT"
 OUTPUT_HOOK = "OUTPUT"
+LOOPBACK = "lo"  # host mode: the worker delivers the remote host's packets to the local stack here
 HOOKS = (HOOK_CHAIN, OUTPUT_HOOK)
 ICMP6_ERRORS = tuple(sorted(ICMP6_ERROR_TYPES))  # 1-4, in the order the rules list them
 ND_TYPES = tuple(range(ND_FIRST, ND_LAST + 1))
@@ -209,11 +241,19 @@ class FixedRules(NamedTuple):
     jumps: list[Rule]  # INPUT -> P-INPUT, OUTPUT -o EXT -> P-OUTPUT
     head: list[Rule]  # the first rules of P-INPUT: fragments, neighbour discovery
     icmp_jump: Rule  # the last rule of P-INPUT
-    chains: dict[str, list[Rule]]  # the whole of P-ICMP, P-GUARD and P-TRUE; P-OUTPUT's first rules
+    chains: dict[str, list[Rule]]  # the whole of P-ICMP, P-GUARD and P-TRUE; P-OUTPUT's fixed rules
+    # Where the streams' rules go: before head[input_streams_at] in P-INPUT (after the whole head
+    # in gateway mode, after the fragment rule in host mode), and before the fixed rule
+    # output_streams_at of P-OUTPUT (after the silence rules; before them in host mode).
+    input_streams_at: int = 0
+    output_streams_at: int = 0
 
 
-def fixed_rules(tag_prefix: str, icmp_queue: int, internal_if: str, external_if: str) -> FixedRules:
+def fixed_rules(tag_prefix: str, icmp_queue: int, internal_if: str, external_if: str,
+                host_mode: bool = False) -> FixedRules:
     """The rules of :data:`Chains` that do not depend on streams or routes (see the layout)."""
+    if host_mode:
+        return _host_fixed_rules(tag_prefix, icmp_queue, external_if)
     c = chain_names(tag_prefix)
     icmp6 = IPPROTO_ICMPV6
 
@@ -268,7 +308,34 @@ def fixed_rules(tag_prefix: str, icmp_queue: int, internal_if: str, external_if:
     ]
     return FixedRules(jumps, head, Rule(c.input, tag("icmp"), c.icmp, proto=icmp6),
                       {c.icmp: icmp_rules, c.guard: guard_rules, c.true: true_rules,
-                       c.output: silent})
+                       c.output: silent}, len(head), len(silent))
+
+
+def _host_fixed_rules(tag_prefix: str, icmp_queue: int, external_if: str) -> FixedRules:
+    """Host mode's fixed rules (the second drawing of the layout above)."""
+    gateway = fixed_rules(tag_prefix, icmp_queue, LOOPBACK, external_if)
+    c = chain_names(tag_prefix)
+    icmp6 = IPPROTO_ICMPV6
+
+    def tag(kind: str) -> str:
+        return f"{tag_prefix}:{kind}"
+
+    # The host takes its own router advertisements and sends its own solicitations: only the
+    # errors about tunnel packets are the ICMP worker's.
+    icmp_rules = [r for r in gateway.chains[c.icmp]
+                  if r.icmp6_type not in (ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT)]
+    # The host's own true address is an ordinary address here: the silence rules keep the host
+    # quiet on the external link, as a gateway is (a hashed address would otherwise answer an
+    # echo to ff02::1, and the MLD reports would name the next addresses' groups); they match
+    # only there, and come after the streams' rules, which take the host's echo replies and
+    # errors to the remote host into the tunnel first.
+    silent = [Rule(c.output, tag("silent"), "DROP", out_if=external_if, proto=icmp6, icmp6_type=t)
+              for t in SILENT_TYPES]
+    jumps = [Rule(HOOK_CHAIN, tag("jump"), c.input), Rule(OUTPUT_HOOK, tag("jump"), c.output)]
+    return FixedRules(jumps, gateway.head, gateway.icmp_jump,
+                      {c.icmp: icmp_rules, c.guard: gateway.chains[c.guard],
+                       c.true: [Rule(c.true, tag("true"), "DROP")], c.output: silent},
+                      input_streams_at=1, output_streams_at=0)
 
 
 def stream_rules(
@@ -286,6 +353,26 @@ def stream_rules(
         Rule(c.input, tag, c.true, dst=dst),
     )
     return inputs, (Rule(c.output, tag, "DROP", src=src), Rule(c.output, tag, "DROP", src=dst))
+
+
+def host_stream_rules(
+    tag_prefix: str, stream: str, local: AddressLike, remote: AddressLike, queue: int,
+) -> tuple[tuple[Rule, Rule], tuple[Rule, Rule, Rule, Rule]]:
+    """Host mode: a stream's two rules in P-INPUT and four in P-OUTPUT (see the layout)."""
+    c = chain_names(tag_prefix)
+    tag = f"{tag_prefix}:stream:{name(stream, 'stream')}"
+    src, dst = host(local, "local"), host(remote, "remote")
+    inputs = (
+        Rule(c.input, tag, "RETURN", src=dst, dst=src, in_if=LOOPBACK),
+        Rule(c.input, tag, c.true, src=dst),
+    )
+    outputs = (
+        Rule(c.output, tag, "NFQUEUE", src=src, dst=dst, queue=queue_number(queue)),
+        Rule(c.output, tag, "DROP", dst=dst),
+        Rule(c.output, tag, "RETURN", src=dst, dst=src),
+        Rule(c.output, tag, "DROP", src=dst),
+    )
+    return inputs, outputs
 
 
 def route_rules(

@@ -45,7 +45,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -401,6 +401,14 @@ def cleanup(tag_prefix: str = "mt6d") -> list[str]:
     return found
 
 
+def _grouped(streams: Iterable[tuple[Rule, ...]]) -> list[str]:
+    """The streams' rules as their chain holds them: rule 0 of every stream, then rule 1 of
+    every stream, ... (see Firewall.add_stream)."""
+    rows = list(streams)
+    return [rules[i].text() for i in range(max((len(r) for r in rows), default=0))
+            for rules in rows]
+
+
 # --------------------------------------------------------------------------------------------
 # The firewall of one supervisor
 
@@ -414,15 +422,19 @@ class Firewall:
     order the streams were added, then each route's two rules in the order they were added, then
     the ICMP jump. ``P-OUTPUT`` holds the fixed
     silence rules, then each stream's two source rules. Removing a rule never reorders the others.
+    In host mode the streams' rules come right after the fragment rule in ``P-INPUT`` and first
+    in ``P-OUTPUT`` (``FixedRules.input_streams_at``/``output_streams_at``), four each there,
+    ordered as in ``P-INPUT``: every stream's first rule, then every stream's second, and so on.
     """
 
     def __init__(self, tag_prefix: str = "mt6d") -> None:
         self.tag_prefix = layout.prefix(tag_prefix)
         self.chains = layout.chain_names(tag_prefix)
         self.internal_if = self.external_if = ""
+        self.host_mode = False
         self._fixed: layout.FixedRules | None = None
-        self._streams: dict[str, tuple[Rule, Rule]] = {}  # P-INPUT: queue rule, true-address guard
-        self._silenced: dict[str, tuple[Rule, Rule]] = {}  # P-OUTPUT: its two true sources
+        self._streams: dict[str, tuple[Rule, ...]] = {}  # P-INPUT: queue rule, true-address guard
+        self._silenced: dict[str, tuple[Rule, ...]] = {}  # P-OUTPUT: its two true sources
         self._routes: dict[tuple[str, int, int], Rule] = {}
         self._guards: dict[tuple[str, int, int], Rule] = {}
 
@@ -432,19 +444,26 @@ class Firewall:
     def active(self) -> bool:
         return self._fixed is not None
 
-    def setup(self, icmp_queue: int, internal_if: str, external_if: str) -> None:
+    def setup(self, icmp_queue: int, internal_if: str, external_if: str,
+              host_mode: bool = False) -> None:
         """Remove what an earlier run left, then install the chains, the fixed rules and the jumps.
 
         Both happen in one commit: there is no moment with neither the old nor the new state.
+        In host mode (the layout's second drawing) there is no internal interface: pass "".
         """
         layout.queue_number(icmp_queue, "icmp_queue")
-        layout.ifname(internal_if, "internal_if")
         layout.ifname(external_if, "external_if")
-        if internal_if == external_if:
-            raise FirewallInputError("internal_if and external_if must differ")
+        if host_mode:
+            if internal_if:
+                raise FirewallInputError("host mode has no internal interface")
+        else:
+            layout.ifname(internal_if, "internal_if")
+            if internal_if == external_if:
+                raise FirewallInputError("internal_if and external_if must differ")
         if self.active:
             raise SystemSetupError("firewall: setup() called twice; call teardown() first")
-        fixed = layout.fixed_rules(self.tag_prefix, icmp_queue, internal_if, external_if)
+        fixed = layout.fixed_rules(self.tag_prefix, icmp_queue, internal_if, external_if,
+                                   host_mode)
         c = self.chains
         ops = _cleanup_ops(self.tag_prefix)
         ops += [_op_new_chain(name) for name in (c.icmp, c.guard, c.true, c.input, c.output)]
@@ -453,6 +472,7 @@ class Firewall:
         ops += [_op_insert(j, 0) for j in fixed.jumps]
         _transaction(ops, "setup")
         self.internal_if, self.external_if = internal_if, external_if
+        self.host_mode = host_mode
         self._fixed = fixed
         self._forget()
 
@@ -495,29 +515,43 @@ class Firewall:
         the tunnel. Anything else to ``remote`` goes to the true-address guard, and neither true
         address may be the source of a packet leaving on the external interface.
 
+        In host mode (set up so) the stream's packets are taken from OUTPUT instead, and
+        ``local_mac`` is not used: see the layout in mt6d_mp/core/rules.py.
+
         Returns False (and changes nothing) if the same stream is already there; a different
         stream under the same name is an error.
         """
-        inputs, silenced = layout.stream_rules(self.tag_prefix, name, local, remote, queue,
-                                              local_mac, self.internal_if)
+        inputs: tuple[Rule, ...]
+        silenced: tuple[Rule, ...]
+        if self.host_mode:
+            inputs, silenced = layout.host_stream_rules(self.tag_prefix, name, local, remote,
+                                                        queue)
+        else:
+            inputs, silenced = layout.stream_rules(self.tag_prefix, name, local, remote, queue,
+                                                  local_mac, self.internal_if)
         fixed = self._require_active()
         old = self._streams.get(name)
         if old == inputs:
             return False
         if old is not None:
             raise SystemSetupError(f"firewall: stream {name} exists with another rule")
-        # Every queue rule before every guard: streams of two local hosts with one remote host
-        # (a site with several hosts talking to one host of a peer) have the same guard,
-        # "-d remote -j P-TRUE", which would drop the second stream's packets before its queue
-        # rule if the first stream's guard came first.
+        # Rule i of every stream before rule i + 1 of any (in P-INPUT, and in host mode's
+        # P-OUTPUT): streams of two local hosts with one remote host (a site with several hosts
+        # talking to one host of a peer; a host with two addresses) share the remote host's
+        # rules, "-d remote -j P-TRUE" (host mode: "-s remote -j P-TRUE", "-d remote -j DROP",
+        # "-s remote -j DROP"), which would drop the second stream's packets before its own
+        # queue or delivery rule if the first stream's came first.
         n = len(self._streams)
-        queue_at, guard_at = len(fixed.head) + n, len(fixed.head) + 2 * n + 1
-        out_position = len(fixed.chains[self.chains.output]) + 2 * len(self._silenced)
-        _transaction(
-            [_op_insert(inputs[0], queue_at), _op_insert(inputs[1], guard_at),
-             _op_insert(silenced[0], out_position), _op_insert(silenced[1], out_position + 1)],
-            f"add_stream {name}",
-        )
+        ops = [_op_insert(r, fixed.input_streams_at + i * (n + 1) + n)
+               for i, r in enumerate(inputs)]
+        if self.host_mode:
+            ops += [_op_insert(r, fixed.output_streams_at + i * (n + 1) + n)
+                    for i, r in enumerate(silenced)]
+        else:  # two drops each: their order does not matter, a stream's stay together
+            out_position = fixed.output_streams_at + 2 * len(self._silenced)
+            ops += [_op_insert(silenced[0], out_position),
+                    _op_insert(silenced[1], out_position + 1)]
+        _transaction(ops, f"add_stream {name}")
         self._streams[name] = inputs
         self._silenced[name] = silenced
         return True
@@ -585,7 +619,7 @@ class Firewall:
         if not new and not gone:
             return 0
         ops = [_op_delete(r[key]) for key in gone for r in (self._routes, self._guards)]
-        position = len(fixed.head) + 2 * len(self._streams) + 2 * (len(self._routes) - len(gone))
+        position = len(fixed.head) + self._stream_inputs() + 2 * (len(self._routes) - len(gone))
         for rule, guard in new.values():
             ops += [_op_insert(rule, position), _op_insert(guard, position + 1)]
             position += 2
@@ -597,6 +631,10 @@ class Firewall:
             self._routes[key] = rule
             self._guards[key] = guard
         return len(new) + len(gone)
+
+    def _stream_inputs(self) -> int:
+        """How many rules the streams have in P-INPUT."""
+        return sum(len(r) for r in self._streams.values())
 
     def routes(self) -> list[tuple[str, int, int]]:
         """(stream, epoch, phase) of every route with rules."""
@@ -614,14 +652,21 @@ class Firewall:
             return []
         lines = [f"-N {n}" for n in sorted(self.chains)] + [j.text() for j in fixed.jumps]
         by_chain = {chain: [r.text() for r in chain_rules] for chain, chain_rules in fixed.chains.items()}
+        at, out_at = fixed.input_streams_at, fixed.output_streams_at
+        head = [r.text() for r in fixed.head]
         by_chain[self.chains.input] = (
-            [r.text() for r in fixed.head]
-            + [pair[0].text() for pair in self._streams.values()]
-            + [pair[1].text() for pair in self._streams.values()]
+            head[:at]
+            + _grouped(self._streams.values())
+            + head[at:]
             + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
             + [fixed.icmp_jump.text()]
         )
-        by_chain[self.chains.output] += [r.text() for pair in self._silenced.values() for r in pair]
+        out = by_chain[self.chains.output]
+        by_chain[self.chains.output] = (
+            out[:out_at]
+            + (_grouped(self._silenced.values()) if self.host_mode
+               else [r.text() for rules in self._silenced.values() for r in rules])
+            + out[out_at:])
         for chain in sorted(by_chain):
             lines += by_chain[chain]
         return lines
@@ -631,7 +676,8 @@ class Firewall:
         ``fragment`` (from outside), ``true_address`` (to a remote host's address, not the
         stream's), ``hashed_address`` (to a hashed address, not the peer's tunnel packets),
         ``silenced`` (errors, echo replies, MLD the gateway would have sent outside) and
-        ``true_source`` (anything leaving outside from a true address)."""
+        ``true_source`` (anything leaving outside from a true address; in host mode anything
+        to or from the remote true address that is not the stream's)."""
         if not self.active:
             return {}
         kinds = {
