@@ -7,7 +7,9 @@ One supervisor per gateway (thesis 3.2.1-3.2.2, with threads replaced by process
    with MT6D's netlink protocol number), then set up the firewall chains and, per stream, the
    remote host's true address on the internal interface, a permanent neighbour entry and a
    /128 route for the local host (shared by the streams of a host: a gateway with several
-   peers has a stream per peer for each host), and the stream rule.
+   peers has a stream per peer for each host), and the stream rule. In host mode (MT6D on the
+   protected host itself) a route to the remote host's true address instead:
+   :mod:`mt6d_mp.hostmode`.
 3. Make the routes of the current window (make-before-break, see mt6d_mp.core.routes), bind
    each route's hashed source address and add its rule, then publish everything on the bus.
 4. Start one worker per stream queue and one ICMP worker; write ``ready`` in the runtime
@@ -50,6 +52,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from mt6d_mp import hostmode
 from mt6d_mp.commands import CommandError, handlers, routes_reply, stream_rows
 from mt6d_mp.core import config as cfgmod
 from mt6d_mp.core.addressing import mac_text
@@ -172,10 +175,12 @@ class Supervisor:
         self.cleanup_leftovers()
         link_mtu = c.link_mtu or self.nl.mtu(c.external)
         self.tunnel_mtu = link_mtu - tunnel_overhead_for(c)
-        self.int_index, self.ext_index = self.nl.ifindex(c.internal), self.nl.ifindex(c.external)
+        # Host mode: the stream workers deliver to this machine's own stack, through loopback.
+        self.int_index = self.nl.ifindex(c.internal or hostmode.LOOPBACK)
+        self.ext_index = self.nl.ifindex(c.external)
         if c.firewall:
             self.fw = Firewall()
-            self.fw.setup(c.icmp_queue, c.internal, c.external)
+            self.fw.setup(c.icmp_queue, c.internal, c.external, c.host_mode)
         self.bus = BusServer(self.runtime_dir)
         self.pool.ready = self.bus.ready  # the bus records each worker's "ready"; the pool reads it
         if c.metrics_listen:
@@ -196,7 +201,10 @@ class Supervisor:
         assert self.nl is not None and self.bus is not None
         local, remote = s.local.address.packed, s.remote.address.packed
         self.streams_done.append(s)  # first: teardown undoes whatever part got done
-        if c.routes:
+        if c.host_mode:  # the route to the remote host is shared as the entries below are
+            self.host_users.setdefault(("route", str(s.remote.address)), set()).add(s.name)
+            hostmode.add_stream_system(self.nl, c, s, self.tunnel_mtu)
+        elif c.routes:
             # Thesis 3.2.2: the remote host's address on the internal interface makes the local
             # host's packets to it local (INPUT); the permanent neighbour entry and the /128 route
             # reach the local host on the internal side although the same /64 is outside too.
@@ -235,7 +243,7 @@ class Supervisor:
             send_phase=-1 if keys.send_phase is None else keys.send_phase,
             lane=self.lanes[name], internal_ifindex=self.int_index,
             external_ifindex=self.ext_index, tunnel_mtu=self.tunnel_mtu,
-            rotation_time=c.rotation_time, flow_label=c.flow_label,
+            rotation_time=c.rotation_time, flow_label=c.flow_label, host_mode=c.host_mode,
         )
         self.stream_states[name] = state
         self.bus.publish(state)
@@ -268,7 +276,7 @@ class Supervisor:
             if c.routes:
                 self.nl.remove_address(c.bridging, r.local.address)
         if c.routes:
-            self.remove_stream_system(s)
+            self.undo_stream_system(s)
         self.route_lists.pop(s.name, None)
         self.stream_states.pop(s.name, None)
         self.lanes.pop(s.name, None)
@@ -415,7 +423,10 @@ class Supervisor:
         assert self.nl is not None
         c = self.config
         args = []
-        for side, ifname in (("internal", c.internal), ("external", c.external)):
+        # Host mode: no internal interface (the worker then handles only errors).
+        sides = (("internal", c.internal), ("external", c.external)) if c.internal else (
+            ("external", c.external),)
+        for side, ifname in sides:
             ll = self.nl.link_local(ifname)
             args += [f"--{side}-index", str(self.nl.ifindex(ifname)),
                      f"--{side}-mac", self.nl.mac(ifname).hex(),
@@ -592,7 +603,7 @@ class Supervisor:
             steps.append(("firewall", self.fw.teardown))
         if nl is not None and c.routes:
             for s in reversed(self.streams_done):
-                steps.append((f"stream {s.name}", functools.partial(self.remove_stream_system, s)))
+                steps.append((f"stream {s.name}", functools.partial(self.undo_stream_system, s)))
         if self.metrics is not None:
             steps.append(("metrics", self.metrics.close))
         if self.bus is not None:
@@ -642,6 +653,15 @@ class Supervisor:
             return False
         self.host_users.pop((kind, address), None)
         return True
+
+    def undo_stream_system(self, s: cfgmod.StreamConfig) -> None:
+        """What add_stream added to the system for ``s``, by mode."""
+        assert self.nl is not None
+        if self.config.host_mode:
+            if self.host_entry_released("route", str(s.remote.address), s.name):
+                hostmode.remove_stream_system(self.nl, self.config, s)
+        else:
+            self.remove_stream_system(s)
 
     def status_data(self) -> dict[str, Any]:
         """Daemon half of ``mt6dctl status`` (wire format: mt6d_mp.commands.Status); also the

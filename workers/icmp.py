@@ -17,6 +17,11 @@ before the queue, see mt6d_mp.io.firewall):
   quote cannot be authenticated, and a forged one would otherwise put words in the host's
   mouth. Errors that quote no route of ours are not MT6D's and pass untouched.
 
+In host mode (MT6D on the protected host itself: no internal interface, no ``--internal-*``
+arguments) the host's own stack takes its router advertisements and sends its own
+solicitations, the firewall queues neither, and the translated errors go to the host's own
+stack: the raw socket's packet to the local true address takes the loopback path.
+
 Usage (the supervisor starts it, with the interfaces' indexes, MACs and link-local addresses
 looked up by itself): ``python -m workers.icmp --runtime-dir DIR --name icmp --queue N
 --internal-index I --internal-mac M --internal-ll A --external-index ... --overhead BYTES``.
@@ -77,7 +82,8 @@ class IcmpWorker(Worker):
         # lets them in.
         self.all_routers: socket.socket | None = None
         try:
-            self.all_routers = sockets.join_group(ALL_ROUTERS, self.int_index)
+            if self.int_index:  # none in host mode: the host solicits routers itself
+                self.all_routers = sockets.join_group(ALL_ROUTERS, self.int_index)
         except OSError as e:
             self.counters["all_routers_join_failed"] += 1
             log.warning("event=all_routers_join_failed ifindex=%d error=%s", self.int_index, e)
@@ -121,13 +127,13 @@ class IcmpWorker(Worker):
             data = pkt.get_payload()
             itype, _code, _off = parse_icmpv6(data)
             indev = pkt.indev
-            if itype == ND_ROUTER_ADVERT and indev == self.ext_index:
+            if itype == ND_ROUTER_ADVERT and indev == self.ext_index and self.int_index:
                 if self.int_ll is None:
                     self.counters["drop_ra_no_link_local"] += 1
                 else:
                     ra = rewrite_router_advertisement(data, self.overhead, self.int_mac, self.int_ll)
                     self._send(ra, ALL_NODES, self.int_index, "ra_rewritten")
-            elif itype == ND_ROUTER_SOLICIT and indev == self.int_index:
+            elif itype == ND_ROUTER_SOLICIT and indev == self.int_index and self.int_index:
                 verdict_accept = False  # the host's own solicitation never leaves
                 if self.ext_ll is None:
                     self.counters["drop_rs_no_link_local"] += 1
@@ -171,8 +177,11 @@ class IcmpWorker(Worker):
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     for side in ("internal", "external"):
-        p.add_argument(f"--{side}-index", required=True, type=int, help=f"{side} ifindex")
-        p.add_argument(f"--{side}-mac", required=True, help=f"{side} MAC, 12 hex digits")
+        host_mode = " (none in host mode)" if side == "internal" else ""
+        p.add_argument(f"--{side}-index", required=side == "external", type=int, default=0,
+                       help=f"{side} ifindex{host_mode}")
+        p.add_argument(f"--{side}-mac", required=side == "external", default="",
+                       help=f"{side} MAC, 12 hex digits")
         p.add_argument(f"--{side}-ll", default="", help=f"{side} link-local address, 32 hex digits")
     p.add_argument("--overhead", required=True, type=int, help="tunnel overhead in bytes")
 

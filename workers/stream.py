@@ -146,11 +146,24 @@ class StreamWorker(Outbound, Inbound, Worker):
         except OSError:
             self.max_datagram = RECV_BUFFER
         self.host_addr = sockets.sockaddr(st.local)
+        if st.host_mode:
+            self.deliver_locally(st.internal_ifindex)
         self.routes = {(r.key_phase, r.epoch): r for r in self.bus.replica.routes.values()
                        if r.stream == self.name}
         self.update_sockets()
         self.active_until = 0.0  # choose the active route again on the next packet
         self.send_outbox()
+
+    def deliver_locally(self, loopback: int) -> None:
+        """Host mode: the local host is this machine. Its packets come from OUTPUT (no MAC to
+        learn), and the remote host's go to its own stack through a packet socket on the
+        loopback interface, addressed to loopback's own MAC: loopback hands every frame it
+        sends back to this machine's input path (``-i lo`` in the firewall), as if it had come
+        from the remote host, and a checksum left to complete, or a TCP super-packet, is taken
+        as a NIC driver hands it over (docs/KERNEL.md, "Host mode"). Without the socket the raw
+        socket takes the same path, with the checksum completed here."""
+        link = self.link_socket(loopback)
+        self.host_mac = self.own_mac if link is not None else b""
 
     def set_openers(self, openers: dict[int, crypto.Opener]) -> None:
         """Keep these openers; close the journals of phases that went (their files too)."""

@@ -8,8 +8,9 @@ knows the shapes. Never pickle across the bus.
 Wire shapes (msgpack arrays; the first element is the message version):
 
 * StreamState  ``[3, name, queue, local16, remote16, crypt, [[phase, tx_key32, rx_key32]...],
-  send_phase, lane, internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, flow_label]``:
-  ``local16`` and ``remote16`` are the hosts' true addresses; the keys of every data phase
+  send_phase, lane, internal_ifindex, external_ifindex, tunnel_mtu, rotation_time, flow_label,
+  host_mode]``: ``local16`` and ``remote16`` are the hosts' true addresses; ``host_mode``: the
+  local host is this machine (``internal_ifindex`` is then its loopback); the keys of every data phase
   (mt6d_mp.core.phases), ``send_phase`` -1 when the stream may not send (no fresh key), ``lane``
   this start's sender lane (a new one for every start of the worker: docs/PROTOCOL.md 2)
 * RouteUpdate  ``[3, stream, epoch, state, local_hashed16, local_port, remote_hashed16,
@@ -34,7 +35,8 @@ from mt6d_mp.core.crypt_names import CRYPT_NAMES
 
 # 2: StreamState lost hop_limit (never set; the inner hop limit is always copied)
 # 3: key phases (StreamState carries every data phase's keys, the sending phase and the lane)
-VERSION = 3
+# 4: StreamState.host_mode
+VERSION = 4
 ROUTE_STATES = ("accepted", "expired", "released")
 
 
@@ -102,6 +104,7 @@ class StreamState(NamedTuple):
     tunnel_mtu: int
     rotation_time: float
     flow_label: bool = False  # put addressing.flow_label() of the route on tunnel packets
+    host_mode: bool = False  # the local host is this machine: deliver through internal_ifindex (lo)
 
     def __repr__(self) -> str:  # never show keys
         return (f"StreamState({self.name} queue={self.queue} crypt={self.crypt} "
@@ -117,12 +120,13 @@ class StreamState(NamedTuple):
         return [VERSION, self.name, self.queue, self.local, self.remote, self.crypt,
                 [list(p) for p in self.phases], self.send_phase, self.lane,
                 self.internal_ifindex, self.external_ifindex, self.tunnel_mtu, self.rotation_time,
-                self.flow_label]
+                self.flow_label, self.host_mode]
 
     @classmethod
     def from_wire(cls, v: Any) -> StreamState:
-        a = _array(v, 14, "stream")
+        a = _array(v, 15, "stream")
         _expect(isinstance(a[13], bool), "flow label switch: expected true or false")
+        _expect(isinstance(a[14], bool), "host mode: expected true or false")
         crypt = _str(a[5], "stream crypt")
         _expect(crypt in CRYPT_NAMES, f"unknown crypt {crypt!r}")
         _expect(isinstance(a[6], list | tuple) and len(a[6]) <= 8, "phases: expected a list")
@@ -136,7 +140,7 @@ class StreamState(NamedTuple):
                    _int(a[7], -1, 255, "send phase"), _int(a[8], 0, 65535, "lane"),
                    _int(a[9], 1, 2**31, "internal ifindex"),
                    _int(a[10], 1, 2**31, "external ifindex"), _int(a[11], 1, 65535, "mtu"),
-                   _float(a[12], "rotation time"), bool(a[13]))
+                   _float(a[12], "rotation time"), bool(a[13]), bool(a[14]))
 
 
 class KeyxSend(NamedTuple):

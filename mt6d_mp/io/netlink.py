@@ -632,15 +632,33 @@ class Netlink:
 
     # -- host routes
 
-    def add_host_route(self, ifname: str, addr: AddressLike) -> None:
-        """Route ``addr/128`` out of ``ifname`` (on-link, no gateway), replacing any such route."""
+    def add_host_route(self, ifname: str, addr: AddressLike, *, mtu: int = 0,
+                       source: AddressLike | None = None) -> None:
+        """Route ``addr/128`` out of ``ifname`` (on-link, no gateway), replacing any such route;
+        with ``mtu``, packets to it are at most that big (``ip route ... mtu``), and with
+        ``source``, the kernel picks that source address for it (``ip route ... src``)."""
         ip = _v6(addr)
         index = self.ifindex(ifname)
-        log.info("action=replace_route dst=%s/128 dev=%s proto=%d", ip, ifname, self.proto)
+        extra = f" mtu={mtu}" if mtu else ""
+        extra += f" src={_v6(source, 'source')}" if source is not None else ""
+        log.info("action=replace_route dst=%s/128 dev=%s proto=%d%s", ip, ifname, self.proto,
+                 extra)
         msg = self._route_msg(index, ip)
         msg["proto"] = self.proto
+        if source is not None:
+            msg["attrs"].append(("RTA_PREFSRC", str(_v6(source, "source"))))
+        if mtu:
+            msg["attrs"].append(("RTA_METRICS", {"attrs": [("RTAX_MTU", mtu)]}))
         self._change(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, None,
                      f"route {ip}/128 via {ifname}")
+
+    def interface_of(self, addr: AddressLike) -> str | None:
+        """The name of the interface that has ``addr`` (not tentative), or None."""
+        want = _v6(addr).packed
+        for index, found in self._indexed_addresses():
+            if found.address == want and not found.tentative:
+                return self._names().get(index, "?")
+        return None
 
     def remove_host_route(self, ifname: str, addr: AddressLike) -> bool:
         """Remove the ``addr/128`` route out of ``ifname``; False if there was none."""

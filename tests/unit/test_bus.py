@@ -37,7 +37,7 @@ def route(epoch: int, state: str = "accepted") -> RouteUpdate:
 
 
 def test_messages_round_trip_through_msgpack() -> None:
-    for item in (STREAM, route(7), "host-a-host-b"):
+    for item in (STREAM, STREAM._replace(host_mode=True), route(7), "host-a-host-b"):
         u = Update(5, item)
         assert Update.from_wire(unpack(pack(u.to_wire()))) == u
     snap = Snapshot(9, (STREAM,), (route(1), route(2, "expired")))
