@@ -4,7 +4,8 @@ Flow: :func:`main` parses the arguments (:func:`_parser`), sends the lab's log (
 system changes) to stderr at the level asked, turns SIGTERM into KeyboardInterrupt so that a
 killed ``up`` or ``demo`` still rolls back, checks for root, and runs the subcommand::
 
-    mt6d-lab up --prefix P --topology switched|routed|three-sites [--streams N] [--rotation-time S] [--json]
+    mt6d-lab up --prefix P --topology switched|routed|three-sites|host-gateway|host-host
+                [--streams N] [--rotation-time S] [--json]
                 [--no-mt6d] [--router-mtu M] [--ready-timeout S] [--set SECTION.KEY=VALUE]
     mt6d-lab down --prefix P [--keep-files]
     mt6d-lab info --prefix P

@@ -1,4 +1,5 @@
-"""MT6D on the lab's gateways: their configuration files and their supervisors.
+"""MT6D on the lab's gateways: their configuration files and their supervisors (also on the
+hosts that run MT6D themselves in the host-mode topologies: ``LabInfo.gateways``).
 
 Flow: once the network is up, :meth:`Lab.up` writes each gateway's files with
 :func:`write_configs` (one key per stream, shared by the two gateways of the stream and written
@@ -64,11 +65,12 @@ def write_configs(info: LabInfo, *, encrypt: bool) -> None:
 
 def gateway_toml(info: LabInfo, gw: NamespaceInfo, *, encrypt: bool) -> str:
     rt = repr(info.rotation_time)
+    interfaces = ('mode = "host"\nexternal = "eth0"\n' if info.host_mode(gw)
+                  else 'internal = "int0"\nexternal = "ext0"\n')
     return (
         f"# MT6D configuration of {gw.role} in lab {info.prefix} (written by mt6d-lab)\n"
         "[interfaces]\n"
-        'internal = "int0"\n'
-        'external = "ext0"\n'
+        f"{interfaces}"
         "[rotation]\n"
         f"rotation_time = {rt}\n"
         f"route_lifetime = {rt}\n"

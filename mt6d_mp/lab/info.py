@@ -59,8 +59,8 @@ class NamespaceInfo:
     hostname: str | None = None  # hosts: name in the users file
     address: str | None = None  # hosts: the true address (no prefix length)
     mac: str | None = None  # hosts: MAC of eth0 (the ethers file)
-    dir: str | None = None  # gateways: /run/mt6d-lab/P/ga
-    config: str | None = None  # gateways with MT6D: mt6d.toml
+    dir: str | None = None  # gateways (and hosts in host mode): /run/mt6d-lab/P/ga
+    config: str | None = None  # gateways (and hosts in host mode) with MT6D: mt6d.toml
     runtime_dir: str | None = None
     log_file: str | None = None
     supervisor_out: str | None = None
@@ -152,13 +152,24 @@ class LabInfo:
         return self.ns(f"host-{site}" if i == 1 else f"host-{site}{i}")
 
     def gateway(self, site: str) -> NamespaceInfo:
+        """The namespace that runs MT6D for ``site``: its gateway, or in the host-mode
+        topologies (hostplan.py) its host, which protects itself."""
+        for s in self.sites:
+            if s.name == site:
+                return self.namespace(s.gateway)
         return self.ns(f"gateway-{site}")
 
     @property
     def gateways(self) -> tuple[NamespaceInfo, ...]:
-        """Every gateway, site by site (A, B, then C in a three-site lab)."""
-        return tuple(sorted((n for n in self.namespaces if n.role.startswith("gateway-")),
-                            key=lambda n: n.role))
+        """Every namespace that runs MT6D, site by site (A, B, then C in a three-site lab): the
+        gateways, and in the host-mode topologies the hosts that protect themselves."""
+        return tuple(sorted((n for n in self.namespaces
+                             if n.role.startswith("gateway-") or self.host_mode(n)),
+                            key=lambda n: n.role.rsplit("-", 1)[1]))
+
+    def host_mode(self, n: NamespaceInfo) -> bool:
+        """Whether ``n`` is a host that runs MT6D itself (a host with MT6D's files)."""
+        return bool(n.dir and n.address)
 
     def site_of(self, host_ns: str) -> SiteInfo:
         """The site of a host (by its namespace)."""

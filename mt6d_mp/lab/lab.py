@@ -12,6 +12,8 @@ With several streams (hosts per site), ``int0`` is a bridge inside the gateway w
 ``h<i>`` per host. In a three-site lab each gateway is a peer of the two others: host ``i`` of
 each site is in a stream with host ``i`` of each other site (A-B, A-C, B-C), so each gateway
 carries two streams per host.
+The host-mode topologies (``host-gateway``, ``host-host``: MT6D on a host itself, one stream)
+are drawn in hostplan.py.
 
 Flow of :meth:`Lab.up`: claim the prefix (refuse a live lab or foreign namespaces, start a
 fresh ``/run/mt6d-lab/P/state.json``), make the plan (plan.py) and its :class:`LabInfo`, carry
@@ -71,6 +73,8 @@ class Lab:
             raise LabUsageError(f"unknown topology {topology!r}: expected one of {TOPOLOGIES}")
         if not 1 <= streams <= MAX_STREAMS:
             raise LabUsageError(f"--streams must be 1..{MAX_STREAMS}, not {streams}")
+        if topology.startswith("host-") and streams != 1:
+            raise LabUsageError(f"--topology {topology}: one host per end, so one stream")
         if rotation_time <= 0:
             raise LabUsageError("--rotation-time must be positive")
         if not 1280 <= router_mtu <= 65535:

@@ -25,7 +25,7 @@ from typing import Any
 
 from mt6d_mp.lab.info import InterfaceInfo, LabInfo, NamespaceInfo, SiteInfo, StreamInfo
 
-TOPOLOGIES = ("switched", "routed", "three-sites")
+TOPOLOGIES = ("switched", "routed", "three-sites", "host-gateway", "host-host")  # host-*: hostplan.py
 
 # Address plan.
 SWITCHED_NET = "2001:db8:100::"
@@ -86,8 +86,9 @@ class Shape:
 
     @property
     def switched(self) -> bool:
-        """One external link for every gateway (a bridge); routed has a router between two."""
-        return self.topology != "routed"
+        """One external link for every gateway (a bridge); routed has a router between two, as
+        the host-mode topologies do (hostplan.py)."""
+        return self.topology in ("switched", "three-sites")
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -140,6 +141,7 @@ class NetworkPlan:
     routes: list[tuple[str, list[str]]] = field(default_factory=list)
     proxies: list[tuple[str, str, str]] = field(default_factory=list)  # (ns, dev, address)
     hosts: list[Host] = field(default_factory=list)
+    mt6d_hosts: set[str] = field(default_factory=set)  # hosts running MT6D themselves (host mode)
 
     def side(self, side: str) -> list[Host]:
         return [h for h in self.hosts if h.side == side]
@@ -150,6 +152,10 @@ class NetworkPlan:
 
 def make_plan(shape: Shape) -> NetworkPlan:
     """Everything :meth:`Lab.up` will create, in the order it creates it."""
+    if shape.topology.startswith("host-"):
+        from mt6d_mp.lab.hostplan import make_host_plan
+
+        return make_host_plan(shape)
     p = NetworkPlan()
     pp = hashlib.sha256(shape.prefix.encode()).digest()[0]
     p.hosts = _hosts(shape, pp)
@@ -339,7 +345,8 @@ def build_info(
         sites=tuple(
             SiteInfo(
                 name=site,
-                gateway=ns_name(shape.prefix, f"gateway-{site}"),
+                gateway=next((h.ns for h in plan.side(site) if h.ns in plan.mt6d_hosts),
+                             ns_name(shape.prefix, f"gateway-{site}")),
                 net=f"{site_net(shape, site)}/64",
                 hosts=tuple(h.ns for h in plan.side(site)),
             )
@@ -395,9 +402,9 @@ def _namespace_infos(plan: NetworkPlan, mt6d: bool, lab_dir: Path) -> tuple[Name
         if name in hosts:
             h = hosts[name]
             extra = {"hostname": h.role, "address": h.address, "mac": h.mac}
-        elif role.startswith("gateway-"):
+        if name in plan.mt6d_hosts or role.startswith("gateway-"):
             gdir = lab_dir / name.rsplit("-", 1)[1]
-            extra = {"dir": str(gdir)}
+            extra["dir"] = str(gdir)
             if mt6d:
                 extra.update(
                     config=str(gdir / "mt6d.toml"),
