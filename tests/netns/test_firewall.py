@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -670,3 +671,45 @@ def test_a_rotation_is_one_commit(netns: str) -> None:
     assert inputs[len(HEAD):] == [*streams(STREAM_B, STREAM_C), ROUTE_B8, guard(ROUTE_B8), route_b9,
                                   guard(route_b9), route_c9, guard(route_c9), ICMP_JUMP]
     assert verify == []
+
+
+# --- host mode (mt6d_mp/core/rules.py, the host-mode drawing) -------------------------------------
+
+
+def _host_mode() -> dict[str, Any]:
+    """The host-mode layout in a kernel: what it holds, then a local ping to the remote true
+    address while no worker reads the stream's queue, then teardown."""
+    from mt6d_mp.io.firewall import Firewall, installed
+
+    for argv in (["link", "set", "lo", "up"], ["link", "add", "ext0", "type", "dummy"],
+                 ["link", "set", "ext0", "up"],
+                 ["-6", "addr", "add", f"{LOCAL_A}/64", "dev", "ext0", "nodad"],
+                 ["-6", "route", "add", f"{REMOTE_B}/128", "dev", "ext0", "src", LOCAL_A]):
+        subprocess.run(["ip", *argv], check=True)
+    fw = Firewall()
+    fw.setup(ICMP_QUEUE, "", "ext0", host_mode=True)
+    fw.add_stream("hostA-hostB", LOCAL_A, REMOTE_B, 1, "")
+    add_route(fw, "hostA-hostB", 7, *HASHED[("hostA-hostB", 7)], 1)
+    state = {"rules": fw.rules(), "installed": installed(), "verify": fw.verify()}
+    # No reader on queue 1: the host's own packets to the remote host are dropped in OUTPUT
+    # (no bypass), and the application is told.
+    sent = Path("/sys/class/net/ext0/statistics/tx_packets")
+    before = int(sent.read_text())
+    ping = subprocess.run(["ping", "-6", "-n", "-c", "1", "-W", "1", REMOTE_B],
+                          capture_output=True, text=True)
+    state["ping"] = (ping.returncode, ping.stdout + ping.stderr)
+    state["link_packets"] = int(sent.read_text()) - before
+    fw.teardown()
+    state["after"] = installed()
+    return state
+
+
+def test_host_mode_layout_in_a_kernel_fails_closed_and_tears_down(netns: str) -> None:
+    got = nsutil.call_in(netns, _host_mode)
+    assert got["verify"] == [] and got["installed"] == got["rules"]
+    assert '-A OUTPUT -m comment --comment "mt6d:jump" -j MT6D-OUTPUT' in got["rules"]
+    code, out = got["ping"]
+    assert code != 0 and "1 packets transmitted, 0 received" in out, out
+    assert "Operation not permitted" in out, out  # the kernel's verdict reaches the application
+    assert got["link_packets"] == 0  # nothing left by the external interface
+    assert got["after"] == []
