@@ -396,6 +396,8 @@ def doctor(config_path: Path) -> dict[str, Any]:
     if cfg is not None:
         for role, name in (("internal", cfg.internal), ("external", cfg.external),
                            ("bridging", cfg.bridging)):
+            if not name:  # host mode: no internal interface
+                continue
             try:
                 socket.if_nametoindex(name)
                 check(f"interface {role}", "ok", f"{name} present")

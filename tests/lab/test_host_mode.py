@@ -138,7 +138,7 @@ def check_link(info: LabInfo, path: Path) -> dict[str, Any]:
 # --- the tests ------------------------------------------------------------------------------------
 
 
-def test_the_host_protects_itself_with_a_route_and_rules_of_its_own(
+def test_the_host_protects_itself_with_a_route_and_rules_of_its_own_first(
     hlab: tuple[Lab, LabInfo],
 ) -> None:
     """Host A's supervisor routes host B's true address out of eth0 with A's true address as
@@ -157,6 +157,15 @@ def test_the_host_protects_itself_with_a_route_and_rules_of_its_own(
             f'"mt6d:stream:{info.streams[0].name}" -j NFQUEUE --queue-num 2') in rules, rules
     assert "NFQUEUE --queue-num 1" in rules and "--queue-bypass" not in rules
     assert "--icmpv6-type 134" not in rules  # the host takes its router advertisements itself
+    # A kill switch of the host's own (README, "Host mode") sees none of the stream's packets
+    # while MT6D runs: its queue rule comes first.
+    kill_switch = ["OUTPUT", "-d", b.address or "", "-j", "DROP"]
+    lab.exec(a.name, ["ip6tables-legacy", "-A", *kill_switch])
+    try:
+        r = ping(lab, a.name, b.address or "", "-c", "5", "-i", "0.2")
+        assert received(r.stdout) == (5, 5), r.stdout + report(info)
+    finally:
+        lab.exec(a.name, ["ip6tables-legacy", "-D", *kill_switch])
 
 
 def test_ping_and_tcp_both_ways_across_rotations_and_rekeys(
@@ -250,9 +259,8 @@ def test_fail_closed_while_the_hosts_stream_worker_is_stopped_or_killed(
     for link in ("ga", "gb"):
         check_link(info, tmp_path / f"stopped-{link}.pcap")
     with router_links(lab, info, tmp_path, "killed"):
-        os.kill(pid, signal.SIGKILL)
-        r = ping(lab, a.name, b.address or "", "-c", "3", "-i", "0.2", "-W", "1")
-    assert r.returncode != 0 and " 0% packet loss" not in r.stdout, r.stdout + r.stderr
+        os.kill(pid, signal.SIGKILL)  # the supervisor restarts it at once: replies may come
+        ping(lab, a.name, b.address or "", "-c", "3", "-i", "0.2", "-W", "1")
     for link in ("ga", "gb"):
         check_link(info, tmp_path / f"killed-{link}.pcap")
     deadline = time.monotonic() + 20
