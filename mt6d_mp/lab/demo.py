@@ -68,6 +68,10 @@ def demo(
         info = lab.up()
         _say("  " + "".join(f" host {s.name.upper()} {h.name} {h.address}  "
                             for s in info.sites for h in [info.namespace(s.hosts[0])]).rstrip())
+        for site in info.sites:
+            if info.host_mode(info.namespace(site.hosts[0])):
+                _say(f"   host {site.name.upper()} runs MT6D itself (host mode, no gateway in "
+                     "front of it)")
         pcap, cap = _start_capture(lab, info)
         servers: dict[str, str] = {}  # host y's namespace -> SHA-256 of the file it serves
         for s in info.streams:
