@@ -232,8 +232,12 @@ class Outbound(StreamPath):
         worker passes to the kernel (PROTOCOL.md 1.6); the route's connected socket reports it.
         """
         st = self.state
-        rs = self.sockets.get((route.local_hashed, route.local_port))
-        path_mtu = sockets.path_mtu(rs.sock) if rs is not None else 0
+        # The kernel's current knowledge: the route socket's own reading could be older than
+        # the refusal (sockets.fresh_path_mtu), and then the host would never be told.
+        path_mtu = sockets.fresh_path_mtu(route.remote_hashed, route.remote_port)
+        if not path_mtu:
+            rs = self.sockets.get((route.local_hashed, route.local_port))
+            path_mtu = sockets.path_mtu(rs.sock) if rs is not None else 0
         if st is None or not path_mtu:
             return
         inner_mtu = max(path_mtu - tunnel_overhead(crypto.CRYPT_TYPES[st.crypt]), IPV6_MIN_MTU)

@@ -206,6 +206,20 @@ def path_mtu(sock: socket.socket) -> int:
         return 0
 
 
+def fresh_path_mtu(remote16: bytes, port: int) -> int:
+    """The path MTU the kernel knows toward ``remote16`` now, by a route lookup of its own: a
+    throwaway UDP socket connected there (connecting sends nothing). A route socket's own
+    reading can be older: it keeps the route it looked up when it connected, and the kernel's
+    later news about the path (a Packet Too Big about a chunk) goes to a new route that socket
+    does not look at until it sends again. 0 if it cannot say."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.connect((sockaddr(remote16)[0], port))
+            return int(sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+    except OSError:
+        return 0
+
+
 def set_message_options(sock: socket.socket, dstopts: bytes, hop_limit: int, tclass: int) -> None:
     """Options, hop limit and traffic class of the datagrams a route socket sends next, as socket
     options rather than ancillary data: with IPv6 ancillary data the kernel treats a connected

@@ -156,7 +156,9 @@ def test_the_host_protects_itself_with_a_route_and_rules_of_its_own_first(
     assert (f"-A MT6D-OUTPUT -s {a.address}/128 -d {b.address}/128 -m comment --comment "
             f'"mt6d:stream:{info.streams[0].name}" -j NFQUEUE --queue-num 2') in rules, rules
     assert "NFQUEUE --queue-num 1" in rules and "--queue-bypass" not in rules
-    assert "--icmpv6-type 134" not in rules  # the host takes its router advertisements itself
+    # the host takes its router advertisements itself: the ICMP worker gets none
+    assert not [line for line in rules.splitlines() if "--icmpv6-type 134 " in line
+                and "NFQUEUE" in line], rules
     # A kill switch of the host's own (README, "Host mode") sees none of the stream's packets
     # while MT6D runs: its queue rule comes first.
     kill_switch = ["OUTPUT", "-d", b.address or "", "-j", "DROP"]
@@ -211,8 +213,13 @@ def test_ping_and_tcp_both_ways_across_rotations_and_rekeys(
     assert counters.get("messages_sent", 0) > 0 and counters.get("messages_received", 0) > 0, counters
     assert counters.get("host_link_frames", 0) > 0, counters  # delivered through loopback
     assert "segmented_for_host" not in counters, counters
+    # The router's 1400-byte link toward B: each new route's first chunks fill the 1500-byte
+    # link, the router answers Packet Too Big, the kernel keeps that hashed address's path MTU
+    # (PROTOCOL.md 1.6), and a single packet of the host's that the path cannot carry is refused
+    # by the kernel (EMSGSIZE; TCP sends it again). A gateway in the routed lab counts the same.
+    # Nothing else is dropped.
     drops = {k: n for k, n in counters.items() if k.startswith("drop_")}
-    assert not drops, drops
+    assert set(drops) <= {"drop_send_emsgsize"}, drops
 
 
 def test_http_download_to_the_host_is_byte_identical(
