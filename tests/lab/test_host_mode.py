@@ -170,6 +170,25 @@ def test_the_host_protects_itself_with_a_route_and_rules_of_its_own_first(
         lab.exec(a.name, ["ip6tables-legacy", "-D", *kill_switch])
 
 
+def test_a_router_packet_too_big_reaches_the_hosts_own_stack(hlab: tuple[Lab, LabInfo]) -> None:
+    """A 1448-byte packet fits host A's route to host B (1452) but its tunnel packet (1496) does
+    not fit the router's 1400-byte link toward B: the router's Packet Too Big about the tunnel
+    packet is translated by host A's ICMP worker and handed to host A's own stack, which tells
+    ping (and lowers its path MTU to host B: so this runs before any bulk traffic, whose first
+    big packets would have taught the host the same)."""
+    lab, info = hlab
+    a, b = info.host_a(), info.host_b()
+    r = ping(lab, a.name, b.address or "", "-c", "2", "-s", "1400", "-M", "do", "-W", "1")
+    out = r.stdout + r.stderr
+    assert "Packet too big" in out and "mtu=1352" in out, out + report(info)  # 1400 - 48
+    assert "From 2001:db8:a::1 " in out, out  # the router, as it would be without MT6D
+    r = ping(lab, a.name, b.address or "", "-c", "3", "-s", "1300", "-i", "0.2")
+    assert received(r.stdout) == (3, 3), r.stdout + report(info)
+    time.sleep(1.2)
+    icmp = next(w for w in status(info.gateway("a"))["workers"] if w["name"] == "icmp")
+    assert icmp["counters"].get("error_2_translated", 0) >= 1, icmp
+
+
 def test_ping_and_tcp_both_ways_across_rotations_and_rekeys(
     hlab: tuple[Lab, LabInfo], tmp_path: Path
 ) -> None:
@@ -279,24 +298,6 @@ def test_fail_closed_while_the_hosts_stream_worker_is_stopped_or_killed(
         time.sleep(0.2)
     r = ping(lab, a.name, b.address or "", "-c", "10", "-i", "0.2")
     assert received(r.stdout) == (10, 10), r.stdout + report(info)
-
-
-def test_a_router_packet_too_big_reaches_the_hosts_own_stack(hlab: tuple[Lab, LabInfo]) -> None:
-    """A 1448-byte packet fits host A's route to host B (1452) but its tunnel packet (1496) does
-    not fit the router's 1400-byte link toward B: the router's Packet Too Big about the tunnel
-    packet is translated by host A's ICMP worker and handed to host A's own stack, which tells
-    ping (and lowers its path MTU to host B)."""
-    lab, info = hlab
-    a, b = info.host_a(), info.host_b()
-    r = ping(lab, a.name, b.address or "", "-c", "2", "-s", "1400", "-M", "do", "-W", "1")
-    out = r.stdout + r.stderr
-    assert "Packet too big" in out and "mtu=1352" in out, out + report(info)  # 1400 - 48
-    assert "From 2001:db8:a::1 " in out, out  # the router, as it would be without MT6D
-    r = ping(lab, a.name, b.address or "", "-c", "3", "-s", "1300", "-i", "0.2")
-    assert received(r.stdout) == (3, 3), r.stdout + report(info)
-    time.sleep(1.2)
-    icmp = next(w for w in status(info.gateway("a"))["workers"] if w["name"] == "icmp")
-    assert icmp["counters"].get("error_2_translated", 0) >= 1, icmp
 
 
 def test_nothing_from_the_remote_true_address_gets_in_from_outside(
