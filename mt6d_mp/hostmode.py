@@ -7,8 +7,9 @@ A host-mode machine *is* the local host: its packets to the remote host are its 
 firewall takes them from OUTPUT (mt6d_mp/core/rules.py, the host-mode drawing). What it needs
 per stream instead:
 
-- the local host's true address must be one of this machine's addresses (else the profile is
-  another machine's: a clear error before anything of the stream is set up);
+- the local host's true address must be one of this machine's addresses, and the remote
+  host's must not be (else the profile is another machine's: a clear error before anything of
+  the stream is set up);
 - a /128 route to the remote host's true address out of the external interface, with the
   local host's address as its preferred source and the tunnel MTU as its MTU. The packets never
   take it (OUTPUT queues every one of them before neighbour discovery could), but the kernel
@@ -46,6 +47,10 @@ def add_stream_system(nl: Netlink, config: Config, s: StreamConfig, tunnel_mtu: 
             f"host mode: stream {s.name}: the local host {s.local.name} ({s.local.address}, "
             f"{s.source}) is not an address of this machine; in host mode every profile's local "
             "host is this machine (add the address, or fix the profile)")
+    if nl.interface_of(s.remote.address) is not None:
+        raise SystemSetupError(
+            f"host mode: stream {s.name}: the remote host {s.remote.name} ({s.remote.address}, "
+            f"{s.source}) is an address of this machine; the remote host is the peer's")
     own = nl.mac(config.external)
     if own != s.local.mac:
         log.info("event=host_mac_differs stream=%s ethers=%s %s=%s note=the hash uses the "
