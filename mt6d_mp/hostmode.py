@@ -1,5 +1,5 @@
 """Host mode's system changes: what the supervisor adds for a stream when MT6D runs on the
-protected host itself (README, "Host mode"; thesis 2.6, figure 2.4).
+protected host itself (README, "Host mode").
 
 In gateway mode the supervisor binds the remote host's true address on the internal interface,
 so that the local host's packets to it are local to the gateway (supervisor.py, ``add_stream``).

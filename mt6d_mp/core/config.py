@@ -15,7 +15,7 @@ Auxiliary files (``#`` starts a comment, blank lines are ignored):
 
 Two modes (``[interfaces] mode``): ``gateway`` (the default) protects the hosts on the internal
 interface; ``host`` protects this machine itself, which has no internal interface: every
-stream's local host is one of this machine's own addresses (thesis 2.6, figure 2.4).
+stream's local host is one of this machine's own addresses (README, "Host mode").
 
 Every key of the main file, with its default, is documented in ``conf/mt6d.toml.example``
 and in :data:`SCHEMA` below (the single source of truth; a test keeps both in step).
