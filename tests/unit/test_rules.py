@@ -108,3 +108,32 @@ def test_gateway_layout_unchanged_by_the_positions() -> None:
     assert fixed.input_streams_at == len(fixed.head) == 6
     assert fixed.output_streams_at == len(fixed.chains["MT6D-OUTPUT"]) == 8
     assert fixed.jumps[1].out_if == "ext0"
+
+
+def test_two_addresses_of_the_host_with_one_remote_host(
+    fw: tuple[firewall.Firewall, list[list[str]]],
+) -> None:
+    """Two streams share the remote host's drops ("-s remote -j P-TRUE", "-d remote -j DROP",
+    "-s remote -j DROP"): every stream's queue and delivery rule comes before any of them, or
+    the first stream's drop would take the second stream's packets."""
+    f, _ = fw
+    other = "fd00:a::2"
+    f.add_stream("a1-b", LOCAL, REMOTE, 2, "")
+    f.add_stream("a2-b", other, REMOTE, 3, "")
+    rules = f.rules()
+
+    def at(chain: str, src: str | None, dst: str | None, target: str) -> list[int]:
+        return [i for i, line in enumerate(rules) if line.startswith(f"-A {chain} ")
+                and (src is None or f"-s {src}/128 " in line)
+                and (dst is None or f"-d {dst}/128 " in line) and line.endswith(target)]
+
+    queues = at("MT6D-OUTPUT", None, REMOTE, "--queue-num 2") + at("MT6D-OUTPUT", None, REMOTE,
+                                                                     "--queue-num 3")
+    to_remote = at("MT6D-OUTPUT", None, REMOTE, "-j DROP")
+    from_remote = at("MT6D-OUTPUT", REMOTE, None, "-j DROP")
+    returns = at("MT6D-OUTPUT", REMOTE, None, "-j RETURN")
+    assert len(queues) == len(returns) == len(to_remote) == len(from_remote) == 2
+    assert max(queues) < min(to_remote) and max(returns) < min(from_remote)
+    deliveries = at("MT6D-INPUT", REMOTE, None, "-j RETURN")
+    guards = at("MT6D-INPUT", REMOTE, None, "-j MT6D-TRUE")
+    assert len(deliveries) == 2 and max(deliveries) < min(guards)
