@@ -427,7 +427,8 @@ def test_forged_and_replayed_exchange_messages_from_the_link_change_nothing(
         ka = {k: after[ga.name]["keyx"].get(k, 0) - before[ga.name]["keyx"].get(k, 0)
               for k in after[ga.name]["keyx"]}
         assert kb.get("keyx_replay", 0) >= 2, kb  # INIT and CONFIRM again at B
-        assert ka.get("keyx_repeated", 0) >= 1, ka  # RESP again at A: its CONFIRM, once more
+        # RESP again at A: its CONFIRM once more if A still holds the exchange, else refused.
+        assert ka.get("keyx_repeated", 0) + ka.get("keyx_unexpected", 0) >= 1, ka
         assert received(ping(lab, s.host_a_ns, s.host_b_address, "-c", "10", "-i", "0.1").stdout) == (10, 10)
     finally:
         stop_all(lab, pids)
