@@ -36,6 +36,7 @@ from mt6d_mp.lab import Lab, LabInfo
 from mt6d_mp.lab.info import NamespaceInfo
 from tests.attack.harness import echo_request, neighbor_solicitation, send_frames, tcp_syn, udp
 from tests.lab.test_mt6d import ROUTES_SEEN, capture, frames
+from tests.lab.test_ops import received
 
 pytestmark = [
     pytest.mark.lab,
@@ -84,14 +85,6 @@ def report(info: LabInfo) -> str:
 
 def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
     return lab.exec(ns, ["ping", "-6", "-n", *args, address], check=False, timeout=180)
-
-
-def received(out: str) -> tuple[int, int]:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            parts = line.split(",")
-            return int(parts[0].split()[0]), int(parts[1].split()[0])
-    raise AssertionError(out)
 
 
 def router_links(lab: Lab, info: LabInfo, tmp_path: Path, name: str) -> ExitStack:

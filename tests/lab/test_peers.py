@@ -32,6 +32,7 @@ from mt6d_mp.core.addressing import mac_bytes
 from mt6d_mp.lab import Lab, LabInfo, NamespaceInfo, StreamInfo
 from mt6d_mp.lab.processes import write_private
 from tests.lab.test_mt6d import capture, check_external_capture, datapath_report, frames
+from tests.lab.test_ops import received
 
 pytestmark = [
     pytest.mark.lab,
@@ -83,14 +84,6 @@ def wait_worker(gw: NamespaceInfo, name: str, *, not_pid: int | None = None,
 
 def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
     return lab.exec(ns, ["ping", "-6", "-n", *args, address], check=False, timeout=120)
-
-
-def received(out: str) -> tuple[int, int]:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            parts = line.split(",")
-            return int(parts[0].split()[0]), int(parts[1].split()[0])
-    raise AssertionError(out)
 
 
 def ping_eventually(lab: Lab, ns: str, address: str, timeout: float = 30.0) -> None:

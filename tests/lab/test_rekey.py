@@ -26,6 +26,7 @@ from mt6d_mp.io.bus import request
 from mt6d_mp.lab import Lab, LabInfo
 from mt6d_mp.lab.info import NamespaceInfo
 from tests.lab.test_mt6d import ROUTES_SEEN, _lab, capture, check_external_capture, frames
+from tests.lab.test_ops import received
 
 pytestmark = [
     pytest.mark.lab,
@@ -112,14 +113,6 @@ def ctl(gw: NamespaceInfo, *args: str) -> subprocess.CompletedProcess[str]:
 
 def ping(lab: Lab, ns: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
     return lab.exec(ns, ["ping", "-6", "-n", *args, address], check=False, timeout=180)
-
-
-def received(out: str) -> tuple[int, int]:
-    for line in out.splitlines():
-        if "packets transmitted" in line:
-            parts = line.split(",")
-            return int(parts[0].split()[0]), int(parts[1].split()[0])
-    raise AssertionError(out)
 
 
 def data_nonces(path: Path) -> tuple[Counter[tuple[str, bytes, int, int, int]], int]:
