@@ -1,8 +1,8 @@
 """Hashed addresses, hashed ports and the time salt (thesis section 2.5.2, equations 2.1 and 3.1).
 
 A hashed address keeps the true address's /64 prefix, so it stays routable to the same site,
-and replaces the interface identifier with 64 bits of a hash that only holders of the session
-key can compute:
+and replaces the interface identifier with 64 bits of a hash that only holders of the key can
+compute (the secret of the route's key phase, ``session_key`` below: docs/PROTOCOL.md 0 and 5):
 
     hashed = true[0:8] || H(true[8:16] || session_key || salt_be64 || mac6)[0:8]
 

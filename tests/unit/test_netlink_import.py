@@ -49,8 +49,9 @@ print("heavy:", ",".join(heavy) or "none")
 
 
 def test_the_supervisor_loads_none_of_the_heavy_modules() -> None:
-    """What the supervisor imports keeps it small (results/PROFILE.md, sessions 5 and 7): not
-    asyncio and ssl (pyroute2's IPRoute, 10-13 MB), nor the rest of pyroute2 (17.5 MB)."""
+    """What the supervisor imports keeps it small (results/PROFILE.md, "1fe820e -> 9d1e23c" and
+    "40502f8 -> 9b550bf"): not asyncio and ssl (pyroute2's IPRoute, 10-13 MB), nor the rest of
+    pyroute2 (17.5 MB)."""
     out = subprocess.run([sys.executable, "-c", SUPERVISOR_IMPORTS], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
