@@ -250,23 +250,29 @@ class Supervisor:
         keys.changed = False
 
     def new_lane(self, worker: str) -> None:
-        """A stream worker is about to start: give it a sender lane no start before it used,
-        so that its counters, which start at 0, never repeat a nonce under a phase's key."""
-        if worker not in self.route_lists:
-            return  # the ICMP worker seals nothing
-        lane = self.lanes[worker] + 1
+        """A stream worker is about to start: give each of its streams a sender lane no start
+        before it used, so that its counters, which start at 0, never repeat a nonce under a
+        phase's key."""
+        w = self.pool.workers.get(worker)
+        for name in w.streams if w is not None else []:
+            self.next_lane(name)
+
+    def next_lane(self, name: str) -> None:
+        if name not in self.route_lists:
+            return
+        lane = self.lanes[name] + 1
         if lane > 0xFFFF:  # 65535 starts within one phase's life: take new keys instead
             lane = 1
-            self.route_lists[worker].request_rekey(self.clock())
-        self.lanes[worker] = lane
-        self.publish_state(worker)
+            self.route_lists[name].request_rekey(self.clock())
+        self.lanes[name] = lane
+        self.publish_state(name)
 
     def remove_stream(self, s: cfgmod.StreamConfig) -> None:
         """Undo :meth:`add_stream` and the stream's routes and worker; idempotent, so it also
         rolls back a half-done add."""
         assert self.nl is not None and self.bus is not None
         c = self.config
-        self.pool.remove(s.name)
+        self.pool.remove_stream(s.name)  # its worker too, if it was the shard's last stream
         if self.fw is not None:
             self.fw.remove_stream(s.name)  # its stream and route rules, in one commit
         if s.name in self.stream_states or s.name in self.route_lists:
@@ -405,8 +411,10 @@ class Supervisor:
     # --- workers (planned here, run by mt6d_mp.pool) ------------------------------------------
 
     def plan_stream_worker(self, s: cfgmod.StreamConfig) -> None:
-        if self.config.packets:
-            self.pool.add_stream(s.name, s.queue)
+        """The stream into the shard of its queue; a shard's running worker takes it from the
+        bus, with a lane of its own from the start."""
+        if self.config.packets and not self.pool.add_stream(s.name, s.queue):
+            self.next_lane(s.name)
 
     def plan_workers(self) -> None:
         c = self.config

@@ -1,7 +1,8 @@
 """The worker pool: the supervisor's worker processes, each driven by its lifecycle state machine.
 
-Flow: the supervisor plans one worker per stream queue (:meth:`WorkerPool.add_stream`) and one
-ICMP worker (:meth:`WorkerPool.add_icmp`); every turn of its loop calls :meth:`supervise`, which
+Flow: the supervisor plans one worker per stream queue, named ``qN`` after its queue, which
+carries every stream whose profile names that queue (:meth:`WorkerPool.add_stream`: a shard),
+and one ICMP worker (:meth:`WorkerPool.add_icmp`); every turn of its loop calls :meth:`supervise`, which
 reports what it sees to each worker's :class:`~mt6d_mp.core.lifecycle.Lifecycle` (an exit, the
 worker's ``ready`` on the bus, a deadline passed), logs the transition, and spawns what the state
 machine says is due. Operator commands (``mt6dctl start|stop|restart``) request transitions
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class WorkerProcess:
     argv: list[str]
     lc: Lifecycle
     proc: subprocess.Popen[bytes] | None = None
+    streams: list[str] = field(default_factory=list)  # a stream worker's streams (its shard)
 
     @property
     def pid(self) -> int | None:
@@ -102,12 +104,32 @@ class WorkerPool:
         self.workers[name] = w
         return w
 
-    def add_stream(self, name: str, queue: int) -> None:
+    def add_stream(self, stream: str, queue: int) -> bool:
+        """Put a stream in the shard of its queue; True if that planned a new worker (a
+        running one takes the stream from the bus)."""
+        name = shard_name(queue)
+        w = self.workers.get(name)
+        if w is not None:
+            if stream not in w.streams:
+                w.streams.append(stream)
+            return False
         warm = self.options.keep_warm_ms
         extra = ["--keep-warm-ms", str(warm)] if warm else []
         if self.options.clock_offset:
             extra += ["--clock-offset", repr(self.options.clock_offset)]
-        self.add(name, queue, self.argv(name, queue, "workers.stream", *extra))
+        self.add(name, queue, self.argv(name, queue, "workers.stream", *extra)).streams.append(stream)
+        return True
+
+    def remove_stream(self, stream: str) -> None:
+        """Take a stream out of its shard; the shard's worker stops with its last stream."""
+        for w in list(self.workers.values()):
+            if stream in w.streams:
+                w.streams.remove(stream)
+                if not w.streams:
+                    self.remove(w.name)
+
+    def worker_of(self, stream: str) -> WorkerProcess | None:
+        return next((w for w in self.workers.values() if stream in w.streams), None)
 
     def add_icmp(self, queue: int, *extra: str) -> None:
         self.add(ICMP, queue, self.argv(ICMP, queue, "workers.icmp", *extra))
@@ -169,11 +191,15 @@ class WorkerPool:
 
     def control(self, action: str, names: list[str]) -> dict[str, Any]:
         """Daemon half of mt6dctl start|stop|restart: request the transitions, reply at once."""
-        targets = list(self.workers) if names == ["all"] else names
-        unknown = [n for n in targets if n not in self.workers]
+        # A stream's name stands for its shard's worker (restarting it restarts the shard).
+        named = list(self.workers) if names == ["all"] else names
+        unknown = [n for n in named if n not in self.workers and self.worker_of(n) is None]
         if unknown:
-            raise UnknownWorker(f"no worker {', '.join(unknown)} (workers: "
+            raise UnknownWorker(f"no worker or stream {', '.join(unknown)} (workers: "
                                 f"{', '.join(self.workers) or 'none'})")
+        targets = list(dict.fromkeys(
+            n if n in self.workers else self.worker_of(n).name  # type: ignore[union-attr]
+            for n in named))
         log.info("event=control command=%s workers=%s", action, ",".join(targets))
         for n in targets:
             w = self.workers[n]
@@ -184,8 +210,10 @@ class WorkerPool:
                 log.info("action=stop_worker worker=%s pid=%d", n, w.proc.pid)
                 w.proc.terminate()
         self.supervise()
-        return {"workers": {n: {"state": self.workers[n].lc.state.value,
-                                "pid": self.workers[n].pid} for n in targets}}
+        # Keyed as the status rows are: a stream worker by each of its streams.
+        return {"workers": {row: {"state": self.workers[n].lc.state.value,
+                                  "pid": self.workers[n].pid}
+                            for n in targets for row in (self.workers[n].streams or [n])}}
 
     def stop(self, workers: list[WorkerProcess]) -> None:
         """Stop these workers now (SIGTERM, SIGKILL after STOP_GRACE) and wait for them."""
@@ -212,28 +240,47 @@ class WorkerPool:
     # --- status -------------------------------------------------------------------------------
 
     def status(self, stats: dict[str, dict[str, Any]], icmp_queue: int) -> list[dict[str, Any]]:
-        """The ``workers`` list of mt6dctl status (wire format in mt6d_mp.commands.Status)."""
+        """The ``workers`` list of mt6dctl status (wire format in mt6d_mp.commands.Status): a
+        row per stream (named after it; ``worker`` names its shard's process) and one for the
+        ICMP worker. A stream worker's own counters (packets that matched none of its streams,
+        queue errors) are in the row of its first stream, so that sums over rows count each
+        packet once."""
         kernel = kernel_queues()
         rows = []
         for w in self.workers.values():
-            counters = dict(stats.get(w.name, {}))
-            counters.pop("pid", None)
-            counters.pop("started", None)
-            rows.append({
-                "name": w.name, "queue": w.queue, "pid": w.pid,
-                "state": w.lc.state.value, "reason": w.lc.reason, "uptime": w.lc.uptime(),
-                "spawns": w.lc.spawns, "restarts": max(0, w.lc.spawns - 1),
-                "exits": w.lc.exits[-5:], "kernel_queue": kernel.get(w.queue),
-                "segment_queue": (None if w.queue == icmp_queue
-                                  else kernel.get(segment_queue(w.queue))),
-                "packets_out": counters.get("tunnelled_packets", 0),
-                "packets_in": counters.get("extracted_packets", 0),
-                "bytes_out": counters.get("tunnelled_bytes", 0),
-                "bytes_in": counters.get("extracted_bytes", 0),
-                "drops": {k[5:]: v for k, v in counters.items() if k.startswith("drop_")},
-                "counters": counters,
-            })
+            reported = dict(stats.get(w.name, {}))
+            reported.pop("pid", None)
+            reported.pop("started", None)
+            per_stream = reported.pop("streams", None) or {}
+            for i, name in enumerate(w.streams or [w.name]):
+                counters: dict[str, Any] = dict(reported) if i == 0 else {}
+                for k, v in (per_stream.get(name) or {}).items():
+                    counters[k] = counters.get(k, 0) + v
+                rows.append(self._row(w, name, counters, kernel, icmp_queue))
         return rows
+
+    @staticmethod
+    def _row(w: WorkerProcess, name: str, counters: dict[str, Any],
+             kernel: dict[int, dict[str, int]], icmp_queue: int) -> dict[str, Any]:
+        return {
+            "name": name, "worker": w.name, "queue": w.queue, "pid": w.pid,
+            "state": w.lc.state.value, "reason": w.lc.reason, "uptime": w.lc.uptime(),
+            "spawns": w.lc.spawns, "restarts": max(0, w.lc.spawns - 1),
+            "exits": w.lc.exits[-5:], "kernel_queue": kernel.get(w.queue),
+            "segment_queue": (None if w.queue == icmp_queue
+                              else kernel.get(segment_queue(w.queue))),
+            "packets_out": counters.get("tunnelled_packets", 0),
+            "packets_in": counters.get("extracted_packets", 0),
+            "bytes_out": counters.get("tunnelled_bytes", 0),
+            "bytes_in": counters.get("extracted_bytes", 0),
+            "drops": {k[5:]: v for k, v in counters.items() if k.startswith("drop_")},
+            "counters": counters,
+        }
+
+
+def shard_name(queue: int) -> str:
+    """The name of the stream worker that reads ``queue``."""
+    return f"q{queue}"
 
 
 def log_transition(t: Transition | None, pid: int | None = None) -> None:

@@ -102,6 +102,7 @@ class Worker:
         self.poller = self.bus.poller()
         self.handlers: dict[int, Callable[[], None]] = {}
         self.ready_fds: Sequence[int] = ()  # what the poller found readable, for the handlers
+        self.turn = 0  # counts the loop's turns (a handler that drains several fds marks its turn)
         self.queue: BoundQueue | None = None
         self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
@@ -217,6 +218,7 @@ class Worker:
                 ready, updates_ready, control_ready = self.poller.poll(
                     self.keep_warm_ms if warm else 200)
                 self.ready_fds = ready
+                self.turn += 1
                 for fd in ready:
                     self.handlers[fd]()
                 if warm and not (ready or updates_ready or control_ready):
@@ -250,8 +252,12 @@ class Worker:
         log.info("event=worker_stopped worker=%s pid=%d", self.name, os.getpid())
         return 0
 
+    def stats(self) -> dict[str, Any]:
+        """What :meth:`report` sends: the counters (a stream worker adds its streams')."""
+        return dict(self.counters)
+
     def report(self) -> None:
-        stats: dict[str, Any] = dict(self.counters)
+        stats = self.stats()
         stats["pid"] = os.getpid()
         stats["started"] = self.started
         self.bus.send_stats(stats)

@@ -73,11 +73,14 @@ class Inbound(StreamPath):
         newer route. Not reading it saves a system call that finds nothing (with three routes
         open, a lone datagram took four reads, three of them EAGAIN; now two).
         """
-        ready = self.ready_fds
+        worker = self.worker
+        if self.drained == worker.turn:
+            return  # drained already in this turn, from the call for another of its sockets
+        ready = worker.ready_fds
         for rs in self.socket_order:
             if rs.fd in ready and self.receive(rs):
                 return  # more waits on an older route: newer ones must wait their turn
-        self.ready_fds = ()  # all drained: this turn's calls for other route sockets have nothing to do
+        self.drained = worker.turn  # this turn's calls for its other sockets have nothing to do
 
     def receive(self, rs: RouteSocket) -> bool:
         """Datagrams waiting on one route's socket, each to the host; True if a batch was full.

@@ -62,11 +62,6 @@ ADDRESSES = 8  # offset of the source address; the destination follows it
 
 
 class Outbound(StreamPath):
-    def _run_segments(self) -> None:
-        assert self.seg_reader is not None
-        self.seg_reader.read(self.on_segment)
-        self.seg_drops.flush()
-
     def _select_active(self, now: float) -> None:
         st = self.state
         assert st is not None

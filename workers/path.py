@@ -1,18 +1,18 @@
-"""What a stream worker's send and receive paths share: the route socket record and the
-stream's state they read (set by StreamWorker in workers/stream.py).
+"""What a stream's send and receive paths share: the route socket record and the stream's
+state they read (set by Tunnel in workers/tunnel.py).
 
-The stream worker is one class built from three files, one per stage, as wireguard-go's
-``device/`` is: workers/outbound.py (host -> tunnel), workers/inbound.py (tunnel -> host) and
-workers/stream.py (the process: state from the bus, sockets, queues). This module holds what
-the first two read.
+A stream is one class built from files, one per stage, as wireguard-go's ``device/`` is:
+workers/outbound.py (host -> tunnel), workers/inbound.py (tunnel -> host) and workers/tunnel.py
+(the stream's state from the bus, its sockets); workers/stream.py is the process that carries
+the streams of one queue. This module holds what the first two read.
 """
 
 from __future__ import annotations
 
 import socket
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.chunks import Reassembly
@@ -21,6 +21,9 @@ from mt6d_mp.io import sockets
 from mt6d_mp.io.bus import BusClient
 from mt6d_mp.io.nfqueue import DropBatch, QueueReader
 from mt6d_mp.io.sentring import SentRing
+
+if TYPE_CHECKING:
+    from workers.stream import StreamWorker
 
 
 class RouteSocket(NamedTuple):
@@ -40,7 +43,9 @@ class RouteSocket(NamedTuple):
 class StreamPath:
     """The attributes both paths use."""
 
-    # Declared here, set by StreamWorker (workers/stream.py): what the send and receive paths use.
+    # Declared here, set by Tunnel (workers/tunnel.py): what the send and receive paths use.
+    worker: StreamWorker  # the process: what the shard's streams share
+    drained: int
     name: str
     queue_num: int
     counters: Counter[str]
@@ -54,7 +59,6 @@ class StreamPath:
     routes: dict[tuple[int, int], RouteUpdate]  # (key phase, epoch)
     sockets: dict[tuple[bytes, int], RouteSocket]
     socket_order: list[RouteSocket]
-    ready_fds: Sequence[int]
     active: RouteUpdate | None
     active_until: float
     clock_offset: float
@@ -77,12 +81,13 @@ class StreamPath:
     sent: SentRing | None
     max_datagram: int
     seg_queue: int
-    seg_reader: QueueReader | None
     seg_drops: DropBatch
+    reader: QueueReader | None
 
-    # Worker's method (workers/common.py), declared without a body so that it does not shadow
-    # Worker's in the stream worker's method order.
+    # Tunnel's methods (workers/tunnel.py), declared without a body so that they do not shadow
+    # Tunnel's in its method order.
     internal_error: Callable[[], None]
+    _run_segments: Callable[[], None]
 
     def _send_host(self, packet: bytes, what: str) -> None:
         """A packet of the gateway's own (Packet Too Big) to the local host, on the raw socket."""

@@ -481,7 +481,6 @@ def _read_profiles(
 ) -> tuple[StreamConfig, ...]:
     streams: list[StreamConfig] = []
     pairs: dict[frozenset[str], str] = {}
-    queues: dict[int, str] = {icmp_queue: "queues.icmp"}
     inline_keys = False
     for number, fields in _lines(path):
         where = f"{path}:{number}"
@@ -509,10 +508,8 @@ def _read_profiles(
         except ValueError:
             problems.append(f"{where}: queue {queue_text!r}: expected a number {QUEUE_RANGE}")
             queue = -1
-        if queue in queues:
-            problems.append(f"{where}: queue {queue} is already used by {queues[queue]}")
-        elif queue >= 0:
-            queues[queue] = where
+        if queue == icmp_queue:
+            problems.append(f"{where}: queue {queue} is the ICMP worker's (queues.icmp)")
         pair = frozenset((local_name, remote_name))
         if pair in pairs:
             problems.append(

@@ -253,6 +253,14 @@ class Replica:
         # Exchange messages to send, in order; not state: a snapshot does not carry them (a
         # message lost to a resynchronisation is a lost datagram, and the exchange retries).
         self.outbox: list[KeyxSend] = []
+        # Streams whose state or routes changed since the worker last looked (None: all of
+        # them, after a snapshot): a shard of many streams rebuilds only those.
+        self.touched: set[str] | None = None
+
+    def take_touched(self) -> set[str] | None:
+        """The streams changed since the last call (None: every stream), and start afresh."""
+        touched, self.touched = self.touched, set()
+        return touched
 
     @property
     def synced(self) -> bool:
@@ -262,6 +270,7 @@ class Replica:
         self.seq = snap.seq
         self.streams = {s.name: s for s in snap.streams}
         self.routes = {(r.stream, r.key_phase, r.epoch): r for r in snap.routes}
+        self.touched = None
 
     def apply(self, update: Update) -> bool:
         if not self.synced:
@@ -272,6 +281,10 @@ class Replica:
             return False
         self.seq = update.seq
         item = update.item
+        touched = self.touched
+        if touched is not None and not isinstance(item, KeyxSend):
+            touched.add(item if isinstance(item, str) else item.name if isinstance(item, StreamState)
+                        else item.stream)
         if isinstance(item, StreamState):
             self.streams[item.name] = item
         elif isinstance(item, RouteUpdate):

@@ -240,7 +240,7 @@ def test_each_stream_runs_in_its_own_process_with_its_own_queue(switched: tuple[
         w = worker(info, s.name)
         assert w["state"] == "running" and w["queue"] == s.queue
         cmdline = Path(f"/proc/{w['pid']}/cmdline").read_bytes().split(b"\0")
-        assert b"workers.stream" in cmdline and s.name.encode() in cmdline
+        assert b"workers.stream" in cmdline and w["worker"].encode() in cmdline
         ppid = int(Path(f"/proc/{w['pid']}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert ppid == sup_pid
         assert bound[s.queue] == w["pid"], "the queue is bound by that stream's own worker"

@@ -184,12 +184,16 @@ def test_duplicate_stream(gw: Path) -> None:
     assert f"(first at {gw.parent / 'profiles'}:5)" in msg
 
 
-def test_same_queue_twice(gw: Path) -> None:
+def test_streams_that_share_a_queue_form_a_shard(gw: Path) -> None:
+    """Two profiles naming one queue: one worker carries both (README "Shards")."""
     append(gw.parent / "users", "2001:468:c80:c111::3  host-c\n")
     append(gw.parent / "ethers", "00:ab:cd:11:22:03  2001:468:c80:c111::3\n")
-    append(gw.parent / "profiles", "mt6d-host-a  host-c  2  @keys/host-a-host-b.key\n")
-    profiles = gw.parent / "profiles"
-    assert f"{profiles}:6: queue 2 is already used by {profiles}:5" in problems(gw)
+    key = gw.parent / "keys" / "host-a-host-c.key"
+    key.write_text("ab" * 64 + "\n")
+    key.chmod(0o600)
+    append(gw.parent / "profiles", "mt6d-host-a  host-c  2  @keys/host-a-host-c.key\n")
+    c = cfg.load(gw)
+    assert [s.queue for s in c.streams] == [2, 2]
 
 
 def test_two_streams_of_a_host_with_one_key_are_refused(gw: Path) -> None:
@@ -204,7 +208,7 @@ def test_two_streams_of_a_host_with_one_key_are_refused(gw: Path) -> None:
 
 def test_stream_queue_equal_to_icmp_queue(gw: Path) -> None:
     gw.write_text(gw.read_text().replace("icmp = 1", "icmp = 2"))
-    assert "queue 2 is already used by queues.icmp" in problems(gw)
+    assert "queue 2 is the ICMP worker's (queues.icmp)" in problems(gw)
 
 
 def test_every_problem_is_reported_at_once(gw: Path) -> None:

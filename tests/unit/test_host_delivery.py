@@ -14,7 +14,7 @@ from scapy.layers.inet6 import UDP, IPv6
 
 from mt6d_mp.core.offload import pseudo_header_sum
 from mt6d_mp.io import sockets
-from workers.stream import StreamWorker
+from workers.tunnel import Tunnel
 
 A, B = "2001:db8:a::a1", "2001:db8:b::b1"
 A16, B16 = socket.inet_pton(socket.AF_INET6, A), socket.inet_pton(socket.AF_INET6, B)
@@ -42,19 +42,19 @@ def worker(link: Link | None) -> Any:
         return link
 
     w.link_socket = link_socket
-    w.to_link = lambda *a: StreamWorker.to_link(w, *a)  # type: ignore[arg-type]
+    w.to_link = lambda *a: Tunnel.to_link(w, *a)  # type: ignore[arg-type]
     return w
 
 
 def test_the_remote_hosts_packets_go_to_loopback_with_the_checksum_to_complete() -> None:
     link = Link()
     w = worker(link)
-    StreamWorker.deliver_locally(w, 1)  # type: ignore[arg-type]
+    Tunnel.deliver_locally(w, 1)  # type: ignore[arg-type]
     assert w.host_mac == LO_MAC  # the frames go to loopback's own MAC: the host's input path
     # A UDP datagram whose sender left the checksum to its NIC: the field holds the
     # pseudo-header sum of the true addresses, as a NIC driver would hand it over.
     packet = bytearray(raw(IPv6(src=B, dst=A) / UDP(sport=4000, dport=9, chksum=0) / (b"x" * 20)))
-    StreamWorker.inbound(w, bytes(packet[:8] + packet[40:]))  # type: ignore[arg-type]
+    Tunnel.inbound(w, bytes(packet[:8] + packet[40:]))  # type: ignore[arg-type]
     (frame,) = link.sent
     vnet, eth, ip = frame[:10], frame[10:24], frame[24:]
     assert vnet == sockets.VNET_CSUM_UDP
@@ -66,5 +66,5 @@ def test_the_remote_hosts_packets_go_to_loopback_with_the_checksum_to_complete()
 
 def test_without_a_packet_socket_the_raw_socket_delivers() -> None:
     w = worker(None)
-    StreamWorker.deliver_locally(w, 1)  # type: ignore[arg-type]
+    Tunnel.deliver_locally(w, 1)  # type: ignore[arg-type]
     assert w.host_mac == b""  # inbound() then takes the raw socket (checksum completed)

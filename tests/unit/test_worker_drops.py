@@ -11,7 +11,7 @@ import pytest
 from scapy.compat import raw
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_Redirect, IPv6
 
-from workers.stream import StreamWorker
+from workers.tunnel import Tunnel
 
 A, B = "2001:db8:100::a1", "2001:db8:100::b1"
 ND = [ICMPv6ND_NS(tgt=B), ICMPv6ND_NA(tgt=A), ICMPv6ND_Redirect(tgt=A, dst=B)]
@@ -26,8 +26,8 @@ def stripped(packet: bytes) -> bytes:
 def test_neighbour_discovery_neither_enters_nor_leaves_the_tunnel(nd: Any) -> None:
     packet = raw(IPv6(src=A, dst=B, hlim=255) / nd)
     w = SimpleNamespace(state=SimpleNamespace(tunnel_mtu=1452), counters=Counter())
-    StreamWorker.outbound(w, packet)  # type: ignore[arg-type]  # returns before any socket
-    StreamWorker.inbound(w, stripped(packet))  # type: ignore[arg-type]
+    Tunnel.outbound(w, packet)  # type: ignore[arg-type]  # returns before any socket
+    Tunnel.inbound(w, stripped(packet))  # type: ignore[arg-type]
     assert w.counters == Counter(drop_neighbour_discovery=2)
 
 
@@ -35,7 +35,7 @@ def test_an_echo_request_is_not_taken_for_neighbour_discovery() -> None:
     packet = raw(IPv6(src=A, dst=B) / ICMPv6EchoRequest())
     w = SimpleNamespace(state=SimpleNamespace(tunnel_mtu=1452), counters=Counter())
     with pytest.raises(AttributeError):  # got past the check, to the route choice
-        StreamWorker.outbound(w, packet)  # type: ignore[arg-type]
+        Tunnel.outbound(w, packet)  # type: ignore[arg-type]
     assert w.counters["drop_neighbour_discovery"] == 0
 
 
@@ -61,6 +61,6 @@ def test_a_datagram_larger_than_the_link_carries_is_dropped_unread() -> None:
                         counters=Counter(), openers={}, inbound=opened.append)
     rs = SimpleNamespace(sock=OneDatagram(30000), remote="2001:db8:100::1", remote_port=4000,
                          phase=1)
-    assert StreamWorker.receive(w, rs) is False  # type: ignore[arg-type]
+    assert Tunnel.receive(w, rs) is False  # type: ignore[arg-type]
     assert w.counters == Counter(drop_reassembled=1)
     assert opened == []
