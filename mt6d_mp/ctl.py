@@ -148,7 +148,8 @@ def status_code(reply: dict[str, Any]) -> int:
 class _WorkerClient(Client):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("workers", nargs="+", metavar="WORKER",
-                       help="worker names (a stream name or 'icmp'), or 'all'")
+                       help="a stream's name (its shard's worker, every stream of its queue), a "
+                            "worker's name (qN for queue N, 'icmp'), or 'all'")
         p.add_argument("--no-wait", action="store_true",
                        help="return once the supervisor accepted the request")
 

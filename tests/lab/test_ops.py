@@ -370,7 +370,7 @@ def test_mt6dctl_commands(oplab: tuple[Lab, LabInfo]) -> None:
         assert code == 0 and all(w["state"] == "running" for w in res["workers"].values()), res
         assert res["workers"][s2.name]["pid"] != old
         code, out = ctl(ga, "stop", "nosuchworker")
-        assert code == 1 and "no worker nosuchworker" in out, out
+        assert code == 1 and "no worker or stream nosuchworker" in out, out
         code, out = ctl(ga, "bogus")
         assert code == 2
         ping_ok(lab, s2.host_a_ns, s2.host_b_address)
