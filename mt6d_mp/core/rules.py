@@ -10,19 +10,21 @@ Layout (``prefix`` is ``tag_prefix``, ``P`` is ``prefix.upper()``, INT and EXT t
     OUTPUT      position 1: -o EXT -j P-OUTPUT                               "prefix:jump"
     P-INPUT     -i EXT -m frag -j DROP                                       "prefix:frag"
                 -p ipv6-icmp --icmpv6-type 133..137 -j P-ICMP (five rules)   "prefix:nd"
+                the routes, as members of two IP sets (a rotation changes members, not rules)
+                  -i EXT -p udp -m set --match-set prefix-routes dst,dst,src -j ACCEPT
+                  -m set --match-set prefix-hashed dst -j P-GUARD              "prefix:route"
                 per stream, its queue rule                            "prefix:stream:NAME"
                   -s local_true -d remote_true -i INT -m mac --mac-source HOST_MAC -j NFQUEUE
                 then per stream, its true-address guard (after every queue rule: streams
                 that share a remote host share this rule's match)     "prefix:stream:NAME"
                   -d remote_true -j P-TRUE
-                two rules per route                             "prefix:route:NAME:EPOCH"
-                  -s remote_hashed -d local_hashed -i EXT -p udp --dport PORT -j ACCEPT
-                  -d local_hashed -j P-GUARD
                 last:         -p ipv6-icmp -j P-ICMP                             "prefix:icmp"
     P-TRUE      RETURN neighbour solicitations/advertisements from INT; DROP the rest: a true
                 address bound here answers nobody (Linux would answer it on every interface).
     P-GUARD     RETURN neighbour discovery (135, 136) and ICMPv6 errors (1-4); DROP the rest:
                 a hashed address answers nobody but its peer's tunnel packets.
+    prefix-routes  hash:ip,port,ip: per route (local_hashed, udp:PORT, remote_hashed)
+    prefix-hashed  hash:ip: per route local_hashed
     P-ICMP      RETURN neighbour solicitation/advertisement (135, 136), then NFQUEUE router
                 advertisements (134) from the external interface, router solicitations (133) from
                 the internal one and errors (1-4) from the external one; RETURN everything else.
@@ -45,7 +47,7 @@ interface, ``local`` the host's own true address, ``remote`` the peer host's)::
                 then per stream (after every delivery rule: streams that share a remote host
                 share this rule's match)                              "prefix:stream:NAME"
                   -s remote_true -j P-TRUE                       (from anywhere else)
-                neighbour discovery, routes, the ICMP jump: as in gateway mode
+                neighbour discovery, the route rules, the ICMP jump: as in gateway mode
     P-TRUE      DROP: nothing from a remote true address arrives from outside.
     P-GUARD     as in gateway mode.
     P-ICMP      RETURN neighbour solicitation/advertisement, NFQUEUE errors (1-4) from the
@@ -136,6 +138,7 @@ class Rule:
     dport: int | None = None  # -m udp --dport
     mac_source: str | None = None  # -m mac --mac-source: the Ethernet source of the frame
     fragment: bool = False  # -m frag: the packet carries a fragment header (any id)
+    match_set: tuple[str, str] | None = None  # -m set --match-set NAME FLAGS
 
     def text(self) -> str:
         """The rule exactly as ``ip6tables-legacy -S`` prints it."""
@@ -158,6 +161,8 @@ class Rule:
             parts += ["-m", "udp", "--dport", str(self.dport)]
         if self.mac_source is not None:
             parts += ["-m", "mac", "--mac-source", self.mac_source]
+        if self.match_set is not None:
+            parts += ["-m", "set", "--match-set", *self.match_set]
         parts += ["-m", "comment", "--comment", f'"{self.comment}"', "-j", self.target]
         if self.queue is not None:
             parts += ["--queue-num", str(self.queue)]
@@ -235,6 +240,17 @@ def chain_names(tag_prefix: str) -> Chains:
     return Chains(*(f"{upper}-{n}" for n in ("INPUT", "ICMP", "GUARD", "TRUE", "OUTPUT")))
 
 
+class Sets(NamedTuple):
+    """The two IP sets the route rules match (mt6d_mp.io.ipset)."""
+
+    routes: str  # hash:ip,port,ip: (local hashed, UDP port, remote hashed) of every route
+    hashed: str  # hash:ip: every route's local hashed address
+
+
+def set_names(tag_prefix: str) -> Sets:
+    return Sets(f"{tag_prefix}-routes", f"{tag_prefix}-hashed")
+
+
 class FixedRules(NamedTuple):
     """What setup installs and no later change touches."""
 
@@ -300,6 +316,14 @@ def fixed_rules(tag_prefix: str, icmp_queue: int, internal_if: str, external_if:
     # ICMP chain before the stream rules can queue a unicast one.
     head = [Rule(c.input, tag("frag"), "DROP", in_if=external_if, fragment=True)]
     head += [Rule(c.input, tag("nd"), c.icmp, proto=icmp6, icmp6_type=t) for t in ND_TYPES]
+    # The routes: the peer's tunnel packets are accepted, anything else to a hashed address
+    # goes to the guard. Each route is a member of two sets, not a rule: a rotation changes
+    # members (mt6d_mp.io.ipset), and the table is committed only when streams come or go.
+    # Before the streams' rules: a tunnel packet meets two rules, however many streams.
+    sets = set_names(tag_prefix)
+    head += [Rule(c.input, tag("route"), "ACCEPT", in_if=external_if, proto=IPPROTO_UDP,
+                  match_set=(sets.routes, "dst,dst,src")),
+             Rule(c.input, tag("route"), c.guard, match_set=(sets.hashed, "dst"))]
     silent = [Rule(c.output, tag("silent"), "DROP", proto=icmp6, icmp6_type=t)
               for t in SILENT_TYPES]
     jumps = [
@@ -375,23 +399,19 @@ def host_stream_rules(
     return inputs, outputs
 
 
-def route_rules(
-    tag_prefix: str, stream: str, epoch: int, remote_hashed: AddressLike,
-    local_hashed: AddressLike, udp_port: int, external_if: str, phase: int = 0,
-) -> tuple[Rule, Rule]:
-    """A route's accept rule (the peer's tunnel packets, from outside) and its guard jump.
-
-    Comment ``PREFIX:route:STREAM:EPOCH`` for the bootstrap phase's routes, ``...:EPOCHpPHASE``
-    for a key phase's (mt6d_mp.core.phases): one epoch has a route in each live phase.
-    """
-    c = chain_names(tag_prefix)
+def route_members(
+    stream: str, epoch: int, remote_hashed: AddressLike, local_hashed: AddressLike,
+    udp_port: int, phase: int = 0,
+) -> tuple[tuple[bytes, int, bytes], bytes]:
+    """A route as members of the two sets (every argument validated first): ``(local hashed,
+    port, remote hashed)`` of the routes set, which the accept rule matches as ``dst,dst,src``
+    (the peer's tunnel packets, UDP, from outside), and ``local hashed`` of the hashed set,
+    whose rule sends everything else to the address to the guard."""
     name(stream, "stream")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
     if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase <= 255:
         raise FirewallInputError(f"phase: expected an integer 0..255, got {phase!r}")
-    which = f"{epoch}p{phase}" if phase else f"{epoch}"
-    accept = Rule(c.input, f"{tag_prefix}:route:{stream}:{which}", "ACCEPT",
-                  src=host(remote_hashed, "remote_hashed"), dst=host(local_hashed, "local_hashed"),
-                  in_if=external_if, proto=IPPROTO_UDP, dport=port(udp_port))
-    return accept, Rule(c.input, accept.comment, c.guard, dst=accept.dst)
+    remote = ipaddress.IPv6Address(host(remote_hashed, "remote_hashed").split("/")[0]).packed
+    local = ipaddress.IPv6Address(host(local_hashed, "local_hashed").split("/")[0]).packed
+    return (local, port(udp_port), remote), local

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import logging
 import os
 import sys
@@ -60,6 +61,7 @@ from mt6d_mp.core.rules import (
     Rule,
 )
 from mt6d_mp.errors import SystemSetupError
+from mt6d_mp.io.ipset import IpSets, Member
 
 __all__ = ["Firewall", "FirewallInputError", "Rule", "cleanup", "installed", "leftovers", "to_iptc"]
 
@@ -140,6 +142,8 @@ def to_iptc(self: Rule) -> iptc.Rule6:
         rule.create_match("udp").dport = str(self.dport)
     if self.mac_source is not None:
         rule.create_match("mac").mac_source = self.mac_source
+    if self.match_set is not None:
+        rule.create_match("set").match_set = list(self.match_set)
     rule.create_match("comment").comment = self.comment
     target = rule.create_target(self.target)
     if self.queue is not None:
@@ -180,6 +184,8 @@ def _read_rule(chain: str, rule: iptc.Rule6) -> str:
             parts += ["-m", "udp", "--dport", str(match.dport)]
         elif match.name == "mac":
             parts += ["-m", "mac", "--mac-source", str(match.mac_source).lower()]
+        elif match.name == "set":
+            parts += ["-m", "set", "--match-set", *match.get_all_parameters().get("match-set", [])]
         elif match.name == "comment":
             parts += ["-m", "comment", "--comment", f'"{match.comment}"']
         else:
@@ -398,7 +404,17 @@ def cleanup(tag_prefix: str = "mt6d") -> list[str]:
     layout.prefix(tag_prefix)
     found = installed(tag_prefix)
     _transaction(_cleanup_ops(tag_prefix), "cleanup")
+    _destroy_sets(tag_prefix)  # once no rule of ours uses them
     return found
+
+
+def _destroy_sets(tag_prefix: str) -> None:
+    with IpSets() as sets:
+        present = sets.names()
+        for name in layout.set_names(tag_prefix):
+            if name in present:
+                log.info("action=destroy_set name=%s", name)
+                sets.destroy(name)
 
 
 def _grouped(streams: Iterable[tuple[Rule, ...]]) -> list[str]:
@@ -435,8 +451,9 @@ class Firewall:
         self._fixed: layout.FixedRules | None = None
         self._streams: dict[str, tuple[Rule, ...]] = {}  # P-INPUT: queue rule, true-address guard
         self._silenced: dict[str, tuple[Rule, ...]] = {}  # P-OUTPUT: its two true sources
-        self._routes: dict[tuple[str, int, int], Rule] = {}
-        self._guards: dict[tuple[str, int, int], Rule] = {}
+        self.sets = layout.set_names(tag_prefix)
+        # (stream, epoch, phase) -> the route's members of the two sets (mt6d_mp.core.rules)
+        self._routes: dict[tuple[str, int, int], tuple[Member, Member]] = {}
 
     # -- lifecycle
 
@@ -465,6 +482,10 @@ class Firewall:
         fixed = layout.fixed_rules(self.tag_prefix, icmp_queue, internal_if, external_if,
                                    host_mode)
         c = self.chains
+        # The sets the route rules match exist before the rules (an earlier run's are emptied).
+        with IpSets() as sets:
+            sets.create(self.sets.routes, "hash:ip,port,ip")
+            sets.create(self.sets.hashed, "hash:ip")
         ops = _cleanup_ops(self.tag_prefix)
         ops += [_op_new_chain(name) for name in (c.icmp, c.guard, c.true, c.input, c.output)]
         ops += [_op_append(r) for name in (c.icmp, c.guard, c.true) for r in fixed.chains[name]]
@@ -480,7 +501,6 @@ class Firewall:
         self._streams.clear()
         self._silenced.clear()
         self._routes.clear()
-        self._guards.clear()
 
     def teardown(self) -> None:
         """Remove exactly what :meth:`setup` and later calls added: the jumps, then the chains."""
@@ -490,6 +510,7 @@ class Firewall:
         ops += [_op_flush_chain(name) for name in self.chains]
         ops += [_op_delete_chain(name) for name in self.chains]
         _transaction(ops, "teardown")
+        _destroy_sets(self.tag_prefix)
         self._fixed = None
         self._forget()
 
@@ -557,18 +578,14 @@ class Firewall:
         return True
 
     def remove_stream(self, name: str) -> bool:
-        """Remove the stream's rules and every route rule of the stream, in one commit."""
+        """Remove the stream's routes (set members), then its rules, in one commit."""
         layout.name(name, "stream")
         self._require_active()
         if name not in self._streams:
             return False
-        routes = [key for key in self._routes if key[0] == name]
-        ops = [_op_delete(r[key]) for key in routes for r in (self._routes, self._guards)]
-        ops += [_op_delete(r) for r in (*self._streams[name], *self._silenced[name])]
+        self.change_routes(remove=[key for key in self._routes if key[0] == name])
+        ops = [_op_delete(r) for r in (*self._streams[name], *self._silenced[name])]
         _transaction(ops, f"remove_stream {name}")
-        for key in routes:
-            del self._routes[key]
-            del self._guards[key]
         del self._streams[name]
         del self._silenced[name]
         return True
@@ -581,35 +598,38 @@ class Firewall:
                       | tuple[str, int, AddressLike, AddressLike, int, int]] = (),
         remove: Sequence[tuple[str, int] | tuple[str, int, int]] = (),
     ) -> int:
-        """Add and remove route rules in ONE commit; return how many routes changed.
+        """Add and remove routes; return how many routes changed.
 
-        A route's first rule ACCEPTs UDP from the peer's hashed address to ours on the route's
-        port, from the external interface; its second sends everything else to its local
-        hashed address to the guard. With no worker bound to the port the kernel would answer
-        Port Unreachable, which the silence rules of ``P-OUTPUT`` drop, so restarts stay silent.
+        A route is a member of two sets (mt6d_mp.core.rules): the routes set, whose rule ACCEPTs
+        UDP from the peer's hashed address to ours on the route's port, from the external
+        interface, and the hashed set, whose rule sends everything else to the local hashed
+        address to the guard. With no worker bound to the port the kernel would answer Port
+        Unreachable, which the silence rules of ``P-OUTPUT`` drop, so restarts stay silent.
         (The route rule matched ``-m socket`` once; that match loads the kernel's IPv6
         defragmentation, which reassembled forged fragments before any rule could see them.)
 
-        A rotation changes every stream's routes at once. python-iptables replaces the whole
-        table on each commit, so one commit per route made a rotation cost grow with the square
-        of the number of streams; one commit per rotation keeps it linear.
+        A rotation changes every stream's routes at once: the removals, then the additions, go
+        in batches of set members (mt6d_mp.io.ipset), and the table is not committed at all.
+        Every argument is checked before anything changes.
         """
-        fixed = self._require_active()
-        new: dict[tuple[str, int, int], tuple[Rule, Rule]] = {}
+        self._require_active()
+        new: dict[tuple[str, int, int], tuple[Member, Member]] = {}
         for item in add:
             stream, epoch, remote_hashed, local_hashed, port = item[:5]
             phase = item[5] if len(item) > 5 else 0
-            rule, guard = layout.route_rules(self.tag_prefix, stream, epoch, remote_hashed,
-                                            local_hashed, port, self.external_if, phase)
+            (local, lport, remote), hashed = layout.route_members(
+                stream, epoch, remote_hashed, local_hashed, port, phase)
+            members = (Member(local, lport, remote), Member(hashed))
             if stream not in self._streams:
                 raise SystemSetupError(f"firewall: route for unknown stream {stream}")
             key = (stream, epoch, phase)
             old = self._routes.get(key)
-            if old == rule:
+            if old == members:
                 continue
             if old is not None:
-                raise SystemSetupError(f"firewall: route {rule.comment} exists with another rule")
-            new[key] = (rule, guard)
+                raise SystemSetupError(f"firewall: route {stream}:{epoch}p{phase} exists with "
+                                       "other addresses")
+            new[key] = members
         gone = []
         for r in remove:
             layout.name(r[0], "stream")
@@ -618,19 +638,24 @@ class Firewall:
                 gone.append(key)
         if not new and not gone:
             return 0
-        ops = [_op_delete(r[key]) for key in gone for r in (self._routes, self._guards)]
-        position = len(fixed.head) + self._stream_inputs() + 2 * (len(self._routes) - len(gone))
-        for rule, guard in new.values():
-            ops += [_op_insert(rule, position), _op_insert(guard, position + 1)]
-            position += 2
-        _transaction(ops, f"change_routes add={len(new)} remove={len(gone)}")
+        # A hashed address leaves its set only when no remaining route has it.
+        kept = {m[1] for k, m in self._routes.items() if k not in gone} | {m[1] for m in new.values()}
+        with IpSets() as sets:
+            sets.change(self.sets.routes, remove=[self._routes[k][0] for k in gone])
+            sets.change(self.sets.hashed,
+                        remove={self._routes[k][1] for k in gone} - kept)
+            sets.change(self.sets.hashed, add=[m[1] for m in new.values()])
+            sets.change(self.sets.routes, add=[m[0] for m in new.values()])
+        log.debug("action=change_routes add=%d remove=%d", len(new), len(gone))
         for key in gone:
             del self._routes[key]
-            del self._guards[key]
-        for key, (rule, guard) in new.items():
-            self._routes[key] = rule
-            self._guards[key] = guard
+        self._routes.update(new)
         return len(new) + len(gone)
+
+    def members(self) -> dict[str, set[Member]]:
+        """What the two sets should hold, by set name."""
+        return {self.sets.routes: {m[0] for m in self._routes.values()},
+                self.sets.hashed: {m[1] for m in self._routes.values()}}
 
     def _stream_inputs(self) -> int:
         """How many rules the streams have in P-INPUT."""
@@ -658,7 +683,6 @@ class Firewall:
             head[:at]
             + _grouped(self._streams.values())
             + head[at:]
-            + [line for k, r in self._routes.items() for line in (r.text(), self._guards[k].text())]
             + [fixed.icmp_jump.text()]
         )
         out = by_chain[self.chains.output]
@@ -700,10 +724,23 @@ class Firewall:
         return counts
 
     def verify(self) -> list[str]:
-        """Differences between :meth:`rules` and the kernel; empty when they agree."""
+        """Differences between :meth:`rules` (and :meth:`members`) and the kernel; empty when
+        they agree."""
         want, have = self.rules(), installed(self.tag_prefix)
-        if want == have:
-            return []
-        return [f"-{line}" for line in want if line not in have] + [
-            f"+{line}" for line in have if line not in want
-        ] or ["order differs"]
+        diff: list[str] = []
+        if want != have:
+            diff = [f"-{line}" for line in want if line not in have] + [
+                f"+{line}" for line in have if line not in want
+            ] or ["order differs"]
+        if self.active:
+            with IpSets() as sets:
+                for name, members in self.members().items():
+                    there = sets.members(name)
+                    diff += [f"-{name} {_member_text(m)}" for m in members - there]
+                    diff += [f"+{name} {_member_text(m)}" for m in there - members]
+        return diff
+
+
+def _member_text(m: Member) -> str:
+    ip = ipaddress.IPv6Address(m.ip)
+    return f"{ip},udp:{m.port},{ipaddress.IPv6Address(m.ip2)}" if m.ip2 else str(ip)

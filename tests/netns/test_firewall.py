@@ -40,9 +40,16 @@ T = "-p ipv6-icmp -m icmp6 --icmpv6-type"
 
 JUMP = '-A INPUT -m comment --comment "mt6d:jump" -j MT6D-INPUT'
 OUT_JUMP = '-A OUTPUT -o ext0 -m comment --comment "mt6d:jump" -j MT6D-OUTPUT'
+# The routes are members of two IP sets; two fixed rules match them (mt6d_mp/core/rules.py).
+ROUTE_RULES = [
+    '-A MT6D-INPUT -i ext0 -p udp -m set --match-set mt6d-routes dst,dst,src '
+    '-m comment --comment "mt6d:route" -j ACCEPT',
+    '-A MT6D-INPUT -m set --match-set mt6d-hashed dst -m comment --comment "mt6d:route" -j MT6D-GUARD',
+]
 HEAD = [
     '-A MT6D-INPUT -i ext0 -m frag -m comment --comment "mt6d:frag" -j DROP',
     *(f'-A MT6D-INPUT {T} {t} -m comment --comment "mt6d:nd" -j MT6D-ICMP' for t in range(133, 138)),
+    *ROUTE_RULES,
 ]
 SILENT = [
     f'-A MT6D-OUTPUT {T} {t} -m comment --comment "mt6d:silent" -j DROP'
@@ -90,18 +97,10 @@ def streams(*rules: list[str]) -> list[str]:
     that share a remote host share a guard's match: a guard must not come before a queue rule)."""
     return [r[0] for r in rules] + [r[1] for r in rules]
 
-ROUTE_B7 = (
-    "-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -i ext0 -p udp -m udp --dport 1 "
-    '-m comment --comment "mt6d:route:hostA-hostB:7" -j ACCEPT'
-)
-ROUTE_C7 = (
-    "-A MT6D-INPUT -s fd00:c::7c/128 -d fd00:a::7a/128 -i ext0 -p udp -m udp --dport 2 "
-    '-m comment --comment "mt6d:route:hostA-hostC:7" -j ACCEPT'
-)
-ROUTE_B8 = (
-    "-A MT6D-INPUT -s fd00:b::8b/128 -d fd00:a::8a/128 -i ext0 -p udp -m udp --dport 1 "
-    '-m comment --comment "mt6d:route:hostA-hostB:8" -j ACCEPT'
-)
+# A route as the sets hold it: (our hashed address, udp:PORT, the peer's) and our hashed address.
+ROUTE_B7 = "fd00:a::7a,udp:1,fd00:b::7b"
+ROUTE_C7 = "fd00:a::7a,udp:2,fd00:c::7c"  # the same local hashed address as B7: kept while used
+ROUTE_B8 = "fd00:a::8a,udp:1,fd00:b::8b"
 ICMP_JUMP = f"-A MT6D-INPUT -p ipv6-icmp {C} -j MT6D-ICMP"
 G = '-m comment --comment "mt6d:guard"'
 GUARD_RULES = [
@@ -110,11 +109,22 @@ GUARD_RULES = [
 ]
 
 
-def guard(route: str) -> str:
-    """The rule after a route's queue rule: anything else to its local hashed address is dropped."""
-    dst = route.split(" -d ")[1].split()[0]
-    comment = route.split('--comment "')[1].split('"')[0]
-    return f'-A MT6D-INPUT -d {dst} -m comment --comment "{comment}" -j MT6D-GUARD'
+def hashed(*routes: str) -> list[str]:
+    return sorted({r.split(",")[0] for r in routes})
+
+
+def members() -> dict[str, list[str]]:
+    """What the two sets of this (child) process's namespace hold, as text."""
+    from mt6d_mp.io.firewall import _member_text
+    from mt6d_mp.io.ipset import IpSets
+
+    with IpSets() as sets:
+        return {name: sorted(_member_text(m) for m in sets.members(name))
+                for name in ("mt6d-routes", "mt6d-hashed") if name in sets.names()}
+
+
+def held(*routes: str) -> dict[str, list[str]]:
+    return {"mt6d-routes": sorted(routes), "mt6d-hashed": hashed(*routes)}
 
 
 CHAINS = ["-N MT6D-GUARD", "-N MT6D-ICMP", "-N MT6D-INPUT", "-N MT6D-OUTPUT", "-N MT6D-TRUE"]
@@ -129,12 +139,6 @@ GOLDEN = [
     *ICMP_RULES,
     *HEAD,
     *streams(STREAM_B, STREAM_C),
-    ROUTE_B7,
-    guard(ROUTE_B7),
-    ROUTE_C7,
-    guard(ROUTE_C7),
-    ROUTE_B8,
-    guard(ROUTE_B8),
     ICMP_JUMP,
     *SILENT,
     *silenced("hostA-hostB", REMOTE_B),
@@ -183,7 +187,8 @@ def _golden() -> dict[str, Any]:
     from mt6d_mp.io.firewall import installed
 
     fw = build_golden_state()
-    return {"rules": fw.rules(), "installed": installed(), "save": save(), "verify": fw.verify()}
+    return {"rules": fw.rules(), "installed": installed(), "save": save(), "verify": fw.verify(),
+            "members": members()}
 
 
 def test_golden_rule_list(netns: str) -> None:
@@ -193,46 +198,41 @@ def test_golden_rule_list(netns: str) -> None:
     assert got["rules"] == ours(GOLDEN)
     assert got["installed"] == ours(GOLDEN)
     assert got["verify"] == []
+    assert got["members"] == held(ROUTE_B7, ROUTE_C7, ROUTE_B8)
 
 
-def _removal_order() -> list[list[str]]:
+def _removal_order() -> list[Any]:
     fw = build_golden_state()
     steps = []
     remove_route(fw, "hostA-hostB", 7)
-    steps.append(save())
-    fw.remove_stream("hostA-hostC")  # takes its route hostA-hostC:7 along, in one commit
-    steps.append(save())
-    fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A)  # after the streams, before routes
-    add_route(fw, "hostA-hostD", 1, "fd00:d::11", "fd00:a::11", 3)  # after the routes
+    steps += [save(), members()]
+    fw.remove_stream("hostA-hostC")  # takes its route hostA-hostC:7 along
+    steps += [save(), members()]
+    fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A)  # after the streams
+    add_route(fw, "hostA-hostD", 1, "fd00:d::11", "fd00:a::11", 3)
     assert remove_route(fw, "hostA-hostB", 7) is False  # already gone: no change
     assert fw.add_stream("hostA-hostD", LOCAL_A, "fd00:d::1", 3, MAC_A) is False  # identical: no change
-    steps.append(save())
-    steps.append(fw.rules())
-    steps.append(fw.verify())
+    steps += [save(), members(), fw.rules(), fw.verify()]
     return steps
 
 
 def test_removal_keeps_order(netns: str) -> None:
-    after_route, after_stream, after_adds, rules, verify = nsutil.call_in(netns, _removal_order)
+    (after_route, m_route, after_stream, m_stream, after_adds, m_adds, rules,
+     verify) = nsutil.call_in(netns, _removal_order)
     def chain(lines: list[str], name: str) -> list[str]:
         return [line for line in lines if line.startswith(f"-A {name} ")]
 
-    assert chain(after_route, "MT6D-INPUT")[len(HEAD):] == [
-        *streams(STREAM_B, STREAM_C), ROUTE_C7, guard(ROUTE_C7), ROUTE_B8, guard(ROUTE_B8),
-        ICMP_JUMP]
-    assert ROUTE_B7 not in after_route
-    assert chain(after_stream, "MT6D-INPUT")[len(HEAD):] == [
-        *STREAM_B, ROUTE_B8, guard(ROUTE_B8), ICMP_JUMP]
+    assert chain(after_route, "MT6D-INPUT")[len(HEAD):] == [*streams(STREAM_B, STREAM_C), ICMP_JUMP]
+    # B7 went; C7 keeps the hashed address it shares with B7
+    assert m_route == held(ROUTE_C7, ROUTE_B8)
+    assert chain(after_stream, "MT6D-INPUT")[len(HEAD):] == [*STREAM_B, ICMP_JUMP]
     assert chain(after_stream, "MT6D-OUTPUT") == [*SILENT, *silenced("hostA-hostB", REMOTE_B)]
-    route_d1 = (
-        "-A MT6D-INPUT -s fd00:d::11/128 -d fd00:a::11/128 -i ext0 -p udp -m udp --dport 3 "
-        '-m comment --comment "mt6d:route:hostA-hostD:1" -j ACCEPT'
-    )
+    assert m_stream == held(ROUTE_B8)
     assert chain(after_adds, "MT6D-INPUT")[len(HEAD):] == [
-        *streams(STREAM_B, stream("hostA-hostD", "fd00:d::1", 3)), ROUTE_B8, guard(ROUTE_B8),
-        route_d1, guard(route_d1), ICMP_JUMP]
+        *streams(STREAM_B, stream("hostA-hostD", "fd00:d::1", 3)), ICMP_JUMP]
     assert chain(after_adds, "MT6D-OUTPUT") == [
         *SILENT, *silenced("hostA-hostB", REMOTE_B), *silenced("hostA-hostD", "fd00:d::1")]
+    assert m_adds == held(ROUTE_B8, "fd00:a::11,udp:3,fd00:d::11")
     assert rules == ours(after_adds)
     assert verify == []
 
@@ -292,6 +292,7 @@ def _cleanup() -> tuple[list[str], list[str], list[str]]:
     from mt6d_mp.io.firewall import cleanup, leftovers
 
     removed = cleanup()
+    assert members() == {}, "the killed run's sets go with its rules"
     return removed, leftovers(), save()
 
 
@@ -430,7 +431,7 @@ def test_one_log_line_per_change(netns: str) -> None:
     assert f'action=add_rule chain=OUTPUT position=1 rule="{OUT_JUMP}"' in records
     out = silenced("hostA-hostB", REMOTE_B)
     head, nout = len(HEAD), len(SILENT)
-    assert records[-(4 + 4 + 2 + 10):] == [
+    assert records[-(4 + 4 + 2 + 10 + 2):] == [
         f'action=add_rule chain=MT6D-INPUT position={head + 1} rule="{STREAM_B[0]}"',
         f'action=add_rule chain=MT6D-INPUT position={head + 2} rule="{STREAM_B[1]}"',
         f'action=add_rule chain=MT6D-OUTPUT position={nout + 1} rule="{out[0]}"',
@@ -440,6 +441,7 @@ def test_one_log_line_per_change(netns: str) -> None:
         f'action=delete_rule chain=OUTPUT rule="{OUT_JUMP}"',
         *(f"action=flush_chain chain={c}" for c in chains),
         *(f"action=delete_chain chain={c}" for c in chains),
+        "action=destroy_set name=mt6d-routes", "action=destroy_set name=mt6d-hashed",
     ]
 
 
@@ -638,10 +640,11 @@ def test_cost_per_rule(netns: str) -> None:
     assert nsutil.ip6tables_save(netns) == pristine
 
 
-def _rotation_in_one_commit() -> tuple[int, list[str], list[str]]:
+def _rotation_without_a_commit() -> tuple[int, dict[str, list[str]], list[str]]:
     from mt6d_mp.io import firewall as fwmod
 
     fw = build_golden_state()
+    before = save()
     commits = []
     real = fwmod._transaction
 
@@ -659,17 +662,14 @@ def _rotation_in_one_commit() -> tuple[int, list[str], list[str]]:
     )
     assert changed == 4
     assert fw.change_routes() == 0
-    return len(commits), save(), fw.verify()
+    assert save() == before  # the table is not touched
+    return len(commits), members(), fw.verify()
 
 
-def test_a_rotation_is_one_commit(netns: str) -> None:
-    commits, after, verify = nsutil.call_in(netns, _rotation_in_one_commit)
-    assert commits == 1
-    route_b9 = ROUTE_B8.replace("8b", "9b").replace("8a", "9a").replace("hostB:8", "hostB:9")
-    route_c9 = (ROUTE_C7.replace("7c", "9c").replace("7a", "9a").replace("hostC:7", "hostC:9"))
-    inputs = [line for line in after if line.startswith("-A MT6D-INPUT ")]
-    assert inputs[len(HEAD):] == [*streams(STREAM_B, STREAM_C), ROUTE_B8, guard(ROUTE_B8), route_b9,
-                                  guard(route_b9), route_c9, guard(route_c9), ICMP_JUMP]
+def test_a_rotation_changes_set_members_and_commits_no_table(netns: str) -> None:
+    commits, got, verify = nsutil.call_in(netns, _rotation_without_a_commit)
+    assert commits == 0
+    assert got == held(ROUTE_B8, "fd00:a::9a,udp:1,fd00:b::9b", "fd00:a::9a,udp:2,fd00:c::9c")
     assert verify == []
 
 

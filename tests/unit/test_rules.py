@@ -4,7 +4,8 @@ golden test runs against a kernel in tests/netns/test_firewall.py (so does host 
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from typing import Any, ClassVar
 
 import pytest
 
@@ -13,6 +14,25 @@ from mt6d_mp.io import firewall
 
 T = "-p ipv6-icmp -m icmp6 --icmpv6-type"
 LOCAL, REMOTE, REMOTE2 = "fd00:a::1", "fd00:b::1", "fd00:c::1"
+
+
+class FakeSets:
+    """The kernel's IP sets as a dictionary (mt6d_mp.io.ipset.IpSets' methods the firewall uses)."""
+
+    held: ClassVar[dict[str, set[Any]]] = {}
+
+    def __enter__(self) -> FakeSets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def create(self, name: str, kind: str) -> None:
+        self.held[name] = set()
+
+    def change(self, name: str, add: Any = (), remove: Any = ()) -> None:
+        self.held[name] -= set(remove)
+        self.held[name] |= set(add)
 
 
 @pytest.fixture
@@ -25,6 +45,8 @@ def fw(monkeypatch: pytest.MonkeyPatch) -> tuple[firewall.Firewall, list[list[st
 
     monkeypatch.setattr(firewall, "_transaction", record)
     monkeypatch.setattr(firewall, "_cleanup_ops", lambda prefix: [])
+    monkeypatch.setattr(firewall, "IpSets", FakeSets)
+    FakeSets.held = {}
     f = firewall.Firewall()
     f.setup(9, "", "ext0", host_mode=True)
     return f, done
@@ -48,8 +70,10 @@ def test_host_mode_layout(fw: tuple[firewall.Firewall, list[list[str]]]) -> None
     f.change_routes([("a-b", 7, "fd00:b::7b", "fd00:a::7a", 1000)])
     (b_in, b_out), (c_in, c_out) = stream("a-b", REMOTE, 2), stream("a-c", REMOTE2, 3)
     ic = '-m comment --comment "mt6d:icmp"'
-    route = ('-A MT6D-INPUT -s fd00:b::7b/128 -d fd00:a::7a/128 -i ext0 -p udp -m udp --dport '
-             '1000 -m comment --comment "mt6d:route:a-b:7" -j ACCEPT')
+    routes = [('-A MT6D-INPUT -i ext0 -p udp -m set --match-set mt6d-routes dst,dst,src '
+               '-m comment --comment "mt6d:route" -j ACCEPT'),
+              '-A MT6D-INPUT -m set --match-set mt6d-hashed dst -m comment --comment "mt6d:route" '
+              '-j MT6D-GUARD']
     assert f.rules() == [
         "-N MT6D-GUARD", "-N MT6D-ICMP", "-N MT6D-INPUT", "-N MT6D-OUTPUT", "-N MT6D-TRUE",
         '-A INPUT -m comment --comment "mt6d:jump" -j MT6D-INPUT',
@@ -70,8 +94,8 @@ def test_host_mode_layout(fw: tuple[firewall.Firewall, list[list[str]]]) -> None
         b_in[0], c_in[0], b_in[1], c_in[1],
         *(f'-A MT6D-INPUT {T} {t} -m comment --comment "mt6d:nd" -j MT6D-ICMP'
           for t in range(133, 138)),
-        route,
-        '-A MT6D-INPUT -d fd00:a::7a/128 -m comment --comment "mt6d:route:a-b:7" -j MT6D-GUARD',
+        # the routes: members of two sets (the route added above is in them)
+        *routes,
         f"-A MT6D-INPUT -p ipv6-icmp {ic} -j MT6D-ICMP",
         # the streams first: the host's echo replies and errors to the remote host are the
         # stream's, and the silence rules only see what leaves by the external interface
@@ -85,17 +109,19 @@ def test_host_mode_layout(fw: tuple[firewall.Firewall, list[list[str]]]) -> None
     assert [line.split(" rule=")[0] for line in done[2]] == [
         "action=add_rule chain=MT6D-INPUT position=3", "action=add_rule chain=MT6D-INPUT position=5",
         *(f"action=add_rule chain=MT6D-OUTPUT position={p}" for p in (2, 4, 6, 8))]
-    # the route after frag, four stream rules and five neighbour-discovery rules
-    assert done[3][0].startswith("action=add_rule chain=MT6D-INPUT position=11 ")
+    # the route is set members, no rule
+    a, b = ipaddress.IPv6Address("fd00:a::7a").packed, ipaddress.IPv6Address("fd00:b::7b").packed
+    assert len(done) == 3 and FakeSets.held == {"mt6d-routes": {(a, 1000, b)}, "mt6d-hashed": {(a, 0, b"")}}
     assert f.remove_stream("a-b")
-    assert [line.split(" rule=")[0] for line in done[4]] == [
-        "action=delete_rule chain=MT6D-INPUT", "action=delete_rule chain=MT6D-INPUT",
+    assert [line.split(" rule=")[0] for line in done[3]] == [
         *["action=delete_rule chain=MT6D-INPUT"] * 2,
         *["action=delete_rule chain=MT6D-OUTPUT"] * 4]
+    assert FakeSets.held == {"mt6d-routes": set(), "mt6d-hashed": set()}  # its routes went too
 
 
 def test_host_mode_setup_refuses_an_internal_interface(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(firewall, "_transaction", lambda ops, what: None)
+    monkeypatch.setattr(firewall, "IpSets", FakeSets)
     monkeypatch.setattr(firewall, "_cleanup_ops", lambda prefix: [])
     with pytest.raises(layout.FirewallInputError, match="host mode has no internal interface"):
         firewall.Firewall().setup(9, "int0", "ext0", host_mode=True)
@@ -105,7 +131,7 @@ def test_host_mode_setup_refuses_an_internal_interface(monkeypatch: pytest.Monke
 
 def test_gateway_layout_unchanged_by_the_positions() -> None:
     fixed = layout.fixed_rules("mt6d", 9, "int0", "ext0")
-    assert fixed.input_streams_at == len(fixed.head) == 6
+    assert fixed.input_streams_at == len(fixed.head) == 8  # frag, five ND, two route-set rules
     assert fixed.output_streams_at == len(fixed.chains["MT6D-OUTPUT"]) == 8
     assert fixed.jumps[1].out_if == "ext0"
 
