@@ -193,14 +193,21 @@ class Supervisor:
             self.metrics.start()
         self.bus.handlers.update(handlers(self))  # mt6dctl's commands (mt6d_mp.commands)
         self.bus.handlers[b"keyx"] = self.keyx_received  # exchange messages from the workers
+        if self.fw is not None:  # every stream's rules in one commit, before any address is bound
+            self.fw.add_streams([(s.name, s.local.address.packed, s.remote.address.packed,
+                                  s.queue, mac_text(s.local.mac)) for s in c.streams])
         for s in c.streams:
-            self.add_stream(s)
+            self.add_stream(s, firewall=False)
 
-    def add_stream(self, s: cfgmod.StreamConfig) -> None:
+    def add_stream(self, s: cfgmod.StreamConfig, firewall: bool = True) -> None:
+        """The stream's rules (unless the caller added them: start-up), system state, keys and
+        bus state."""
         c = self.config
         assert self.nl is not None and self.bus is not None
         local, remote = s.local.address.packed, s.remote.address.packed
         self.streams_done.append(s)  # first: teardown undoes whatever part got done
+        if firewall and self.fw is not None:  # the guards before the addresses they guard
+            self.fw.add_stream(s.name, local, remote, s.queue, mac_text(s.local.mac))
         if c.host_mode:  # the route to the remote host is shared as the entries below are
             self.host_users.setdefault(("route", str(s.remote.address)), set()).add(s.name)
             hostmode.add_stream_system(self.nl, c, s, self.tunnel_mtu)
@@ -221,8 +228,6 @@ class Supervisor:
                 self.save_state()  # recorded before it exists: a crash in between leaks nothing
             self.nl.add_neighbour(c.internal, local, s.local.mac)
             self.nl.add_host_route(c.internal, local)
-        if self.fw is not None:
-            self.fw.add_stream(s.name, local, remote, s.queue, mac_text(s.local.mac))
         identity = StreamIdentity(s.name, local, s.local.mac, remote, s.remote.mac, c.hash_type)
         self.route_lists[s.name] = StreamKeys(
             identity, s.key.secret, c.rotation_time, c.route_lifetime, rekey_policy(c),

@@ -208,6 +208,11 @@ class Outbound(StreamPath):
         tclass = sockets.TCLASS_CMSG[outer_traffic_class(data)]
         cmsg = [self.tx_pktinfo, hop, tclass, sockets.dstopts_cmsg(dstopts)] if dstopts else [
             self.tx_pktinfo, hop, tclass]
+        if self.sent is not None:
+            # Recorded before it leaves: a router's error about it can reach the ICMP worker
+            # before sendmsg returns here (seen under load: the host never got the Packet Too
+            # Big, and the router's rate limit kept the next one back).
+            self.sent.add(dstopts, payload)
         try:
             self.tx.sendmsg((udp, payload), cmsg, 0, self.tx_addr)
         except OSError as e:
@@ -215,8 +220,6 @@ class Outbound(StreamPath):
             if e.errno == errno.EMSGSIZE:
                 self.too_big_for_path(data, route)
             return
-        if self.sent is not None:
-            self.sent.add(dstopts, payload)
         self.counters["tunnelled_packets"] += 1
         self.counters["tunnelled_bytes"] += len(data)
 

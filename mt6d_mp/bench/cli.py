@@ -24,6 +24,7 @@ from mt6d_mp.bench.results import clean, rekey_errors
 from mt6d_mp.bench.runner import run, write
 from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_NOT_INSTALLED, EXIT_PRIVILEGE
 from mt6d_mp.lab import MAX_STREAMS
+from mt6d_mp.lab.lab import MAX_ADDRESS_HOSTS
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -77,12 +78,47 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="length of every iperf3 run but the rekey's (default 10; quick 3, the load rows 2 and 1)",
     )
+    ap.add_argument(
+        "--scale",
+        nargs="?",
+        const="1,32,256,1024",
+        default=None,
+        metavar="COUNTS",
+        help="only the scale section: streams on one gateway pair (default 1,32,256,1024; "
+        "quick 1,32), written to scale.json and scale.md",
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return ap
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _scale(args: argparse.Namespace, progress: Progress) -> int:
+    """``--scale``: see mt6d_mp/bench/scale.py."""
+    from mt6d_mp.bench import scale
+
+    try:
+        counts = tuple(int(x) for x in args.scale.split(",") if x.strip())
+    except ValueError:
+        print(f"mt6d-bench: --scale takes stream counts separated by commas, not {args.scale!r}",
+              file=sys.stderr)
+        return EXIT_BAD_ARGS
+    if not counts or any(not 1 <= c <= MAX_ADDRESS_HOSTS for c in counts):
+        print(f"mt6d-bench: --scale stream counts must be 1..{MAX_ADDRESS_HOSTS}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        res = scale.bench_scale(progress, quick=args.quick,
+                                counts=None if args.quick and args.scale == "1,32,256,1024" else counts)
+        scale.write(res, args.out, progress)
+    except KeyboardInterrupt:
+        print("mt6d-bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    return 1 if any(p.get("error") for p in res["points"]) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mt6d-bench: missing programs: {' '.join(missing)} (run scripts/bootstrap)", file=sys.stderr)
         return EXIT_NOT_INSTALLED
     progress = Progress(args.quiet)
+    if args.scale is not None:
+        return _scale(args, progress)
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         results = run(plan, args.out, progress)

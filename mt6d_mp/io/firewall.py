@@ -542,40 +542,58 @@ class Firewall:
         Returns False (and changes nothing) if the same stream is already there; a different
         stream under the same name is an error.
         """
-        inputs: tuple[Rule, ...]
-        silenced: tuple[Rule, ...]
-        if self.host_mode:
-            inputs, silenced = layout.host_stream_rules(self.tag_prefix, name, local, remote,
-                                                        queue)
-        else:
-            inputs, silenced = layout.stream_rules(self.tag_prefix, name, local, remote, queue,
-                                                  local_mac, self.internal_if)
+        return self.add_streams([(name, local, remote, queue, local_mac)]) > 0
+
+    def add_streams(
+        self, streams: Sequence[tuple[str, AddressLike, AddressLike, int, str]]
+    ) -> int:
+        """:meth:`add_stream` for many streams in ONE commit (a start with a thousand streams
+        would otherwise commit the growing table a thousand times); how many were new. Every
+        argument is checked before anything changes."""
         fixed = self._require_active()
-        old = self._streams.get(name)
-        if old == inputs:
-            return False
-        if old is not None:
-            raise SystemSetupError(f"firewall: stream {name} exists with another rule")
-        # Rule i of every stream before rule i + 1 of any (in P-INPUT, and in host mode's
-        # P-OUTPUT): streams of two local hosts with one remote host (a site with several hosts
-        # talking to one host of a peer; a host with two addresses) share the remote host's
-        # rules, "-d remote -j P-TRUE" (host mode: "-s remote -j P-TRUE", "-d remote -j DROP",
-        # "-s remote -j DROP"), which would drop the second stream's packets before its own
-        # queue or delivery rule if the first stream's came first.
-        n = len(self._streams)
-        ops = [_op_insert(r, fixed.input_streams_at + i * (n + 1) + n)
-               for i, r in enumerate(inputs)]
-        if self.host_mode:
-            ops += [_op_insert(r, fixed.output_streams_at + i * (n + 1) + n)
-                    for i, r in enumerate(silenced)]
-        else:  # two drops each: their order does not matter, a stream's stay together
-            out_position = fixed.output_streams_at + 2 * len(self._silenced)
-            ops += [_op_insert(silenced[0], out_position),
-                    _op_insert(silenced[1], out_position + 1)]
-        _transaction(ops, f"add_stream {name}")
-        self._streams[name] = inputs
-        self._silenced[name] = silenced
-        return True
+        ops: list[_Op] = []
+        added: dict[str, tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+        n, silenced_n = len(self._streams), len(self._silenced)
+        for name, local, remote, queue, local_mac in streams:
+            inputs: tuple[Rule, ...]
+            silenced: tuple[Rule, ...]
+            if self.host_mode:
+                inputs, silenced = layout.host_stream_rules(self.tag_prefix, name, local, remote,
+                                                            queue)
+            else:
+                inputs, silenced = layout.stream_rules(self.tag_prefix, name, local, remote,
+                                                      queue, local_mac, self.internal_if)
+            old = self._streams.get(name) or added.get(name, ((), ()))[0] or None
+            if old == inputs:
+                continue
+            if old is not None:
+                raise SystemSetupError(f"firewall: stream {name} exists with another rule")
+            # Rule i of every stream before rule i + 1 of any (in P-INPUT, and in host mode's
+            # P-OUTPUT): streams of two local hosts with one remote host (a site with several
+            # hosts talking to one host of a peer; a host with two addresses) share the remote
+            # host's rules, "-d remote -j P-TRUE" (host mode: "-s remote -j P-TRUE", "-d remote
+            # -j DROP", "-s remote -j DROP"), which would drop the second stream's packets
+            # before its own queue or delivery rule if the first stream's came first.
+            ops += [_op_insert(r, fixed.input_streams_at + i * (n + 1) + n)
+                    for i, r in enumerate(inputs)]
+            if self.host_mode:
+                ops += [_op_insert(r, fixed.output_streams_at + i * (n + 1) + n)
+                        for i, r in enumerate(silenced)]
+            else:  # two drops each: their order does not matter, a stream's stay together
+                out_position = fixed.output_streams_at + 2 * silenced_n
+                ops += [_op_insert(silenced[0], out_position),
+                        _op_insert(silenced[1], out_position + 1)]
+                silenced_n += 1
+            n += 1
+            added[name] = (inputs, silenced)
+        if not added:
+            return 0
+        _transaction(ops, f"add_stream {next(iter(added))}" if len(added) == 1
+                     else f"add_streams count={len(added)}")
+        for name, (inputs, silenced) in added.items():
+            self._streams[name] = inputs
+            self._silenced[name] = silenced
+        return len(added)
 
     def remove_stream(self, name: str) -> bool:
         """Remove the stream's routes (set members), then its rules, in one commit."""

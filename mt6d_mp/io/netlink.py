@@ -544,10 +544,13 @@ class Netlink:
         requests = []
         for addr in addrs:
             ip = _v6(addr)
-            log.info("action=add_address dev=%s address=%s/128 flags=nodad,noprefixroute proto=%d",
-                     ifname, ip, self.proto)
+            log.debug("action=add_address dev=%s address=%s/128 flags=nodad,noprefixroute proto=%d",
+                      ifname, ip, self.proto)
             requests.append((self._new_address_msg(index, ip, 128), RTM_NEWADDR,
                              NLM_F_CREATE | NLM_F_EXCL))
+        if requests:  # one line a batch: a rotation of a thousand streams binds thousands
+            log.info("action=add_addresses dev=%s count=%d flags=nodad,noprefixroute proto=%d",
+                     ifname, len(requests), self.proto)
         return self._batch(requests, addrs, errno.EEXIST, f"add address on {ifname}")
 
     def remove_addresses(self, ifname: str, addrs: list[bytes]) -> int:
@@ -557,8 +560,10 @@ class Netlink:
         requests = []
         for addr in addrs:
             ip = _v6(addr)
-            log.info("action=remove_address dev=%s address=%s/128", ifname, ip)
+            log.debug("action=remove_address dev=%s address=%s/128", ifname, ip)
             requests.append((self._address_msg(index, ip, 128), RTM_DELADDR, 0))
+        if requests:
+            log.info("action=remove_addresses dev=%s count=%d", ifname, len(requests))
         return self._batch(requests, addrs, errno.EADDRNOTAVAIL, f"remove address on {ifname}")
 
     def _batch(self, requests: list[tuple[Any, int, int]], addrs: list[bytes], absent: int,

@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--streams", type=int, default=1,
                    help="host pairs (default 1); three-sites: hosts per site, each in a stream with "
                         "its namesake at each other site")
+    p.add_argument("--hosts-as-addresses", action="store_true",
+                   help="every host of a site an address in one namespace (P-ha, P-hb), for "
+                        "hundreds of streams")
+    p.add_argument("--shards", type=int, default=0,
+                   help="spread the streams over N queues, one worker each (default: a queue "
+                        "per stream)")
     p.add_argument("--rotation-time", type=float, default=2.0, help="seconds (default 2)")
     p.add_argument("--json", action="store_true", help="print the lab description as JSON")
     p.add_argument("--no-mt6d", action="store_true", help="plain forwarding baseline, no MT6D")
@@ -100,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 router_mtu=args.router_mtu,
                 settings=args.set,
                 ready_timeout=args.ready_timeout,
+                hosts_as_addresses=args.hosts_as_addresses,
+                shards=args.shards,
             )
             if args.json:
                 print(info.to_json())

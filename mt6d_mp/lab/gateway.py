@@ -41,9 +41,12 @@ def write_configs(info: LabInfo, *, encrypt: bool) -> None:
     profiles list the streams it carries, its own host first (in a three-site lab two of them
     per host: one to each other site)."""
     keys = {s.name: os.urandom(64).hex() + "\n" for s in info.streams}
-    hosts = [n for n in info.namespaces if n.address]
-    users = "# <ipv6 address> <hostname>\n" + "".join(f"{n.address} {n.hostname}\n" for n in hosts)
-    ethers = "# <mac> <ipv6 address>\n" + "".join(f"{n.mac} {n.address}\n" for n in hosts)
+    hosts = {}  # address -> (name, MAC), every end of every stream (several may share a namespace)
+    for s in info.streams:
+        hosts[s.host_a_address] = (s.host_a_name, s.host_a_mac)
+        hosts[s.host_b_address] = (s.host_b_name, s.host_b_mac)
+    users = "# <ipv6 address> <hostname>\n" + "".join(f"{a} {n}\n" for a, (n, _) in hosts.items())
+    ethers = "# <mac> <ipv6 address>\n" + "".join(f"{m} {a}\n" for a, (_, m) in hosts.items())
     for gw in info.gateways:
         assert gw.dir and gw.config and gw.runtime_dir and gw.log_file
         gdir = mkdir(Path(gw.dir), 0o700)

@@ -8,6 +8,9 @@ Topology (``P`` is the lab's prefix)::
     three-sites: switched, and a third site on the same switch:
                                                     P-sw(br0) --gc|ext0-- P-gc --int0|eth0-- P-hc[i]
 
+With ``hosts_as_addresses`` every host of a site is an address of one namespace (``P-ha``,
+``P-hb``; one veth, one MAC), for hundreds of streams; ``shards`` spreads the streams over that
+many queue numbers, so that each gateway runs that many stream workers.
 With several streams (hosts per site), ``int0`` is a bridge inside the gateway with one veth port
 ``h<i>`` per host. In a three-site lab each gateway is a peer of the two others: host ``i`` of
 each site is in a stream with host ``i`` of each other site (A-B, A-C, B-C), so each gateway
@@ -46,7 +49,8 @@ from mt6d_mp.lab.processes import TERM_TIMEOUT, ProcessTable, StateFile, mkdir
 log = logging.getLogger("mt6d_mp.lab")
 
 LAB_ROOT = Path("/run/mt6d-lab")
-MAX_STREAMS = 50
+MAX_STREAMS = 50  # a namespace per host
+MAX_ADDRESS_HOSTS = 4096  # hosts as addresses of one namespace per site
 
 
 class Lab:
@@ -66,13 +70,22 @@ class Lab:
         ready_timeout: float = 20.0,
         start_supervisors: bool = True,
         host_accept_ra: bool = False,
+        hosts_as_addresses: bool = False,
+        shards: int = 0,
         root: Path = LAB_ROOT,
     ) -> None:
         self.prefix = check_prefix(prefix)
         if topology not in TOPOLOGIES:
             raise LabUsageError(f"unknown topology {topology!r}: expected one of {TOPOLOGIES}")
-        if not 1 <= streams <= MAX_STREAMS:
-            raise LabUsageError(f"--streams must be 1..{MAX_STREAMS}, not {streams}")
+        most = MAX_ADDRESS_HOSTS if hosts_as_addresses else MAX_STREAMS
+        if not 1 <= streams <= most:
+            raise LabUsageError(f"--streams must be 1..{most}"
+                                + ("" if hosts_as_addresses else " (more with --hosts-as-addresses)")
+                                + f", not {streams}")
+        if hosts_as_addresses and topology not in ("switched", "routed"):
+            raise LabUsageError("--hosts-as-addresses: switched or routed topology only")
+        if shards < 0 or (shards and topology == "three-sites"):
+            raise LabUsageError("--shards: a number >= 1, two-site topologies only")
         if topology.startswith("host-") and streams != 1:
             raise LabUsageError(f"--topology {topology}: one host per end, so one stream")
         if rotation_time <= 0:
@@ -89,6 +102,8 @@ class Lab:
         self.ready_timeout = ready_timeout
         self.start_supervisors = start_supervisors
         self.host_accept_ra = host_accept_ra
+        self.hosts_as_addresses = hosts_as_addresses
+        self.shards = shards
         self.dir = root / prefix
         self.state = StateFile(self.dir / "state.json")
         self.procs = ProcessTable(self.prefix, self.state)
@@ -137,6 +152,8 @@ class Lab:
             mt6d=self.mt6d,
             router_mtu=self.router_mtu,
             host_accept_ra=self.host_accept_ra,
+            hosts_as_addresses=self.hosts_as_addresses,
+            shards=self.shards,
         )
 
     def plan(self) -> NetworkPlan:
@@ -334,6 +351,8 @@ def up(
     settings: Sequence[str] = (),
     ready_timeout: float = 20.0,
     start_supervisors: bool = True,
+    hosts_as_addresses: bool = False,
+    shards: int = 0,
     root: Path = LAB_ROOT,
 ) -> LabInfo:
     """Build lab ``prefix``; see :class:`Lab`."""
@@ -347,6 +366,8 @@ def up(
         settings=settings,
         ready_timeout=ready_timeout,
         start_supervisors=start_supervisors,
+        hosts_as_addresses=hosts_as_addresses,
+        shards=shards,
         root=root,
     ).up()
 

@@ -46,17 +46,22 @@ def check_prefix(prefix: str) -> str:
 
 
 def run(
-    cmd: Sequence[str], *, check: bool = True, timeout: float = 30.0, change: bool = True
+    cmd: Sequence[str], *, check: bool = True, timeout: float = 30.0, change: bool = True,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command; ``change`` commands (system changes) are echoed at info level."""
+    """Run a command (``stdin``: its input); ``change`` commands (system changes) are echoed at
+    info level."""
     if change:
         log.info("[#] %s", shlex.join(cmd))
     else:
         log.debug("[>] %s", shlex.join(cmd))
     try:
-        proc = subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
+        if stdin is None:
+            proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        else:
+            proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                                  input=stdin)
     except FileNotFoundError as e:
         raise LabError(f"{cmd[0]}: command not found") from e
     except subprocess.TimeoutExpired as e:

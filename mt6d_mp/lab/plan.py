@@ -83,6 +83,15 @@ class Shape:
     mt6d: bool
     router_mtu: int
     host_accept_ra: bool
+    # Every host of a site is an address in one namespace (for hundreds of streams): one veth
+    # to the gateway, one MAC, addresses SITE_NET + "<site>:<i>".
+    hosts_as_addresses: bool = False
+    shards: int = 0  # streams spread over this many queues (0: a queue per stream)
+
+    @property
+    def bridged(self) -> bool:
+        """Hosts hang off a bridge int0 in their gateway (several host namespaces)."""
+        return self.streams > 1 and not self.hosts_as_addresses
 
     @property
     def switched(self) -> bool:
@@ -178,7 +187,8 @@ def site_net(shape: Shape, site: str) -> str:
 
 
 def _hosts(shape: Shape, pp: int) -> list[Host]:
-    many = shape.streams > 1
+    many = shape.bridged
+    shared = shape.hosts_as_addresses
     hosts = []
     for side in shape.sites:
         net, role_byte, gw_byte = site_net(shape, side), _ROLE_HOST[side], _ROLE_GW[side]
@@ -186,17 +196,25 @@ def _hosts(shape: Shape, pp: int) -> list[Host]:
             role = f"host-{side}" if i == 1 else f"host-{side}{i}"
             hosts.append(
                 Host(
-                    ns=ns_name(shape.prefix, role),
+                    ns=ns_name(shape.prefix, f"host-{side}" if shared else role),
                     role=role,
                     side=side,
                     index=i,
-                    address=f"{net}{side}{i}",
-                    mac=_mac(pp, role_byte, i, 0),
+                    address=f"{net}{side}:{i:x}" if shared else f"{net}{side}{i}",
+                    mac=_mac(pp, role_byte, 1 if shared else i, 0),
                     port=f"h{i}" if many else "int0",
                     port_mac=_mac(pp, gw_byte, i, 3) if many else _mac(pp, gw_byte, 0, 1),
                 )
             )
     return hosts
+
+
+def _host_namespaces(p: NetworkPlan, side: str) -> list[Host]:
+    """The first host of each host namespace of a site (one per host, or one for them all)."""
+    first: dict[str, Host] = {}
+    for h in p.side(side):
+        first.setdefault(h.ns, h)
+    return list(first.values())
 
 
 def _gateways(shape: Shape) -> list[str]:
@@ -206,13 +224,13 @@ def _gateways(shape: Shape) -> list[str]:
 
 def _plan_namespaces(p: NetworkPlan, shape: Shape) -> None:
     """Site A's hosts and gateway, the middle, then each other site's gateway and hosts."""
-    for h in p.side("a"):
+    for h in _host_namespaces(p, "a"):
         p.namespaces.append((h.ns, h.role))
     p.namespaces.append((ns_name(shape.prefix, "gateway-a"), "gateway-a"))
     p.namespaces.append((ns_name(shape.prefix, shape.middle_role), shape.middle_role))
     for site in shape.sites[1:]:
         p.namespaces.append((ns_name(shape.prefix, f"gateway-{site}"), f"gateway-{site}"))
-        for h in p.side(site):
+        for h in _host_namespaces(p, site):
             p.namespaces.append((h.ns, h.role))
 
 
@@ -251,17 +269,17 @@ def _plan_sysctls(p: NetworkPlan, shape: Shape) -> None:
         p.bridge_namespaces.add(mid)
     else:
         p.sysctls[mid] = [*_DAD, *_forwarding(True)]  # the router routes, MT6D or not
-    if shape.streams > 1:
+    if shape.bridged:
         p.bridge_namespaces.update(gateways)
 
 
 def _plan_host_links(p: NetworkPlan, shape: Shape, pp: int) -> None:
     """Hosts to their gateway: one veth each, bridged into int0 when there are several."""
     for side in shape.sites:
-        gw, hosts = ns_name(shape.prefix, f"gateway-{side}"), p.side(side)
+        gw, hosts = ns_name(shape.prefix, f"gateway-{side}"), _host_namespaces(p, side)
         for h in hosts:
             p.veths.append(Veth(h.ns, "eth0", h.mac, gw, h.port, h.port_mac))
-        if shape.streams > 1:
+        if shape.bridged:
             p.bridges.append(Bridge(gw, "int0", _mac(pp, _ROLE_GW[side], 0, 1), [h.port for h in hosts]))
 
 
@@ -303,7 +321,7 @@ def _plan_routes(p: NetworkPlan, shape: Shape) -> None:
     for gw, net, router in ((ga, SITE_A_NET, ROUTER_A), (gb, SITE_B_NET, ROUTER_B)):
         p.routes.append((gw, ["-6", "route", "add", f"{net}/64", "dev", "ext0"]))
         p.routes.append((gw, ["-6", "route", "add", "default", "via", router, "dev", "ext0"]))
-    for h in p.hosts:
+    for h in (h for site in shape.sites for h in _host_namespaces(p, site)):
         p.routes.append((h.ns, ["-6", "route", "add", "default", "via", GATEWAY_LL, "dev", "eth0"]))
 
 
@@ -348,7 +366,7 @@ def build_info(
                 gateway=next((h.ns for h in plan.side(site) if h.ns in plan.mt6d_hosts),
                              ns_name(shape.prefix, f"gateway-{site}")),
                 net=f"{site_net(shape, site)}/64",
-                hosts=tuple(h.ns for h in plan.side(site)),
+                hosts=tuple(h.ns for h in _host_namespaces(plan, site)),
             )
             for site in shape.sites
         ),
@@ -395,7 +413,9 @@ def _interfaces(plan: NetworkPlan) -> dict[str, list[InterfaceInfo]]:
 
 def _namespace_infos(plan: NetworkPlan, mt6d: bool, lab_dir: Path) -> tuple[NamespaceInfo, ...]:
     ifaces = _interfaces(plan)
-    hosts = {h.ns: h for h in plan.hosts}
+    hosts: dict[str, Host] = {}
+    for h in plan.hosts:
+        hosts.setdefault(h.ns, h)  # a namespace of many host addresses: its first host
     namespaces = []
     for name, role in plan.namespaces:
         extra: dict[str, Any] = {}
@@ -426,7 +446,8 @@ def _namespace_infos(plan: NetworkPlan, mt6d: bool, lab_dir: Path) -> tuple[Name
 def _stream_infos(plan: NetworkPlan, shape: Shape) -> tuple[StreamInfo, ...]:
     """Host ``i`` of each site with host ``i`` of each later site: with two sites A-B (index
     and queue as always: 1..N, 2..N+1), with three A-B, A-C, B-C (index 1..3N, one queue
-    number each, so that no gateway has two streams on one queue)."""
+    number each, so that no gateway has two streams on one queue). With ``shards`` the
+    streams share that many queues, in turn (2, 3, ..., 2, 3, ...)."""
     pairs = [(x, y) for n, x in enumerate(shape.sites) for y in shape.sites[n + 1:]]
     streams = []
     ends = (end for x, y in pairs for end in zip(plan.side(x), plan.side(y), strict=True))
@@ -436,7 +457,7 @@ def _stream_infos(plan: NetworkPlan, shape: Shape) -> tuple[StreamInfo, ...]:
             StreamInfo(
                 name=sname,
                 index=index,
-                queue=1 + index,
+                queue=2 + (index - 1) % shape.shards if shape.shards else 1 + index,
                 key_file=f"keys/{sname}.key",
                 host_a_ns=a.ns,
                 host_a_name=a.role,

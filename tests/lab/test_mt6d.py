@@ -182,12 +182,16 @@ def frames(path: Path) -> Iterator[tuple[float, bytes]]:
 
 
 def host_secrets(info: LabInfo) -> list[tuple[bytes, bytes]]:
-    """(16-byte true address, 6-byte MAC) of every protected host."""
+    """(16-byte true address, 6-byte MAC) of every protected host (also the hosts that are
+    addresses of one namespace: every end of every stream)."""
     out = []
     for ns in info.namespaces:
         if ns.role.startswith("host") and ns.address and ns.mac:
             out.append((ipaddress.IPv6Address(ns.address).packed, mac_bytes(ns.mac)))
-    return out
+    for s in info.streams:
+        for address, mac in ((s.host_a_address, s.host_a_mac), (s.host_b_address, s.host_b_mac)):
+            out.append((ipaddress.IPv6Address(address).packed, mac_bytes(mac)))
+    return list(dict.fromkeys(out))
 
 
 def check_external_capture(info: LabInfo, path: Path) -> dict[str, Any]:

@@ -97,3 +97,25 @@ def test_each_gateway_of_three_sites_gets_the_profiles_and_keys_of_its_own_strea
     for s in info.streams:  # the two ends of a stream hold the same key
         x, y = info.stream_gateways(s)
         assert (Path(x.dir or "") / s.key_file).read_text() == (Path(y.dir or "") / s.key_file).read_text()
+
+
+def test_hosts_as_addresses_share_one_namespace_per_site_and_streams_share_shards(
+    tmp_path: Path,
+) -> None:
+    """The scale lab (mt6d_mp/bench/scale.py): 300 hosts a site as addresses of one namespace,
+    one veth, no bridge; the streams spread over 4 queues; the gateways' files load."""
+    shape = Shape("t1", "switched", 300, True, 1500, False, hosts_as_addresses=True, shards=4)
+    plan = make_plan(shape)
+    info = build_info(plan, shape, rotation_time=1.0, lab_dir=tmp_path,
+                      state_file=tmp_path / "state.json")
+    assert [n.name for n in info.namespaces] == ["t1-ha", "t1-ga", "t1-sw", "t1-gb", "t1-hb"]
+    assert not plan.bridges[:-1] and [b.name for b in plan.bridges] == ["br0"]  # the switch only
+    assert len(plan.addresses) == 2 * 300 + 2  # every host address, and each gateway's int0
+    assert len({h.mac for h in plan.side("a")}) == 1
+    assert len({h.address for h in plan.hosts}) == 600
+    assert {s.queue for s in info.streams} == {2, 3, 4, 5}
+    write_configs(info, encrypt=True)
+    for gw in info.gateways:
+        assert gw.config
+        c = cfg.load(gw.config)
+        assert len(c.streams) == 300 and len({s.queue for s in c.streams}) == 4
