@@ -80,7 +80,7 @@ def add_addresses(plan: NetworkPlan) -> None:
     """One ``ip -batch`` per namespace (a site of hundreds of host addresses takes one run)."""
     by_ns: dict[str, list[str]] = {}
     for ns, dev, cidr in plan.addresses:
-        by_ns.setdefault(ns, []).append(f"-6 addr add {cidr} dev {dev} nodad\n")
+        by_ns.setdefault(ns, []).append(f"addr add {cidr} dev {dev} nodad\n")
     for ns, lines in by_ns.items():
         run(["ip", "-n", ns, "-batch", "-"], stdin="".join(lines))
 

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from mt6d_mp.lab import Lab, LabInfo, random_prefix
+from mt6d_mp.lab import Lab, LabInfo, StreamInfo, random_prefix
 from tests.lab.test_mt6d import capture, check_external_capture
 from tests.lab.test_ops import received
-from tests.lab.test_peers import REKEY, ctl, ping, ping_eventually, status, wait_worker
+from tests.lab.test_peers import REKEY, ctl, ping, status, wait_worker
 
 pytestmark = [
     pytest.mark.lab,
@@ -39,6 +39,14 @@ def shardlab() -> Iterator[tuple[Lab, LabInfo]]:
         yield lab, lab.up()
     finally:
         lab.down()
+
+
+def ping_eventually(lab: Lab, s: StreamInfo, timeout: float = 30.0) -> None:
+    """Until one ping from the stream's host address comes back (its first key exchange first)."""
+    deadline = time.monotonic() + timeout
+    while ping(lab, s.host_a_ns, s.host_b_address, "-c", "1", "-W", "1",
+               "-I", s.host_a_address).returncode != 0:
+        assert time.monotonic() < deadline, f"no ping reply on {s.name}"
 
 
 def pings_all(lab: Lab, info: LabInfo, count: int) -> dict[str, tuple[int, int]]:
@@ -66,16 +74,17 @@ def test_streams_of_a_shard_share_a_worker_and_each_carries_its_own_traffic(
     lab, info = shardlab
     assert {s.host_a_ns for s in info.streams} == {info.streams[0].host_a_ns}  # one namespace
     for s in info.streams:
-        ping_eventually(lab, s.host_a_ns, s.host_b_address)
+        ping_eventually(lab, s)
     with capture(lab, info.capture_ns, info.capture_if, lab.dir / "shards.pcap") as cap:
         got = pings_all(lab, info, 40)  # 4 s: four rotations and a rekey
     assert all(r == (40, 40) for r in got.values()), got
     summary = check_external_capture(info, cap)
     assert summary["tunnel"] >= 2 * 40 * STREAMS and len(summary["epochs"]) >= 4, summary
+    time.sleep(1.5)  # workers report their counters every second
     for gw in (info.gateway_a, info.gateway_b):
         st = status(gw)
         rows = {w["name"]: w for w in st["workers"] if w["name"] != "icmp"}
-        assert set(rows) == {s.name for s in info.streams}
+        assert set(rows) == {name for _, name in info.streams_of(gw)}
         assert len({w["pid"] for w in rows.values()}) == SHARDS
         assert {w["worker"] for w in rows.values()} == {f"q{q}" for q in (2, 3)}
         for w in rows.values():  # each stream's own counters, not its shard's sum
@@ -104,7 +113,7 @@ def test_restart_by_a_stream_restarts_its_shard_and_traffic_resumes(
         else:
             assert w["pid"] == before[name]["pid"], "the other shard keeps its worker"
     for s in info.streams:
-        ping_eventually(lab, s.host_a_ns, s.host_b_address)
+        ping_eventually(lab, s)
     got = pings_all(lab, info, 20)
     assert all(r == (20, 20) for r in got.values()), got
     r = ping(lab, first.host_a_ns, first.host_b_address, "-c", "1", "-I", first.host_a_address)
