@@ -102,3 +102,48 @@ def test_compose_file_valid_for_v1_with_restart_healthcheck_and_healthy_gateways
         assert "mt6dctl" in services[gateway]["healthcheck"]["test"]
     assert services["host-a"]["depends_on"] == {"gateway-a": {"condition": "service_healthy"}}
     assert services["host-b"]["depends_on"] == {"gateway-b": {"condition": "service_healthy"}}
+
+
+# `docker info` answers when FAKE_ENGINE=1; dpkg-query reports the packages in FAKE_INSTALLED
+# installed, as `dpkg-query -W -f='${Status}' PACKAGE` does.
+FAKE_DOCKER_INFO = """#!/bin/sh
+[ "$1" = info ] && [ "$FAKE_ENGINE" = 1 ] && exit 0
+exit 1
+"""
+FAKE_DPKG_QUERY = """#!/bin/sh
+for last; do :; done
+for p in $FAKE_INSTALLED; do
+  [ "$p" = "$last" ] && { printf 'install ok installed'; exit 0; }
+done
+exit 1
+"""
+
+
+def engine_plan(tmp_path: Path, engine: bool, dockerd: bool, installed: str = "") -> str:
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    programs = {"docker": FAKE_DOCKER_INFO, "dpkg-query": FAKE_DPKG_QUERY}
+    if dockerd:
+        programs["dockerd"] = "#!/bin/sh\nexit 0\n"
+    for name, text in programs.items():
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    # /usr/sbin (the real dockerd) is left off PATH; the stand-ins come first
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "FAKE_ENGINE": "1" if engine else "0",
+           "FAKE_INSTALLED": installed}
+    done = subprocess.run([str(SCRIPT), "engine-plan"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize(("engine", "dockerd", "installed", "want"), [
+    (True, True, "docker-ce docker-ce-cli", "use"),   # any engine that answers, Docker's own too
+    (True, False, "", "use"),                          # e.g. a remote or rootless engine
+    (False, True, "docker.io", "start"),               # installed, not running: started by hand
+    (False, False, "", "install"),                     # nothing: Debian's docker.io
+    (False, False, "docker-ce-cli", "refuse docker-ce-cli"),  # never replace Docker's packages
+    (False, False, "moby-engine", "refuse moby-engine"),
+])  # fmt: skip
+def test_engine_plan_installs_docker_io_only_when_no_engine_and_no_dockers_own_packages(
+        tmp_path: Path, engine: bool, dockerd: bool, installed: str, want: str) -> None:
+    assert engine_plan(tmp_path, engine, dockerd, installed) == want
