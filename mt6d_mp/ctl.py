@@ -57,6 +57,7 @@ from mt6d_mp.errors import (
     EXIT_PRIVILEGE,
     Mt6dError,
 )
+from mt6d_mp.examples import example_config
 from mt6d_mp.runtime import DEFAULT_CONFIG, DEFAULT_RUNTIME_DIR, PID_FILE, control_socket, stale_pid
 
 # LSB "status" action codes (LSB 3.0.0, "Init Script Actions").
@@ -480,7 +481,9 @@ def runtime_dir_of(config_path: Path) -> Path:
     try:
         data = tomllib.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CommandError(f"{config_path}: no such configuration file", EXIT_NOT_CONFIGURED) from None
+        # A new installation, likely: point at the example that came with the package.
+        raise CommandError(f"{config_path}: no such configuration file (the example, every key with "
+                           f"its default: {example_config()})", EXIT_NOT_CONFIGURED) from None
     except PermissionError:
         raise CommandError(f"{config_path}: permission denied (run as root)", EXIT_PRIVILEGE) from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -34,6 +34,14 @@ def _label(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _value(v: float) -> str:
+    """A sample value, exact: integers (counters, epochs) in full, not ``%g``'s six digits, which
+    made epochs 898296598 and 898296599 one value and byte counters move in steps of thousands."""
+    if v.is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return repr(v)  # shortest text that reads back as the same float
+
+
 def render(status: dict[str, Any]) -> str:
     """The text format for one status reply (see mt6d_mp.ctl for its shape)."""
     families: dict[str, tuple[str, str, list[str]]] = {}
@@ -41,7 +49,7 @@ def render(status: dict[str, Any]) -> str:
     def add(name: str, kind: str, help_text: str, labels: dict[str, object], value: float) -> None:
         fam = families.setdefault(name, (kind, help_text, []))
         inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        fam[2].append(f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}")
+        fam[2].append(f"{name}{{{inner}}} {_value(value)}" if inner else f"{name} {_value(value)}")
 
     add("mt6d_supervisor_uptime_seconds", "gauge", "Seconds since the supervisor started.", {},
         float(status.get("uptime", 0.0)))

@@ -10,6 +10,7 @@ killed ``up`` or ``demo`` still rolls back, checks for root, and runs the subcom
     mt6d-lab down --prefix P [--keep-files]
     mt6d-lab info --prefix P
     mt6d-lab demo [--topology T] [--prefix P] [--rotation-time S] [--no-mt6d]
+    mt6d-lab metrics [--out FILE.png] [--seconds S] [--rate R] [--prefix P] [--rotation-time S]
 
 Errors of the lab end it with their exit code and one line on stderr.
 """
@@ -22,9 +23,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from mt6d_mp.errors import Mt6dError
+from mt6d_mp.lab import timeline
 from mt6d_mp.lab.demo import demo
 from mt6d_mp.lab.info import LabInfo, LabPrivilegeError
 from mt6d_mp.lab.lab import LAB_ROOT, down, load, up
@@ -74,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help="default: m6 + 4 random hex digits")
     p.add_argument("--rotation-time", type=float, default=2.0)
     p.add_argument("--no-mt6d", action="store_true", help="run the demo on the baseline")
+
+    p = sub.add_parser("metrics", parents=[common],
+                       help="build a lab with metrics on, send traffic, draw throughput, drops and "
+                            "rotations to a PNG, remove the lab")
+    p.add_argument("--out", type=Path, default=Path("mt6d-metrics.png"), help="PNG to write")
+    p.add_argument("--seconds", type=float, default=60.0, help="seconds of traffic (default 60)")
+    p.add_argument("--rate", default="20M", help="UDP rate for iperf3 -b (default 20M)")
+    p.add_argument("--prefix", default=None, help="default: m6 + 4 random hex digits")
+    p.add_argument("--rotation-time", type=float, default=2.0)
     return ap
 
 
@@ -83,9 +95,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    default = logging.WARNING if args.cmd == "demo" else logging.INFO
+    default = logging.WARNING if args.cmd in ("demo", "metrics") else logging.INFO
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
-    if args.cmd == "demo" and args.verbose:
+    if args.cmd in ("demo", "metrics") and args.verbose:
         level = logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -121,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "info":
             print(load(args.prefix).to_json())
             return 0
+        if args.cmd == "metrics":
+            return timeline.run(args.out, prefix=args.prefix, seconds=args.seconds, rate=args.rate,
+                                rotation_time=args.rotation_time)
         return demo(args.topology, args.prefix, rotation_time=args.rotation_time, mt6d=not args.no_mt6d)
     except Mt6dError as e:
         print(f"mt6d-lab: error: {e}", file=sys.stderr)

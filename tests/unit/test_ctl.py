@@ -113,6 +113,19 @@ def test_metrics_render_the_status_reply() -> None:
             parse_listen(bad)
 
 
+def test_metrics_values_are_exact() -> None:
+    from mt6d_mp.metrics import render
+
+    text = render({"uptime": 12.25, "tunnel_mtu": 1452,
+                   "workers": [{"name": "a-b", "state": "running", "bytes_out": 123456789012}],
+                   "streams": [{"name": "a-b", "active": {"epoch": 898296599}}]})
+    lines = text.splitlines()
+    # consecutive epochs must differ, and a rate over large byte counters must be exact
+    assert 'mt6d_stream_epoch{stream="a-b"} 898296599' in lines
+    assert 'mt6d_worker_bytes_total{worker="a-b",direction="out"} 123456789012' in lines
+    assert "mt6d_supervisor_uptime_seconds 12.25" in lines
+
+
 @pytest.mark.parametrize("reply", [{"workers": "x"}, {"pid": 1}, {"workers": [{"name": "s"}]}])
 def test_a_reply_of_another_shape_is_a_failed_command_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
