@@ -149,7 +149,11 @@ class Supervisor:
                 log.warning("event=leftover_not_removed what=neighbour dev=%s error=%s", dev, e)
         # The hashed addresses first, while their guards still stand: a peer may still be
         # sending to them, and an unguarded address would answer with Port Unreachable.
-        owned = list(self.nl.owned_addresses())
+        hashed = self.nl.owned_local_routes()
+        if hashed:
+            log.info("event=leftover_removed what=local_routes count=%d", len(hashed))
+            self.nl.remove_local_routes(hashed)
+        owned = list(self.nl.owned_addresses())  # hashed addresses of versions that bound them
         for ifname, addr in owned:
             if ifname == self.config.bridging:
                 log.info("event=leftover_removed what=address dev=%s address=%s", ifname, addr)
@@ -285,7 +289,7 @@ class Supervisor:
         for key in [k for k in self.bound_routes if k[0] == s.name]:
             r = self.bound_routes.pop(key)
             if c.routes:
-                self.nl.remove_address(c.bridging, r.local.address)
+                self.nl.remove_local_routes([r.local.address])
         if c.routes:
             self.undo_stream_system(s)
         self.route_lists.pop(s.name, None)
@@ -373,10 +377,10 @@ class Supervisor:
         no rules would make the kernel answer stray datagrams with Port Unreachable):
 
         1. released routes: the workers forget them (their sockets closed when they expired),
-           then their addresses go;
-        2. one firewall transaction adds the new routes' rules and guards and removes the
-           released ones;
-        3. the new addresses are bound, already behind their guards;
+           then their addresses go (local routes: docs/KERNEL.md, "Hashed addresses as local
+           routes");
+        2. the firewall's route sets gain the new routes and lose the released ones;
+        3. the new addresses become local, already behind their guards;
         4. the bus tells the workers: new routes usable, expired ones no longer accepted.
         """
         c = self.config
@@ -392,7 +396,7 @@ class Supervisor:
             add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port, r.key_phase)
                     for r in changes.added]
         if c.routes:  # one netlink batch for all of them, not a round trip each
-            self.nl.remove_addresses(c.bridging, unbind)
+            self.nl.remove_local_routes(unbind)
         t1 = time.perf_counter()
         if self.fw is not None:
             self.fw.change_routes(add, remove)
@@ -403,7 +407,7 @@ class Supervisor:
                 bind.append(r.local.address)
                 self.bound_routes[(stream, r.key_phase, r.epoch)] = r
         if c.routes:
-            self.nl.add_addresses(c.bridging, bind)
+            self.nl.add_local_routes(bind)
         t3 = time.perf_counter()
         for changes in all_changes.values():
             for r in changes.added:
@@ -540,7 +544,7 @@ class Supervisor:
         rebound = []
         if self.config.routes:
             for r in self.bound_routes.values():
-                if self.nl.add_address(self.config.bridging, r.local.address):
+                if self.nl.add_local_routes([r.local.address]):
                     rebound.append(str(ipaddress.IPv6Address(r.local.address)))
         for a in rebound:
             log.warning("event=rehash_rebound address=%s", a)
@@ -609,9 +613,8 @@ class Supervisor:
         nl, c = self.nl, self.config
         if nl is not None and c.routes:
             # Hashed addresses go while their guards still stand (see apply).
-            for (stream, _phase, _epoch), r in list(self.bound_routes.items()):
-                steps.append((f"route {stream}",
-                              functools.partial(nl.remove_address, c.bridging, r.local.address)))
+            steps.append(("routes", functools.partial(
+                nl.remove_local_routes, [r.local.address for r in self.bound_routes.values()])))
         if self.fw is not None:
             steps.append(("firewall", self.fw.teardown))
         if nl is not None and c.routes:

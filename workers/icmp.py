@@ -17,6 +17,13 @@ before the queue, see mt6d_mp.io.firewall):
   quote cannot be authenticated, and a forged one would otherwise put words in the host's
   mouth. Errors that quote no route of ours are not MT6D's and pass untouched.
 
+* Neighbour solicitation for one of our hashed addresses, on the external interface: answered
+  with a Neighbor Advertisement from that address and the external MAC. The hashed addresses
+  are local routes, not addresses of the interface (docs/KERNEL.md, "Hashed addresses as local
+  routes"), so the kernel answers none of them; the solicitations are read from a packet
+  socket (the IP layer drops those to solicited-node groups nothing joined), at most
+  ``ND_RATE`` answers a second.
+
 In host mode (MT6D on the protected host itself: no internal interface, no ``--internal-*``
 arguments) the host's own stack takes its router advertisements and sends its own
 solicitations, the firewall queues neither, and the translated errors go to the host's own
@@ -33,6 +40,7 @@ import argparse
 import logging
 import socket
 import sys
+import time
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.icmp import (
@@ -41,6 +49,8 @@ from mt6d_mp.core.icmp import (
     ND_ROUTER_ADVERT,
     ND_ROUTER_SOLICIT,
     SentCheck,
+    neighbor_advertisement,
+    neighbor_solicitation_target,
     parse_icmpv6,
     rewrite_router_advertisement,
     router_solicitation,
@@ -55,6 +65,8 @@ from workers.common import Worker, main
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
 DST = slice(24, 40)
+ND_RATE = 200.0  # neighbour advertisements a second (a burst of as many)
+ND_BATCH = 64  # solicitations read at once before the loop looks at the rest
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +99,16 @@ class IcmpWorker(Worker):
         except OSError as e:
             self.counters["all_routers_join_failed"] += 1
             log.warning("event=all_routers_join_failed ifindex=%d error=%s", self.int_index, e)
+        self.hashed: set[bytes] = set()  # every installed route's local hashed address
+        self.nd_tokens, self.nd_refilled = ND_RATE, 0.0
+        self.solicitations: socket.socket | None = None
+        try:
+            self.solicitations = sockets.solicitation_socket(self.ext_index)
+            self.watch(self.solicitations.fileno(), self.answer_solicitations)
+        except OSError as e:  # then peers cannot reach the hashed addresses: say so loudly
+            self.counters["solicitation_socket_failed"] += 1
+            log.error("event=solicitation_socket_failed ifindex=%d error=%s note=no neighbour "
+                      "advertisement for hashed addresses", self.ext_index, e)
 
     def rebuild(self) -> None:
         """Map each route's (hashed source, hashed destination) to the stream's true addresses.
@@ -117,6 +139,38 @@ class IcmpWorker(Worker):
                     owner.local, owner.remote, decryptors[(owner.name, r.key_phase)],
                     self.sent[owner.name].was_sent)
         self.lookup_table = table
+        self.hashed = {r.local_hashed for r in replica.routes.values()}
+
+    def answer_solicitations(self) -> None:
+        """Neighbour solicitations from the external link: those for our hashed addresses get
+        an advertisement (at most ND_RATE a second); the kernel takes care of the others."""
+        sock = self.solicitations
+        assert sock is not None
+        for _ in range(ND_BATCH):
+            try:
+                packet = sock.recv(2048)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self.counters["drop_nd_recv_" + sockets.errno_name(e.errno)] += 1
+                return
+            try:
+                src, target = neighbor_solicitation_target(packet)
+            except PacketError as e:
+                self.counters["drop_nd_" + e.reason] += 1
+                continue
+            if target not in self.hashed:
+                continue  # one of the gateway's own addresses: the kernel answers
+            now = time.monotonic()
+            self.nd_tokens = min(ND_RATE, self.nd_tokens + (now - self.nd_refilled) * ND_RATE)
+            self.nd_refilled = now
+            if self.nd_tokens < 1:
+                self.counters["drop_nd_rate"] += 1
+                continue
+            self.nd_tokens -= 1
+            na, dst = neighbor_advertisement(target, src, self.ext_mac)
+            scope = self.ext_index if dst[0] == 0xFF or dst[:2] == b"\xfe\x80" else 0
+            self._send(na, dst, scope, "nd_answered")
 
     def _lookup(self, src16: bytes, dst16: bytes) -> Lookup | None:
         return self.lookup_table.get((bytes(src16), bytes(dst16)))

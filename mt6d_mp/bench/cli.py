@@ -81,11 +81,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--scale",
         nargs="?",
-        const="1,32,256,1024",
+        const="1,8,32,256,1024",
         default=None,
         metavar="COUNTS",
-        help="only the scale section: streams on one gateway pair (default 1,32,256,1024; "
-        "quick 1,32), written to scale.json and scale.md",
+        help="only the scale section: streams on one gateway pair (default 1,8,32,256,1024; "
+        "quick 1,8), written to scale.json and scale.md",
     )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return ap
@@ -111,7 +111,7 @@ def _scale(args: argparse.Namespace, progress: Progress) -> int:
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         res = scale.bench_scale(progress, quick=args.quick,
-                                counts=None if args.quick and args.scale == "1,32,256,1024" else counts)
+                                counts=None if args.quick and args.scale == "1,8,32,256,1024" else counts)
         scale.write(res, args.out, progress)
     except KeyboardInterrupt:
         print("mt6d-bench: interrupted", file=sys.stderr)

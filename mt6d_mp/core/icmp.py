@@ -148,6 +148,58 @@ def router_solicitation(src16: bytes, mac6: bytes) -> bytes:
     return _build(src16, ALL_ROUTERS, ND_HOP_LIMIT, icmp)
 
 
+ND_OPT_TLLA: Final = 2  # target link-layer address, RFC 4861 section 4.6.1
+ND_NA_SOLICITED: Final = 0x40  # flags byte of a Neighbor Advertisement: S
+ND_NA_OVERRIDE: Final = 0x20  # O
+ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
+NS_LEN: Final = IPV6_HDR_LEN + 24  # a solicitation without options
+SOLICITED_NODE_PREFIX: Final = bytes.fromhex("ff0200000000000000000001ff")
+
+
+def neighbor_solicitation_target(packet: Buffer) -> tuple[bytes, bytes]:
+    """(source, target) of a Neighbor Solicitation that RFC 4861 7.1.1 lets a node answer: hop
+    limit 255, code 0, a valid checksum, a target that is no multicast address; from the
+    unspecified address (duplicate address detection) only to a solicited-node group.
+    PacketError otherwise."""
+    if len(packet) < NS_LEN:
+        raise PacketError("truncated", "neighbour solicitation")
+    itype, code, off = parse_icmpv6(packet)
+    if itype != ND_NEIGHBOR_SOLICIT or code != 0 or off != IPV6_HDR_LEN:
+        raise PacketError("not_ns", f"type {itype} code {code}")
+    if packet[7] != ND_HOP_LIMIT:
+        raise PacketError("nd_hop_limit", f"hop limit {packet[7]}")
+    end = ipv6_payload_end(packet)
+    if end < NS_LEN:
+        raise PacketError("truncated", "neighbour solicitation")
+    _check_icmp_checksum(packet, off, end)
+    src, dst = bytes(packet[IP6_OFF_SRC:IP6_OFF_DST]), bytes(packet[IP6_OFF_DST:IPV6_HDR_LEN])
+    target = bytes(packet[off + 8:off + 24])
+    if target[0] == 0xFF:
+        raise PacketError("ns_multicast_target", "target is a multicast address")
+    if src == UNSPECIFIED and dst[:13] != SOLICITED_NODE_PREFIX:
+        raise PacketError("ns_dad_not_solicited_node", "unspecified source to another address")
+    return src, target
+
+
+def neighbor_advertisement(target16: bytes, solicitor16: bytes, mac6: bytes) -> tuple[bytes, bytes]:
+    """The Neighbor Advertisement (RFC 4861 4.4, 7.2.4) that answers a solicitation for
+    ``target16`` from ``solicitor16``: from the target, with its link-layer address ``mac6``,
+    Override set; Solicited set and sent back to the solicitor, or (a solicitation from the
+    unspecified address: duplicate address detection) not solicited and to all nodes. Returns
+    (packet, its destination)."""
+    if len(target16) != IP6_ADDR_LEN or len(solicitor16) != IP6_ADDR_LEN or len(mac6) != 6:
+        raise ValueError("addresses must be 16 bytes and the MAC 6 bytes")
+    dad = solicitor16 == UNSPECIFIED
+    icmp = bytearray(32)
+    icmp[0] = ND_NEIGHBOR_ADVERT
+    icmp[4] = ND_NA_OVERRIDE | (0 if dad else ND_NA_SOLICITED)
+    icmp[8:24] = target16
+    icmp[24], icmp[25] = ND_OPT_TLLA, 1  # length in units of 8 bytes
+    icmp[26:32] = mac6
+    dst = ALL_NODES if dad else solicitor16
+    return _build(target16, dst, ND_HOP_LIMIT, icmp), dst
+
+
 def _check_icmp_checksum(packet: Buffer, off: int, end: int) -> None:
     msg = memoryview(packet)[off:end]
     stored = (msg[ICMP_OFF_CSUM] << 8) | msg[ICMP_OFF_CSUM + 1]

@@ -120,8 +120,9 @@ RTM_GETLINK = 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-RT_TABLE_MAIN = 254
-RTN_UNICAST = 1
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
+RTN_UNICAST, RTN_LOCAL = 1, 2
+RT_SCOPE_HOST = 254
 INFINITY_LIFE_TIME = 0xFFFFFFFF  # include/net/addrconf.h: a lifetime that never runs out
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
 REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang
@@ -487,12 +488,52 @@ class Netlink:
         names = self._names()
         out = []
         for msg in self._dump(rtmsg, RTM_GETROUTE):
-            if int(msg["proto"]) != self.proto:
+            if int(msg["proto"]) != self.proto or int(msg["type"]) != RTN_UNICAST:
                 continue
             dst = ipaddress.IPv6Address(msg.get("RTA_DST") or "::").packed
             oif = msg.get("RTA_OIF")
             out.append((names.get(int(oif), "?") if oif else "?", dst, int(msg["dst_len"])))
         return out
+
+    def owned_local_routes(self) -> list[bytes]:
+        """The destinations of our local routes (:meth:`add_local_routes`)."""
+        return [ipaddress.IPv6Address(msg.get("RTA_DST") or "::").packed
+                for msg in self._dump(rtmsg, RTM_GETROUTE)
+                if int(msg["proto"]) == self.proto and int(msg["type"]) == RTN_LOCAL
+                and int(msg["dst_len"]) == 128]
+
+    # -- local routes: addresses this machine takes as its own without binding them
+
+    def add_local_routes(self, addrs: list[bytes]) -> int:
+        """``ip route add local ADDR/128 dev lo table local proto 109`` for many addresses (one
+        netlink batch); how many were new.
+
+        A packet to such an address is delivered to this machine, and a socket with
+        ``IPV6_FREEBIND`` may bind it, as if it were bound to an interface; unlike a bound
+        address it joins no multicast group and walks no list, so a thousand cost what one does
+        (docs/KERNEL.md, "Hashed addresses as local routes"). Nothing answers neighbour
+        solicitations for it: the ICMP worker does (workers/icmp.py)."""
+        lo = self.ifindex("lo")
+        requests = [(self._local_route_msg(lo, _v6(a)), RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
+                    for a in addrs]
+        if requests:
+            log.info("action=add_local_routes count=%d proto=%d", len(requests), self.proto)
+        return self._batch(requests, addrs, errno.EEXIST, "add local route")
+
+    def remove_local_routes(self, addrs: list[bytes]) -> int:
+        """Remove local routes of :meth:`add_local_routes`; how many were there."""
+        lo = self.ifindex("lo")
+        requests = [(self._local_route_msg(lo, _v6(a)), RTM_DELROUTE, 0) for a in addrs]
+        if requests:
+            log.info("action=remove_local_routes count=%d", len(requests))
+        return self._batch(requests, addrs, errno.ESRCH, "remove local route")
+
+    def _local_route_msg(self, lo: int, ip: ipaddress.IPv6Address) -> Any:
+        msg = rtmsg()
+        msg.update(family=socket.AF_INET6, dst_len=128, src_len=0, tos=0, table=RT_TABLE_LOCAL,
+                   proto=self.proto, scope=RT_SCOPE_HOST, type=RTN_LOCAL, flags=0)
+        msg["attrs"] = [("RTA_DST", str(ip)), ("RTA_OIF", lo)]
+        return msg
 
     # -- addresses
 
@@ -568,6 +609,8 @@ class Netlink:
 
     def _batch(self, requests: list[tuple[Any, int, int]], addrs: list[bytes], absent: int,
                what: str) -> int:
+        """Send the requests in batches; how many succeeded. Any refusal but ``absent`` is a
+        SystemSetupError naming the first address refused (the others were still applied)."""
         if not requests:
             return 0
         try:

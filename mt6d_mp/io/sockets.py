@@ -16,6 +16,7 @@ Packets sent on raw sockets traverse OUTPUT, not FORWARD; MT6D's rules live in I
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -88,9 +89,16 @@ def big_send_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
 
+IPV6_FREEBIND = 78  # linux/in6.h: bind (and IPV6_PKTINFO) to an address no interface has
+
+
 def tunnel_socket() -> socket.socket:
+    """The raw UDP socket tunnel packets leave by, each from its route's hashed address
+    (IPV6_PKTINFO): a local route's address, bound to no interface, hence IPV6_FREEBIND
+    (docs/KERNEL.md, "Hashed addresses as local routes")."""
     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)
     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, UDP_CHECKSUM_OFFSET)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
     _reject_all_input(sock)
     big_send_buffer(sock)
     return sock
@@ -144,6 +152,47 @@ def release_flow_label(sock: socket.socket, label: int) -> None:
     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, req)
 
 
+ETH_P_IPV6_INT = 0x86DD
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_ALLMULTI = 2
+PACKET_IGNORE_OUTGOING = 23
+SO_ATTACH_FILTER = 26
+# Classic BPF, run on the IPv6 packet (a SOCK_DGRAM packet socket): ICMPv6 (next header 58 at
+# offset 6) of type 135 (offset 40, no extension header): a neighbour solicitation.
+_NS_FILTER = [
+    (0x30, 0, 0, 6),  # ldb [6]
+    (0x15, 0, 3, 58),  # jeq #58, else reject
+    (0x30, 0, 0, 40),  # ldb [40]
+    (0x15, 0, 1, 135),  # jeq #135, else reject
+    (0x06, 0, 0, 0xFFFF),  # ret: accept
+    (0x06, 0, 0, 0),  # ret: reject
+]
+
+
+def solicitation_socket(ifindex: int) -> socket.socket:
+    """A packet socket that reads the neighbour solicitations arriving on ``ifindex``, also
+    those to solicited-node groups no address of ours joined (the IP layer drops them), with
+    the interface set to take all multicast while the socket is open (a NIC's filter would
+    otherwise drop them first). Non-blocking; never sends."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IPV6_INT))
+    try:
+        program = b"".join(struct.pack("HBBI", *ins) for ins in _NS_FILTER)
+        buf = ctypes.create_string_buffer(program)
+        fprog = struct.pack("HL", len(_NS_FILTER), ctypes.addressof(buf))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        with contextlib.suppress(OSError):  # older kernels: our own frames are read too
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                        struct.pack("iHH8s", ifindex, PACKET_MR_ALLMULTI, 0, b""))
+        sock.bind((socket.if_indextoname(ifindex), ETH_P_IPV6_INT))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def join_group(group16: bytes, ifindex: int) -> socket.socket:
     """A socket that holds membership of an IPv6 multicast group on one interface.
 
@@ -189,6 +238,7 @@ def route_socket(local16: bytes, port: int, remote16: bytes, remote_port: int) -
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         big_send_buffer(sock)  # chunks of messages go out on this socket too
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)  # a local route's address
         sock.bind((sockaddr(local16)[0], port))
         sock.connect((sockaddr(remote16)[0], remote_port))
         sock.setblocking(False)

@@ -13,8 +13,11 @@ from scapy.layers.inet import UDP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
     ICMPv6ND_RA,
     ICMPv6ND_RS,
+    ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptMTU,
     ICMPv6NDOptPrefixInfo,
     ICMPv6NDOptSrcLLAddr,
@@ -36,6 +39,8 @@ from mt6d_mp.core.crypto import (
 from mt6d_mp.core.icmp import (
     RouteLookup,
     SentCheck,
+    neighbor_advertisement,
+    neighbor_solicitation_target,
     packet_too_big,
     parse_icmpv6,
     rewrite_router_advertisement,
@@ -365,3 +370,55 @@ def test_beyond_the_recorded_prefix_nothing_reaches_the_host() -> None:
     forged[parse_tunnel(tunnel).payload_offset + SENT_PREFIX + 5] ^= 0xFF
     got = translate_icmp_error(_wrap(bytes(forged), ICMPv6TimeExceeded()), _lookup(decryptor, tunnel))
     assert got[48:] == quoted(inner)
+
+
+# --- neighbour discovery for the hashed addresses (workers/icmp.py answers it) -----------------
+
+
+def solicitation(src: str, dst: str, target: str, hlim: int = 255, **kw: object) -> bytes:
+    return raw(IPv6(src=src, dst=dst, hlim=hlim) / ICMPv6ND_NS(tgt=target, **kw)
+               / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:01"))
+
+
+def test_a_solicitation_for_a_hashed_address_gets_a_solicited_advertisement_from_it() -> None:
+    ns = solicitation("fe80::1", "ff02::1:ffbc:def0", HASH_A)
+    src, target = neighbor_solicitation_target(ns)
+    assert (src, target) == (a16("fe80::1"), a16(HASH_A))
+    packet, dst = neighbor_advertisement(target, src, MAC)
+    na = IPv6(packet)
+    assert dst == a16("fe80::1") and a16(na.src) == a16(HASH_A) and na.dst == "fe80::1"
+    assert na.hlim == 255
+    adv = na[ICMPv6ND_NA]
+    assert (a16(adv.tgt), adv.S, adv.O, adv.R) == (a16(HASH_A), 1, 1, 0)
+    assert na[ICMPv6NDOptDstLLAddr].lladdr == "02:00:00:aa:bb:cc"
+    checked = na.copy()
+    del checked[ICMPv6ND_NA].cksum  # scapy computes the checksum afresh: the same
+    assert raw(checked) == packet
+
+
+def test_duplicate_address_detection_is_answered_to_all_nodes_unsolicited() -> None:
+    ns = raw(IPv6(src="::", dst="ff02::1:ffbc:def0", hlim=255) / ICMPv6ND_NS(tgt=HASH_A))
+    src, target = neighbor_solicitation_target(ns)
+    packet, dst = neighbor_advertisement(target, src, MAC)
+    na = IPv6(packet)
+    assert dst == a16("ff02::1") and na.dst == "ff02::1" and na[ICMPv6ND_NA].S == 0 and na[ICMPv6ND_NA].O == 1
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (solicitation("fe80::1", "ff02::1:ffbc:def0", HASH_A, hlim=254), "nd_hop_limit"),
+    (solicitation("fe80::1", "ff02::1:ff00:1", "ff02::1"), "ns_multicast_target"),
+    (raw(IPv6(src="::", dst=HASH_A, hlim=255) / ICMPv6ND_NS(tgt=HASH_A)), "ns_dad_not_solicited_node"),
+    (raw(IPv6(src="fe80::1", dst=HASH_A, hlim=255) / ICMPv6EchoRequest(data=bytes(16))), "not_ns"),
+    (solicitation("fe80::1", "ff02::1:ffbc:def0", HASH_A)[:60], "truncated"),
+])
+def test_solicitations_a_node_must_not_answer_are_refused(bad: bytes, reason: str) -> None:
+    with pytest.raises(PacketError) as e:
+        neighbor_solicitation_target(bad)
+    assert e.value.reason == reason
+
+
+def test_a_solicitation_with_a_wrong_checksum_is_refused() -> None:
+    ns = bytearray(solicitation("fe80::1", "ff02::1:ffbc:def0", HASH_A))
+    ns[42] ^= 1
+    with pytest.raises(PacketError, match="checksum"):
+        neighbor_solicitation_target(bytes(ns))
