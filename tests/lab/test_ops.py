@@ -512,7 +512,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze not installed")
-    unit = (REPO / "init" / "mt6d.service").read_text().replace("/usr/local/bin/", f"{VENV_BIN}/")
+    unit = (REPO / "init" / "mt6d.service").read_text().replace("/opt/mt6d/bin/", f"{VENV_BIN}/")
     path = tmp_path / "mt6d.service"
     path.write_text(unit)
     r = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
