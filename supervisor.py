@@ -76,6 +76,8 @@ log = logging.getLogger("mt6d.supervisor")
 
 # Config fields a reload may change (the streams); any other change needs a restart.
 RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
+RESOLVE_AFTER = 0.2  # seconds (at most a quarter rotation) before a new route's neighbour discovery
+ON_LINK_FOR = 60.0  # seconds a /64's "on the external link" answer is kept
 
 
 class Supervisor:
@@ -105,6 +107,10 @@ class Supervisor:
         self.queues: dict[str, int] = {}
         self.streams_done: list[cfgmod.StreamConfig] = []
         self.bound_routes: dict[tuple[str, int, int], Route] = {}  # (stream, phase, epoch)
+        # The peer's hashed addresses of new data routes, whose neighbour discovery starts a
+        # moment after they were added (resolve_due); and whether a /64 is on a link.
+        self.to_resolve: list[tuple[float, list[bytes]]] = []
+        self.on_link: dict[bytes, tuple[bool, float]] = {}
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
@@ -408,6 +414,8 @@ class Supervisor:
                 self.bound_routes[(stream, r.key_phase, r.epoch)] = r
         if c.routes:
             self.nl.add_local_routes(bind)
+            self.plan_resolution([r.remote.address for changes in all_changes.values()
+                                  for r in changes.added if r.key_phase])
         t3 = time.perf_counter()
         for changes in all_changes.values():
             for r in changes.added:
@@ -416,6 +424,35 @@ class Supervisor:
                 self.bus.publish(route_update(r, "expired"))
         log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
                   t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
+
+    def plan_resolution(self, remotes: list[bytes]) -> None:
+        """The peer's hashed addresses of new data routes that are on the external link: their
+        neighbour discovery starts RESOLVE_AFTER from now (the peer's ICMP worker has learned
+        its own new routes by then, and answers), a rotation before their first packet, so that
+        it does not wait in the neighbour queue, where packets sent while the answer comes
+        overtake the queued ones (docs/KERNEL.md, "Hashed addresses as local routes")."""
+        assert self.nl is not None
+        now = self.monotonic()
+        linked = []
+        for a in remotes:
+            prefix = a[:8]
+            known = self.on_link.get(prefix)
+            if known is None or now > known[1]:
+                known = self.on_link[prefix] = (self.nl.on_link(a), now + ON_LINK_FOR)
+            if known[0]:
+                linked.append(a)
+        if linked:
+            self.to_resolve.append((now + min(RESOLVE_AFTER, self.config.rotation_time / 4), linked))
+
+    def resolve_due(self) -> None:
+        assert self.nl is not None
+        now = self.monotonic()
+        while self.to_resolve and self.to_resolve[0][0] <= now:
+            _, addrs = self.to_resolve.pop(0)
+            try:
+                self.nl.resolve_neighbours(self.config.external, addrs)
+            except Mt6dError as e:  # a first packet will ask again
+                log.warning("event=resolve_failed count=%d error=%s", len(addrs), e)
 
     # --- workers (planned here, run by mt6d_mp.pool) ------------------------------------------
 
@@ -584,12 +621,14 @@ class Supervisor:
         ready_written = False
         next_metrics = 0.0
         while self.running:
-            wait = max(0.0, min(0.2, self.next_rotation - self.clock()))
+            wait = max(0.0, min(0.2, self.next_rotation - self.clock(),
+                                 *(t - self.monotonic() for t, _ in self.to_resolve[:1])))
             if self.bus.control.poll(int(wait * 1000) + 1):
                 self.bus.handle_control()
             if self.clock() >= self.next_rotation:
                 self.rotate()
             self.keys_tick()
+            self.resolve_due()
             if self.reload_pending:
                 self.reload_pending = False
                 with contextlib.suppress(Mt6dError):  # refused: logged; the old config stays

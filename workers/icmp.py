@@ -65,7 +65,8 @@ from workers.common import Worker, main
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
 DST = slice(24, 40)
-ND_RATE = 200.0  # neighbour advertisements a second (a burst of as many)
+ND_RATE = 2000.0  # neighbour advertisements a second (a burst of as many): a thousand streams
+# need one a rotation each, from each peer
 ND_BATCH = 64  # solicitations read at once before the loop looks at the rest
 
 log = logging.getLogger(__name__)

@@ -297,6 +297,7 @@ IFA_F_PERMANENT = 0x80
 IFA_F_NOPREFIXROUTE = 0x200
 # include/uapi/linux/neighbour.h
 NUD_PERMANENT = 0x80
+NTF_USE = 0x01  # RTM_NEWNEIGH: resolve the entry now, as a packet to it would
 # include/uapi/linux/rtnetlink.h: values above RTPROT_STATIC (4) are free for routing daemons.
 RT_SCOPE_LINK = 253
 PROTO_MT6D = 109  # 0x6d, "m"
@@ -669,6 +670,33 @@ class Netlink:
         msg["attrs"].append(("NDA_LLADDR", lladdr))
         self._change(msg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, None,
                      f"neighbour {ip} on {ifname}")
+
+    def resolve_neighbours(self, ifname: str, addrs: list[bytes]) -> int:
+        """Start neighbour discovery for addresses on ``ifname``'s link now, with no packet to
+        send them (``RTM_NEWNEIGH`` with ``NTF_USE``: the kernel creates the entry and
+        solicits); how many were asked. The supervisor asks for the peer's next hashed
+        addresses a rotation before use, so that their first packets do not wait in the
+        neighbour queue for the peer's answer (docs/KERNEL.md, "Hashed addresses as local
+        routes")."""
+        index = self.ifindex(ifname)
+        requests = []
+        for a in addrs:
+            msg = self._neighbour_msg(index, _v6(a))
+            msg["flags"] = NTF_USE
+            requests.append((msg, RTM_NEWNEIGH, NLM_F_CREATE))
+        return self._batch(requests, addrs, errno.EEXIST, f"resolve neighbour on {ifname}")
+
+    def on_link(self, addr: AddressLike) -> bool:
+        """Whether the kernel's route to ``addr`` reaches it on a link (no gateway)."""
+        msg = rtmsg()
+        msg.update(family=socket.AF_INET6, dst_len=128, src_len=0, tos=0, table=0, proto=0,
+                   scope=0, type=0, flags=0)
+        msg["attrs"] = [("RTA_DST", str(_v6(addr)))]
+        try:
+            found = self._rtnl.request(msg, RTM_GETROUTE, reply=rtmsg)
+        except NetlinkError:
+            return False  # no route: nothing to resolve
+        return bool(found) and not found[0].get("RTA_GATEWAY") and int(found[0]["type"]) == RTN_UNICAST
 
     def remove_neighbour(self, ifname: str, addr: AddressLike) -> bool:
         """Remove the neighbour entry; False if there was none."""
