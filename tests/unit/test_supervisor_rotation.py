@@ -49,6 +49,20 @@ class Recorder:
             self.remove_address(dev, a)
         return len(addrs)
 
+    # The hashed addresses are local routes (docs/KERNEL.md): "bind" and "unbind" here.
+    def add_local_routes(self, addrs: list[bytes]) -> int:
+        return self.add_addresses("lo", addrs)
+
+    def remove_local_routes(self, addrs: list[bytes]) -> int:
+        return self.remove_addresses("lo", addrs)
+
+    def on_link(self, addr: bytes) -> bool:
+        return True
+
+    def resolve_neighbours(self, dev: str, addrs: list[bytes]) -> int:
+        self.log.append(("resolve", tuple(addrs)))
+        return len(addrs)
+
     def change_routes(self, add: list[tuple[Any, ...]], remove: list[tuple[str, int]]) -> int:
         self.log.append(("commit", {a[3]: a[1] for a in add}, tuple(r[1] for r in remove)))
         return len(add) + len(remove)
