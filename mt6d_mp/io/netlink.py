@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mt6d_mp.errors import SystemSetupError
-from mt6d_mp.io.nlmsg import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HEADER
+from mt6d_mp.io import nlmsg as framing
+from mt6d_mp.io.nlmsg import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HEADER, nla
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 RTN_UNICAST, RTN_LOCAL = 1, 2
 RT_SCOPE_HOST = 254
+RTA_DST, RTA_OIF = 1, 4
+_RTMSG = struct.Struct("=BBBBBBBBI")  # struct rtmsg: family, dst_len, src_len, tos, table,
+# protocol, scope, type, flags
 INFINITY_LIFE_TIME = 0xFFFFFFFF  # include/net/addrconf.h: a lifetime that never runs out
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
 REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang
@@ -226,6 +230,20 @@ class _Rtnl:
                 msg.encode()
                 data += msg.data
                 data += bytes(-len(msg.data) % 4)
+            self.seq = first + len(chunk) - 1
+            codes += self._acks(bytes(data), first, len(chunk))
+        return codes
+
+    def batch_encoded(self, requests: list[tuple[int, int, bytes]]) -> list[int]:
+        """:meth:`batch` for messages encoded by the caller: (type, flags, body after the
+        netlink header) each."""
+        codes: list[int] = []
+        for start in range(0, len(requests), BATCH):
+            chunk = requests[start:start + BATCH]
+            first = self.seq % 0xFFFFFFFF + 1
+            data = bytearray()
+            for i, (kind, flags, body) in enumerate(chunk):
+                data += framing.nlmsg(kind, body, NLM_F_REQUEST | NLM_F_ACK | flags, first + i)
             self.seq = first + len(chunk) - 1
             codes += self._acks(bytes(data), first, len(chunk))
         return codes
@@ -513,28 +531,37 @@ class Netlink:
         ``IPV6_FREEBIND`` may bind it, as if it were bound to an interface; unlike a bound
         address it joins no multicast group and walks no list, so a thousand cost what one does
         (docs/KERNEL.md, "Hashed addresses as local routes"). Nothing answers neighbour
-        solicitations for it: the ICMP worker does (workers/icmp.py)."""
-        lo = self.ifindex("lo")
-        requests = [(self._local_route_msg(lo, _v6(a)), RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL)
-                    for a in addrs]
-        if requests:
-            log.info("action=add_local_routes count=%d proto=%d", len(requests), self.proto)
-        return self._batch(requests, addrs, errno.EEXIST, "add local route")
+        solicitations for it: the ICMP worker does (workers/icmp.py). The messages are encoded
+        here, not by pyroute2: a rotation of a thousand streams sends thousands of them."""
+        if addrs:
+            log.info("action=add_local_routes count=%d proto=%d", len(addrs), self.proto)
+        return self._local_routes(addrs, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, errno.EEXIST,
+                                  "add local route")
 
     def remove_local_routes(self, addrs: list[bytes]) -> int:
         """Remove local routes of :meth:`add_local_routes`; how many were there."""
-        lo = self.ifindex("lo")
-        requests = [(self._local_route_msg(lo, _v6(a)), RTM_DELROUTE, 0) for a in addrs]
-        if requests:
-            log.info("action=remove_local_routes count=%d", len(requests))
-        return self._batch(requests, addrs, errno.ESRCH, "remove local route")
+        if addrs:
+            log.info("action=remove_local_routes count=%d", len(addrs))
+        return self._local_routes(addrs, RTM_DELROUTE, 0, errno.ESRCH, "remove local route")
 
-    def _local_route_msg(self, lo: int, ip: ipaddress.IPv6Address) -> Any:
-        msg = rtmsg()
-        msg.update(family=socket.AF_INET6, dst_len=128, src_len=0, tos=0, table=RT_TABLE_LOCAL,
-                   proto=self.proto, scope=RT_SCOPE_HOST, type=RTN_LOCAL, flags=0)
-        msg["attrs"] = [("RTA_DST", str(ip)), ("RTA_OIF", lo)]
-        return msg
+    def _local_routes(self, addrs: list[bytes], kind: int, flags: int, absent: int,
+                      what: str) -> int:
+        if not addrs:
+            return 0
+        lo = self.ifindex("lo")
+        head = _RTMSG.pack(socket.AF_INET6, 128, 0, 0, RT_TABLE_LOCAL, self.proto,
+                           RT_SCOPE_HOST, RTN_LOCAL, 0)
+        oif = nla(RTA_OIF, struct.pack("=I", lo))
+        requests = [(kind, flags, head + nla(RTA_DST, _v6(a).packed) + oif) for a in addrs]
+        try:
+            codes = self._rtnl.batch_encoded(requests)
+        except NetlinkError as exc:
+            raise SystemSetupError(f"netlink: {what}: {exc}") from exc
+        for addr, code in zip(addrs, codes, strict=True):
+            if code and code != absent:
+                raise SystemSetupError(
+                    f"netlink: {what} {_v6(addr)}: {os.strerror(code)} (errno {code})")
+        return sum(1 for code in codes if code == 0)
 
     # -- addresses
 

@@ -83,6 +83,13 @@ def test_streams_of_a_shard_share_a_worker_and_each_carries_its_own_traffic(
     time.sleep(1.5)  # workers report their counters every second
     for gw in (info.gateway_a, info.gateway_b):
         st = status(gw)
+        # The hashed addresses are local routes, not addresses of ext0 (docs/KERNEL.md), and
+        # the ICMP worker answered the peer's neighbour solicitations for them.
+        assert "scope global" not in lab.exec(gw.name, ["ip", "-6", "addr", "show", "dev", "ext0"]).stdout
+        local = lab.exec(gw.name, ["ip", "-6", "route", "show", "table", "local", "proto", "109"]).stdout
+        assert len(local.splitlines()) >= 2 * STREAMS, local
+        icmp = next(w for w in st["workers"] if w["name"] == "icmp")
+        assert icmp["counters"].get("nd_answered", 0) > 0, icmp
         rows = {w["name"]: w for w in st["workers"] if w["name"] != "icmp"}
         assert set(rows) == {name for _, name in info.streams_of(gw)}
         assert len({w["pid"] for w in rows.values()}) == SHARDS

@@ -261,3 +261,56 @@ def test_address_batches(pair: tuple[str, str], nl: Netlink) -> None:
     assert nl.add_addresses("va", []) == nl.remove_addresses("va", []) == 0
     with pytest.raises(SystemSetupError, match="ff02::1"):
         nl.add_addresses("va", [ipaddress.IPv6Address("ff02::1").packed])  # multicast: refused
+
+
+BIND_AND_READ = """
+import socket, sys
+from mt6d_mp.io.sockets import IPV6_FREEBIND
+addr = sys.argv[1]
+plain = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+try:
+    plain.bind((addr, 4000))
+    print("plain bound")
+except OSError as e:
+    print("plain refused", e.errno)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+s.bind((addr, 4000))
+s.settimeout(5)
+print("ready", flush=True)
+print(s.recvfrom(100)[0].decode())
+"""
+
+
+def test_hashed_addresses_as_local_routes(pair: tuple[str, str], nl: Netlink) -> None:
+    """Local routes (docs/KERNEL.md, "Hashed addresses as local routes"): hundreds in batches,
+    owned by protocol 109, none an address of any interface; a socket binds one only with
+    IPV6_FREEBIND, and a datagram to it from the other namespace arrives once the other side
+    knows where it is (here a static neighbour entry: the ICMP worker answers solicitations in
+    a gateway); all removed again."""
+    a, b = pair
+    addrs = [ipaddress.IPv6Address(f"2001:db8:78::{i:x}").packed for i in range(1, 301)]
+    assert nl.add_local_routes(addrs) == 300
+    assert nl.add_local_routes(addrs[:3]) == 0  # already there: not new, no error
+    assert set(nl.owned_local_routes()) == set(addrs)
+    assert "2001:db8:78::" not in ip6(a, "addr", "show")
+    assert "local 2001:db8:78::1 dev lo proto 109" in ip6(a, "route", "show", "table", "local")
+    nsutil.run_in(a, ["ip", "-6", "addr", "add", "2001:db8:78::ffff/64", "dev", "va", "nodad"])
+    nsutil.run_in(b, ["ip", "-6", "addr", "add", "2001:db8:78::fffe/64", "dev", "vb", "nodad"])
+    mac = nsutil.run_in(a, ["ip", "-o", "link", "show", "dev", "va"]).split("link/ether ")[1].split()[0]
+    nsutil.run_in(b, ["ip", "-6", "neigh", "replace", "2001:db8:78::7", "lladdr", mac, "dev", "vb"])
+    reader = subprocess.Popen(["ip", "netns", "exec", a, sys.executable, "-c", BIND_AND_READ,
+                               "2001:db8:78::7"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == f"plain refused {99}"  # EADDRNOTAVAIL
+        assert reader.stdout.readline().strip() == "ready"
+        nsutil.run_in(b, [sys.executable, "-c", "import socket; socket.socket(socket.AF_INET6, "
+                          "socket.SOCK_DGRAM).sendto(b'hello', ('2001:db8:78::7', 4000))"])
+        assert reader.communicate(timeout=10)[0].strip() == "hello"
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert nl.remove_local_routes([*addrs, ipaddress.IPv6Address("2001:db8:78::fffd").packed]) == 300
+    assert nl.owned_local_routes() == []
