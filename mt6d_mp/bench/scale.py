@@ -196,7 +196,8 @@ def markdown(res: dict[str, Any], charts: list[str]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in res["points"]:
         if p.get("error"):
-            rows.append(f"| {p['streams']} | {p['shards']} | failed: {p['error']} |" + " |" * 9)
+            first = str(p["error"]).splitlines()[0] if p["error"] else ""
+            rows.append(f"| {p['streams']} | {p['shards']} | failed: {first} |" + " |" * 9)
             continue
         rot, g = p["rotation_s"] or {}, p["gateways"]["gateway-a"]
         per = p["per_stream_ms"] or {}
