@@ -3,11 +3,12 @@
 After 0.1 s idle the per-packet Python path runs about ten times slower than back to back: its
 code and data fell out of the CPU caches (results/wake/cold.py). So while a stream carried a
 packet in the last 2 s, the worker's loop calls :func:`keep_warm` every ``keep_warm_ms`` when it
-has nothing else to do. The flow of one run:
+has nothing else to do, on the tunnel of the stream that carried the latest packet (a shard's
+worker carries several: workers/stream.py). The flow of one run:
 
 1. choose the route as a real packet would (on the real sockets: choosing it may lease a flow
    label on the transmit socket, which must never happen on a stand-in);
-2. put keep-warm's stand-ins in place of the worker's sockets, keys, counters, drop batch, queue
+2. put keep-warm's stand-ins in place of the tunnel's sockets, keys, counters, drop batch, queue
    reader and sent-packet record (:meth:`KeepWarm.stand_ins`): a random key, so the stream's nonce
    counter, replay window, journal and counters are untouched, and sockets that send nothing;
 3. a 64-byte echo request from the local host goes through the queue parser, ``on_message`` and
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
     from workers.path import RouteSocket as _RouteSocket
 
 
-class StreamWorker(Protocol):
-    """What keep-warm runs on: the stream worker (workers/stream.py), as far as it uses it."""
+class Stream(Protocol):
+    """What keep-warm runs on: one stream's tunnel (workers/tunnel.py), as far as it uses it."""
 
     name: str
     queue_num: int
@@ -131,7 +132,7 @@ class KeepWarm:
                   + b"\x80\x00" + bytes(62))
         self.message = packet_message(queue, 1, packet)
 
-    def stand_ins(self, worker: StreamWorker, phase: int) -> dict[str, Any]:
+    def stand_ins(self, worker: Stream, phase: int) -> dict[str, Any]:
         """The worker's attributes that a run replaces, each with keep-warm's own (one place);
         ``phase`` is the key phase of the route the run uses."""
         assert worker.state is not None
@@ -143,7 +144,7 @@ class KeepWarm:
 
 
 @contextmanager
-def standing_in(worker: StreamWorker, values: dict[str, Any]) -> Iterator[None]:
+def standing_in(worker: Stream, values: dict[str, Any]) -> Iterator[None]:
     """Set the worker's attributes named in ``values`` for the block, and put them back."""
     saved = {name: getattr(worker, name) for name in values}
     for name, value in values.items():
@@ -155,7 +156,7 @@ def standing_in(worker: StreamWorker, values: dict[str, Any]) -> Iterator[None]:
             setattr(worker, name, value)
 
 
-def keep_warm(worker: StreamWorker) -> None:
+def keep_warm(worker: Stream) -> None:
     """Run one packet each way through the worker's real per-packet code, with nothing sent."""
     st = worker.state
     if st is None or worker.reader is None:

@@ -7,9 +7,11 @@ whole dictionary JSON-safe before it is written.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -66,3 +68,22 @@ def rekey_errors(results: dict[str, Any]) -> list[str]:
         if e:
             out.append(f"{path} handshake: {e}")
     return out
+
+
+def write_report(data: dict[str, Any], out: Path, stem: str,
+                 draw: Callable[[dict[str, Any], Path], list[str]],
+                 render: Callable[[dict[str, Any], list[str]], str],
+                 progress: Callable[[str], None]) -> None:
+    """``STEM.json`` (JSON-safe), the charts ``draw`` makes (none without matplotlib) and
+    ``STEM.md`` from ``render``, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    safe = clean(data)
+    (out / f"{stem}.json").write_text(json.dumps(safe, indent=2, allow_nan=False) + "\n")
+    try:
+        written = draw(safe, out)
+    except ImportError:
+        progress("matplotlib is not installed (pip install -e '.[bench]'): no charts")
+        written = []
+    (out / f"{stem}.md").write_text(render(safe, written))
+    progress(f"wrote {out / (stem + '.json')}, {out / (stem + '.md')}"
+             + "".join(f", {w}" for w in written))

@@ -11,7 +11,6 @@ handshakes.py), and compute the targets (report.py). :func:`write` writes bench.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from mt6d_mp.bench.load import load_tests
 from mt6d_mp.bench.plan import SCHEMA, Plan, Progress
 from mt6d_mp.bench.rekey import bench_rekey
 from mt6d_mp.bench.report import markdown, targets
-from mt6d_mp.bench.results import clean
+from mt6d_mp.bench.results import write_report
 from mt6d_mp.bench.rotation import bench_rotation
 from mt6d_mp.bench.tunnels import path_lab
 from mt6d_mp.lab import random_prefix
@@ -140,12 +139,4 @@ def run(plan: Plan, out: Path, progress: Progress) -> dict[str, Any]:
 
 
 def write(results: dict[str, Any], out: Path, progress: Progress) -> None:
-    safe = clean(results)
-    (out / "bench.json").write_text(json.dumps(safe, indent=2, allow_nan=False) + "\n")
-    try:
-        written = charts(safe, out)
-    except ImportError:
-        progress("matplotlib is not installed (pip install -e '.[bench]'): no charts")
-        written = []
-    (out / "bench.md").write_text(markdown(safe, written))
-    progress(f"wrote {out / 'bench.json'}, {out / 'bench.md'}" + "".join(f", {w}" for w in written))
+    write_report(results, out, "bench", charts, markdown, progress)

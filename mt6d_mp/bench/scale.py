@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mt6d_mp.bench.plan import Progress
-from mt6d_mp.bench.results import stats
+from mt6d_mp.bench.results import stats, write_report
 from mt6d_mp.io.bus import request
 from mt6d_mp.lab import SUPERVISOR, Lab, random_prefix
 from mt6d_mp.lab.gateway import start_supervisors, wait_keyed
@@ -250,17 +250,4 @@ def chart(res: dict[str, Any], out: Path) -> list[str]:
 
 
 def write(res: dict[str, Any], out: Path, progress: Progress) -> None:
-    import json
-
-    from mt6d_mp.bench.results import clean
-
-    out.mkdir(parents=True, exist_ok=True)
-    safe = clean(res)
-    (out / "scale.json").write_text(json.dumps(safe, indent=2, allow_nan=False) + "\n")
-    try:
-        written = chart(safe, out)
-    except ImportError:
-        progress("matplotlib is not installed (pip install -e '.[bench]'): no chart")
-        written = []
-    (out / "scale.md").write_text(markdown(safe, written))
-    progress(f"wrote {out / 'scale.json'}, {out / 'scale.md'}" + "".join(f", {w}" for w in written))
+    write_report(res, out, "scale", chart, markdown, progress)

@@ -38,7 +38,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -553,15 +553,7 @@ class Netlink:
                            RT_SCOPE_HOST, RTN_LOCAL, 0)
         oif = nla(RTA_OIF, struct.pack("=I", lo))
         requests = [(kind, flags, head + nla(RTA_DST, _v6(a).packed) + oif) for a in addrs]
-        try:
-            codes = self._rtnl.batch_encoded(requests)
-        except NetlinkError as exc:
-            raise SystemSetupError(f"netlink: {what}: {exc}") from exc
-        for addr, code in zip(addrs, codes, strict=True):
-            if code and code != absent:
-                raise SystemSetupError(
-                    f"netlink: {what} {_v6(addr)}: {os.strerror(code)} (errno {code})")
-        return sum(1 for code in codes if code == 0)
+        return self._batch(requests, addrs, absent, what, self._rtnl.batch_encoded)
 
     # -- addresses
 
@@ -635,14 +627,15 @@ class Netlink:
             log.info("action=remove_addresses dev=%s count=%d", ifname, len(requests))
         return self._batch(requests, addrs, errno.EADDRNOTAVAIL, f"remove address on {ifname}")
 
-    def _batch(self, requests: list[tuple[Any, int, int]], addrs: list[bytes], absent: int,
-               what: str) -> int:
-        """Send the requests in batches; how many succeeded. Any refusal but ``absent`` is a
-        SystemSetupError naming the first address refused (the others were still applied)."""
+    def _batch(self, requests: list[Any], addrs: list[bytes], absent: int, what: str,
+               send: Callable[[list[Any]], list[int]] | None = None) -> int:
+        """Send the requests in batches (pyroute2 messages, or with ``send`` encoded ones);
+        how many succeeded. Any refusal but ``absent`` is a SystemSetupError naming the first
+        address refused (the others were still applied)."""
         if not requests:
             return 0
         try:
-            codes = self._rtnl.batch(requests)
+            codes = (send or self._rtnl.batch)(requests)
         except NetlinkError as exc:
             raise SystemSetupError(f"netlink: {what}: {exc}") from exc
         for addr, code in zip(addrs, codes, strict=True):
