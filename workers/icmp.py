@@ -68,6 +68,8 @@ DST = slice(24, 40)
 ND_RATE = 2000.0  # neighbour advertisements a second (a burst of as many): a thousand streams
 # need one a rotation each, from each peer
 ND_BATCH = 64  # solicitations read at once before the loop looks at the rest
+ND_PENDING = 256  # solicitations for addresses not (yet) ours, kept ...
+ND_PENDING_FOR = 2.0  # ... this many seconds, in case a new route makes them ours
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,12 @@ class IcmpWorker(Worker):
             self.counters["all_routers_join_failed"] += 1
             log.warning("event=all_routers_join_failed ifindex=%d error=%s", self.int_index, e)
         self.hashed: set[bytes] = set()  # every installed route's local hashed address
+        # Solicitations for targets that were not ours when they came: target -> (solicitor,
+        # time). A peer sends on a new key phase's route as soon as it committed, and its
+        # router (or the peer) may solicit the address before this worker has the route from
+        # the bus; answered when the route arrives, the sender does not wait a second for its
+        # retransmission (docs/KERNEL.md, "Hashed addresses as local routes").
+        self.nd_pending: dict[bytes, tuple[bytes, float]] = {}
         self.nd_tokens, self.nd_refilled = ND_RATE, 0.0
         self.solicitations: socket.socket | None = None
         try:
@@ -141,6 +149,14 @@ class IcmpWorker(Worker):
                     self.sent[owner.name].was_sent)
         self.lookup_table = table
         self.hashed = {r.local_hashed for r in replica.routes.values()}
+        if self.nd_pending:
+            now = time.monotonic()
+            for target, (src, when) in list(self.nd_pending.items()):
+                if target in self.hashed and now - when <= ND_PENDING_FOR:
+                    self.counters["nd_answered_late"] += 1
+                    self.advertise(target, src, now)
+                if target in self.hashed or now - when > ND_PENDING_FOR:
+                    del self.nd_pending[target]
 
     def answer_solicitations(self) -> None:
         """Neighbour solicitations from the external link: those for our hashed addresses get
@@ -160,18 +176,28 @@ class IcmpWorker(Worker):
             except PacketError as e:
                 self.counters["drop_nd_" + e.reason] += 1
                 continue
-            if target not in self.hashed:
-                continue  # one of the gateway's own addresses: the kernel answers
             now = time.monotonic()
-            self.nd_tokens = min(ND_RATE, self.nd_tokens + (now - self.nd_refilled) * ND_RATE)
-            self.nd_refilled = now
-            if self.nd_tokens < 1:
-                self.counters["drop_nd_rate"] += 1
+            if target not in self.hashed:
+                # One of the gateway's own addresses (the kernel answers), or a route of ours
+                # that the bus has not brought yet: kept a moment (see __init__).
+                if len(self.nd_pending) >= ND_PENDING and target not in self.nd_pending:
+                    self.nd_pending.pop(next(iter(self.nd_pending)))
+                    self.counters["nd_pending_evicted"] += 1
+                self.nd_pending[target] = (src, now)
                 continue
-            self.nd_tokens -= 1
-            na, dst = neighbor_advertisement(target, src, self.ext_mac)
-            scope = self.ext_index if dst[0] == 0xFF or dst[:2] == b"\xfe\x80" else 0
-            self._send(na, dst, scope, "nd_answered")
+            self.advertise(target, src, now)
+
+    def advertise(self, target: bytes, solicitor: bytes, now: float) -> None:
+        """A Neighbor Advertisement for our hashed address ``target`` (at most ND_RATE a second)."""
+        self.nd_tokens = min(ND_RATE, self.nd_tokens + (now - self.nd_refilled) * ND_RATE)
+        self.nd_refilled = now
+        if self.nd_tokens < 1:
+            self.counters["drop_nd_rate"] += 1
+            return
+        self.nd_tokens -= 1
+        na, dst = neighbor_advertisement(target, solicitor, self.ext_mac)
+        scope = self.ext_index if dst[0] == 0xFF or dst[:2] == b"\xfe\x80" else 0
+        self._send(na, dst, scope, "nd_answered")
 
     def _lookup(self, src16: bytes, dst16: bytes) -> Lookup | None:
         return self.lookup_table.get((bytes(src16), bytes(dst16)))
