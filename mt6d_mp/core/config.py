@@ -11,7 +11,9 @@ Auxiliary files (``#`` starts a comment, blank lines are ignored):
 * profiles ``<local host> <remote host> <queue> <key>``
   where ``<key>`` is the session key in hex (at least 256 bits; 512 recommended) or
   ``@path`` naming a key file holding the hex key (relative paths are relative to the profiles
-  file). Files holding keys must not be readable or writable by group or others.
+  file). Files holding keys must not be readable or writable by group or others. Lines that
+  name the same queue form a shard: one worker carries all their streams (workers/stream.py);
+  no line may name the ICMP worker's queue.
 
 Two modes (``[interfaces] mode``): ``gateway`` (the default) protects the hosts on the internal
 interface; ``host`` protects this machine itself, which has no internal interface: every

@@ -185,7 +185,7 @@ def test_duplicate_stream(gw: Path) -> None:
 
 
 def test_streams_that_share_a_queue_form_a_shard(gw: Path) -> None:
-    """Two profiles naming one queue: one worker carries both (README "Shards")."""
+    """Two profiles naming one queue: one worker carries both (README, "How it works", Shards)."""
     append(gw.parent / "users", "2001:468:c80:c111::3  host-c\n")
     append(gw.parent / "ethers", "00:ab:cd:11:22:03  2001:468:c80:c111::3\n")
     key = gw.parent / "keys" / "host-a-host-c.key"
