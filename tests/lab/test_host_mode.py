@@ -182,13 +182,22 @@ def test_a_router_packet_too_big_reaches_the_hosts_own_stack(hlab: tuple[Lab, La
     assert icmp["counters"].get("error_2_translated", 0) >= 1, icmp
 
 
+TCP_RATE = "300M"  # iperf3 -b: well under what the tunnel carries here (about 2 Gbit/s)
+
+
 def test_ping_and_tcp_both_ways_across_rotations_and_rekeys(
     hlab: tuple[Lab, LabInfo], tmp_path: Path
 ) -> None:
     """Ping every 0.1 s both ways and iperf3 TCP one way then the other, across rotations every
     second and rekeys every 3 s: no ping lost, data in every TCP interval, no true address on
     either link, the big TCP packets carried whole (messages in chunks, handed to the host's
-    stack whole through loopback: never cut into segments in Python)."""
+    stack whole through loopback: never cut into segments in Python).
+
+    The TCP transfer is paced (TCP_RATE): unpaced, it fills whichever queue on this 2-core
+    machine is the bottleneck (both MT6D ends, the router and the rest of the suite share the
+    cores), and a ping dropped there by congestion, with no MT6D drop counted, says nothing of
+    rotations or rekeys, which this test is about. Loss under saturation is measured by
+    mt6d-bench's load rows."""
     lab, info = hlab
     a, b = info.host_a(), info.host_b()
     assert a.address and b.address
@@ -203,7 +212,7 @@ def test_ping_and_tcp_both_ways_across_rotations_and_rekeys(
                                         stdout=subprocess.PIPE, text=True)
                        for src, dst in ((a, b), (b, a))]
             tcp = [lab.exec(a.name, ["iperf3", "-c", b.address, "-t", "8", "-i", "0.5", "-J",
-                                     *reverse], check=False, timeout=120)
+                                     "-b", TCP_RATE, *reverse], check=False, timeout=120)
                    for reverse in ((), ("-R",))]
             outs = [p.communicate(timeout=120)[0] for p in pingers]
     finally:
