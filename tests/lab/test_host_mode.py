@@ -29,13 +29,12 @@ from typing import Any
 
 import pytest
 
-from mt6d_mp import lab as labmod
 from mt6d_mp.core.addressing import mac_bytes
 from mt6d_mp.io.bus import request
 from mt6d_mp.lab import Lab, LabInfo
 from mt6d_mp.lab.info import NamespaceInfo
 from tests.attack.harness import echo_request, neighbor_solicitation, send_frames, tcp_syn, udp
-from tests.lab.test_mt6d import ROUTES_SEEN, capture, frames
+from tests.lab.test_mt6d import ROUTES_SEEN, capture, frames, running
 from tests.lab.test_ops import received
 
 pytestmark = [
@@ -49,16 +48,8 @@ REKEY = ("crypto.regen_interval=3", "crypto.regen_window=0.5", "crypto.regen_lim
 
 @pytest.fixture(scope="module", params=["host-gateway", "host-host"])
 def hlab(request: pytest.FixtureRequest) -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "h" + secrets.token_hex(3)
-    lab = Lab(prefix, request.param, rotation_time=ROTATION, router_mtu=1400, settings=REKEY)
-    try:
-        yield lab, lab.up()
-    finally:
-        lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        assert not stray, f"left behind: {stray}"
+    yield from running(Lab("h" + secrets.token_hex(3), request.param, rotation_time=ROTATION,
+                           router_mtu=1400, settings=REKEY))
 
 
 # --- helpers ------------------------------------------------------------------------------------

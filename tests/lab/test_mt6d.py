@@ -44,18 +44,22 @@ pytestmark = [
 ROTATION = 1.0
 
 
-def _lab(topology: str, **kw: Any) -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "t" + secrets.token_hex(3)
-    lab = Lab(prefix, topology, rotation_time=ROTATION, **kw)
+def running(lab: Lab) -> Iterator[tuple[Lab, LabInfo]]:
+    """A fixture's body: the lab up for the tests, then down, and no namespace of its prefix left
+    (any that is, is deleted, and the fixture fails)."""
     try:
         info = lab.up()
         yield lab, info
     finally:
         lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
+        stray = labmod.namespaces_with_prefix(lab.prefix)
         for ns in stray:
             subprocess.run(["ip", "netns", "del", ns], check=False)
         assert not stray, f"left behind: {stray}"
+
+
+def _lab(topology: str, **kw: Any) -> Iterator[tuple[Lab, LabInfo]]:
+    yield from running(Lab("t" + secrets.token_hex(3), topology, rotation_time=ROTATION, **kw))
 
 
 @pytest.fixture(scope="module")

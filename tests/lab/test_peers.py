@@ -31,7 +31,7 @@ from mt6d_mp import lab as labmod
 from mt6d_mp.core.addressing import mac_bytes
 from mt6d_mp.lab import Lab, LabInfo, NamespaceInfo, StreamInfo
 from mt6d_mp.lab.processes import write_private
-from tests.lab.test_mt6d import capture, check_external_capture, datapath_report, frames
+from tests.lab.test_mt6d import capture, check_external_capture, datapath_report, frames, running
 from tests.lab.test_ops import received
 
 pytestmark = [
@@ -183,16 +183,7 @@ def test_the_three_site_demo_runs_end_to_end() -> None:
 
 @pytest.fixture
 def pairs() -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "p" + secrets.token_hex(3)
-    lab = Lab(prefix, "switched", rotation_time=ROTATION, streams=2)
-    try:
-        yield lab, lab.up()
-    finally:
-        lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        assert not stray, f"left behind: {stray}"
+    yield from running(Lab("p" + secrets.token_hex(3), "switched", rotation_time=ROTATION, streams=2))
 
 
 def test_a_stream_added_between_hosts_of_two_streams_works_and_its_removal_leaves_them_theirs(
@@ -273,16 +264,7 @@ def test_a_stream_added_between_hosts_of_two_streams_works_and_its_removal_leave
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[tuple[Lab, LabInfo]]:
-    prefix = "p" + secrets.token_hex(3)
-    lab = Lab(prefix, "three-sites", rotation_time=ROTATION, settings=REKEY)
-    try:
-        yield lab, lab.up()
-    finally:
-        lab.down()
-        stray = labmod.namespaces_with_prefix(prefix)
-        for ns in stray:
-            subprocess.run(["ip", "netns", "del", ns], check=False)
-        assert not stray, f"left behind: {stray}"
+    yield from running(Lab("p" + secrets.token_hex(3), "three-sites", rotation_time=ROTATION, settings=REKEY))
 
 
 def test_each_gateway_keys_a_stream_to_each_of_its_peers_before_the_lab_is_up(
