@@ -675,10 +675,6 @@ class Firewall:
         return {self.sets.routes: {m[0] for m in self._routes.values()},
                 self.sets.hashed: {m[1] for m in self._routes.values()}}
 
-    def _stream_inputs(self) -> int:
-        """How many rules the streams have in P-INPUT."""
-        return sum(len(r) for r in self._streams.values())
-
     def routes(self) -> list[tuple[str, int, int]]:
         """(stream, epoch, phase) of every route with rules."""
         return list(self._routes)

@@ -46,9 +46,9 @@ CMD_CREATE, CMD_DESTROY, CMD_FLUSH, CMD_LIST, CMD_ADD, CMD_DEL = 2, 3, 4, 7, 9, 
 ATTR_PROTOCOL, ATTR_SETNAME, ATTR_TYPENAME, ATTR_REVISION, ATTR_FAMILY = 1, 2, 3, 4, 5
 ATTR_DATA, ATTR_ADT, ATTR_LINENO = 7, 8, 9
 # Inside DATA: addresses (nested: IPADDR_IPV6), port, protocol, second address; for a create,
-# the hash size and the largest number of members.
+# the largest number of members.
 ATTR_IP, ATTR_PORT, ATTR_PROTO, ATTR_IP2 = 1, 4, 7, 20
-ATTR_HASHSIZE, ATTR_MAXELEM = 18, 19
+ATTR_MAXELEM = 19
 ATTR_IPADDR_IPV6 = 2
 IPSET_ERR_PRIVATE = 4096  # the ipset subsystem's own error codes start here
 
