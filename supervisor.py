@@ -48,6 +48,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,9 @@ class Supervisor:
         # moment after they were added (resolve_due); and whether a /64 is on a link.
         self.to_resolve: list[tuple[float, list[bytes]]] = []
         self.on_link: dict[bytes, tuple[bool, float]] = {}
+        # The peer's hashed addresses on the external link with a neighbour entry of ours
+        # (Netlink.pin_neighbours), and how many bound routes use each.
+        self.pinned: Counter[bytes] = Counter()
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
@@ -153,6 +157,15 @@ class Supervisor:
                 self.nl.remove_neighbour(dev, addr)
             except Mt6dError as e:  # the interface may be gone: nothing to remove then
                 log.warning("event=leftover_not_removed what=neighbour dev=%s error=%s", dev, e)
+        pinned: dict[str, list[bytes]] = {}
+        for dev, addr in self.nl.owned_neighbours():  # Netlink.pin_neighbours, by protocol
+            pinned.setdefault(dev, []).append(addr)
+        for dev, addrs in pinned.items():
+            log.info("event=leftover_removed what=neighbours dev=%s count=%d", dev, len(addrs))
+            try:
+                self.nl.unpin_neighbours(dev, addrs)
+            except Mt6dError as e:
+                log.warning("event=leftover_not_removed what=neighbours dev=%s error=%s", dev, e)
         # The hashed addresses first, while their guards still stand: a peer may still be
         # sending to them, and an unguarded address would answer with Port Unreachable.
         hashed = self.nl.owned_local_routes()
@@ -296,6 +309,7 @@ class Supervisor:
             r = self.bound_routes.pop(key)
             if c.routes:
                 self.nl.remove_local_routes([r.local.address])
+                self.unpin([r])
         if c.routes:
             self.undo_stream_system(s)
         self.route_lists.pop(s.name, None)
@@ -392,30 +406,34 @@ class Supervisor:
         c = self.config
         assert self.nl is not None and self.bus is not None
         t0 = time.perf_counter()
-        add, remove, unbind = [], [], []
+        add, remove, unbind, released = [], [], [], []
         for stream, changes in all_changes.items():
             for r in changes.released:
                 self.bus.publish(route_update(r, "released"))
                 unbind.append(r.local.address)
-                self.bound_routes.pop((stream, r.key_phase, r.epoch), None)
+                if self.bound_routes.pop((stream, r.key_phase, r.epoch), None) is not None:
+                    released.append(r)
                 remove.append((stream, r.epoch, r.key_phase))
             add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port, r.key_phase)
                     for r in changes.added]
         if c.routes:  # one netlink batch for all of them, not a round trip each
             self.nl.remove_local_routes(unbind)
+            self.unpin(released)
         t1 = time.perf_counter()
         if self.fw is not None:
             self.fw.change_routes(add, remove)
         t2 = time.perf_counter()
-        bind = []
+        bind, bound = [], []
         for stream, changes in all_changes.items():
             for r in changes.added:
                 bind.append(r.local.address)
+                if (stream, r.key_phase, r.epoch) not in self.bound_routes:
+                    bound.append(r)
                 self.bound_routes[(stream, r.key_phase, r.epoch)] = r
         if c.routes:
             self.nl.add_local_routes(bind)
-            self.plan_resolution([r.remote.address for changes in all_changes.values()
-                                  for r in changes.added if r.key_phase])
+            self.pin(bound)
+            self.plan_resolution([r.remote.address for r in bound if r.key_phase])
         t3 = time.perf_counter()
         for changes in all_changes.values():
             for r in changes.added:
@@ -425,24 +443,63 @@ class Supervisor:
         log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
                   t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
 
-    def plan_resolution(self, remotes: list[bytes]) -> None:
-        """The peer's hashed addresses of new data routes that are on the external link: their
-        neighbour discovery starts RESOLVE_AFTER from now (the peer's ICMP worker has learned
-        its own new routes by then, and answers), a rotation before their first packet, so that
-        it does not wait in the neighbour queue, where packets sent while the answer comes
-        overtake the queued ones (docs/KERNEL.md, "Hashed addresses as local routes")."""
+    def linked(self, remotes: list[bytes]) -> list[bytes]:
+        """Those of the peer's addresses that are on the external link (a route with no
+        gateway; asked once per /64 every ON_LINK_FOR seconds). Behind a router, the router is
+        the one neighbour."""
         assert self.nl is not None
         now = self.monotonic()
-        linked = []
+        out = []
         for a in remotes:
             prefix = a[:8]
             known = self.on_link.get(prefix)
             if known is None or now > known[1]:
                 known = self.on_link[prefix] = (self.nl.on_link(a), now + ON_LINK_FOR)
             if known[0]:
-                linked.append(a)
+                out.append(a)
+        return out
+
+    def pin(self, routes: list[Route]) -> None:
+        """Neighbour entries outside the table's limit for the peer's addresses of newly bound
+        routes that are on the external link (Netlink.pin_neighbours): a thousand streams need
+        thousands of entries, the kernel holds 1024 of the usual ones for the whole machine."""
+        assert self.nl is not None
+        new = []
+        for a in self.linked([r.remote.address for r in routes]):
+            self.pinned[a] += 1
+            if self.pinned[a] == 1:
+                new.append(a)
+        try:
+            self.nl.pin_neighbours(self.config.external, new)
+        except Mt6dError as e:  # a packet to it makes an ordinary entry instead
+            log.warning("event=pin_failed count=%d error=%s", len(new), e)
+
+    def unpin(self, routes: list[Route]) -> None:
+        """Undo :meth:`pin` for routes no longer bound; an entry goes with its last route."""
+        assert self.nl is not None
+        gone = []
+        for r in routes:
+            a = r.remote.address
+            if a in self.pinned:
+                self.pinned[a] -= 1
+                if self.pinned[a] <= 0:
+                    del self.pinned[a]
+                    gone.append(a)
+        try:
+            self.nl.unpin_neighbours(self.config.external, gone)
+        except Mt6dError as e:
+            log.warning("event=unpin_failed count=%d error=%s", len(gone), e)
+
+    def plan_resolution(self, remotes: list[bytes]) -> None:
+        """Neighbour discovery for the peer's addresses of new data routes starts RESOLVE_AFTER
+        from now (the peer's ICMP worker has learned its own new routes by then, and answers),
+        a rotation before their first packet, so that it does not wait in the neighbour queue,
+        where packets sent while the answer comes overtake the queued ones (docs/KERNEL.md,
+        "Hashed addresses as local routes")."""
+        linked = self.linked(remotes)
         if linked:
-            self.to_resolve.append((now + min(RESOLVE_AFTER, self.config.rotation_time / 4), linked))
+            self.to_resolve.append((self.monotonic() + min(RESOLVE_AFTER,
+                                                           self.config.rotation_time / 4), linked))
 
     def resolve_due(self) -> None:
         assert self.nl is not None
@@ -654,6 +711,8 @@ class Supervisor:
             # Hashed addresses go while their guards still stand (see apply).
             steps.append(("routes", functools.partial(
                 nl.remove_local_routes, [r.local.address for r in self.bound_routes.values()])))
+            steps.append(("neighbours", functools.partial(
+                nl.unpin_neighbours, c.external, list(self.pinned))))
         if self.fw is not None:
             steps.append(("firewall", self.fw.teardown))
         if nl is not None and c.routes:

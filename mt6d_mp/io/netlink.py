@@ -120,7 +120,7 @@ NLMSGERR_ATTR_MSG = 1
 RTM_GETLINK = 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 RTN_UNICAST, RTN_LOCAL = 1, 2
 RT_SCOPE_HOST = 254
@@ -316,6 +316,9 @@ IFA_F_NOPREFIXROUTE = 0x200
 # include/uapi/linux/neighbour.h
 NUD_PERMANENT = 0x80
 NTF_USE = 0x01  # RTM_NEWNEIGH: resolve the entry now, as a packet to it would
+NTF_EXT_LEARNED = 0x10  # set by a control plane: outside the table's garbage-collection limit
+NDA_DST, NDA_PROTOCOL = 1, 12
+_NDMSG = struct.Struct("=BxxxiHBB")  # struct ndmsg: family, pad, ifindex, state, flags, type
 # include/uapi/linux/rtnetlink.h: values above RTPROT_STATIC (4) are free for routing daemons.
 RT_SCOPE_LINK = 253
 PROTO_MT6D = 109  # 0x6d, "m"
@@ -691,20 +694,56 @@ class Netlink:
         self._change(msg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, None,
                      f"neighbour {ip} on {ifname}")
 
+    def pin_neighbours(self, ifname: str, addrs: list[bytes]) -> int:
+        """Unresolved neighbour entries on ``ifname`` for the peer's hashed addresses, flagged
+        ``NTF_EXT_LEARNED`` and tagged with our protocol number (one netlink batch); how many
+        were new.
+
+        An entry so flagged is outside the neighbour table's limit (``gc_thresh3``, one for the
+        whole machine), which entries made by packets would fill at a few hundred streams; it
+        still resolves and re-resolves as any other (solicitation, answer, reachability), so a
+        peer that changes its MAC is followed. The kernel never removes it: the supervisor does
+        when the route goes (:meth:`unpin_neighbours`), and after a crash by its protocol number
+        (:meth:`owned_neighbours`). docs/KERNEL.md, "Hashed addresses as local routes"."""
+        if addrs:
+            log.info("action=pin_neighbours dev=%s count=%d proto=%d", ifname, len(addrs),
+                     self.proto)
+        return self._neighbours(ifname, addrs, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL,
+                                NTF_EXT_LEARNED, errno.EEXIST, "pin neighbour")
+
+    def unpin_neighbours(self, ifname: str, addrs: list[bytes]) -> int:
+        """Remove the entries of :meth:`pin_neighbours`; how many were there."""
+        if addrs:
+            log.info("action=unpin_neighbours dev=%s count=%d", ifname, len(addrs))
+        return self._neighbours(ifname, addrs, RTM_DELNEIGH, 0, 0, errno.ENOENT,
+                                "unpin neighbour")
+
     def resolve_neighbours(self, ifname: str, addrs: list[bytes]) -> int:
         """Start neighbour discovery for addresses on ``ifname``'s link now, with no packet to
-        send them (``RTM_NEWNEIGH`` with ``NTF_USE``: the kernel creates the entry and
-        solicits); how many were asked. The supervisor asks for the peer's next hashed
-        addresses a rotation before use, so that their first packets do not wait in the
-        neighbour queue for the peer's answer (docs/KERNEL.md, "Hashed addresses as local
-        routes")."""
-        index = self.ifindex(ifname)
-        requests = []
-        for a in addrs:
-            msg = self._neighbour_msg(index, _v6(a))
-            msg["flags"] = NTF_USE
-            requests.append((msg, RTM_NEWNEIGH, NLM_F_CREATE))
-        return self._batch(requests, addrs, errno.EEXIST, f"resolve neighbour on {ifname}")
+        send them (``RTM_NEWNEIGH`` with ``NTF_USE``: the kernel solicits, as for a packet);
+        how many were asked. The supervisor asks for the peer's next hashed addresses a
+        rotation before use, so that their first packets do not wait in the neighbour queue
+        for the peer's answer (docs/KERNEL.md, "Hashed addresses as local routes")."""
+        return self._neighbours(ifname, addrs, RTM_NEWNEIGH, NLM_F_CREATE,
+                                NTF_USE | NTF_EXT_LEARNED, errno.EEXIST, "resolve neighbour")
+
+    def _neighbours(self, ifname: str, addrs: list[bytes], kind: int, flags: int,
+                    ntf: int, absent: int, what: str) -> int:
+        if not addrs:
+            return 0
+        head = _NDMSG.pack(socket.AF_INET6, self.ifindex(ifname), 0, ntf, 0)
+        proto = nla(NDA_PROTOCOL, bytes([self.proto])) if kind == RTM_NEWNEIGH else b""
+        requests = [(kind, flags, head + nla(NDA_DST, _v6(a).packed) + proto) for a in addrs]
+        return self._batch(requests, addrs, absent, f"{what} on {ifname}",
+                           self._rtnl.batch_encoded)
+
+    def owned_neighbours(self) -> list[tuple[str, bytes]]:
+        """IPv6 neighbour entries that carry our protocol number: ``(ifname, address)``."""
+        names = self._names()
+        return [(names.get(int(msg["ifindex"]), "?"),
+                 ipaddress.IPv6Address(msg.get("NDA_DST")).packed)
+                for msg in self._dump(ndmsg, RTM_GETNEIGH)
+                if msg.get("NDA_PROTOCOL") == self.proto and msg.get("NDA_DST")]
 
     def on_link(self, addr: AddressLike) -> bool:
         """Whether the kernel's route to ``addr`` reaches it on a link (no gateway)."""

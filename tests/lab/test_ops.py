@@ -63,7 +63,8 @@ def gateways(info: LabInfo) -> tuple[NamespaceInfo, NamespaceInfo]:
 
 
 def snapshot(lab: Lab, ns: str) -> dict[str, list[str]]:
-    """What MT6D may change in a gateway: legacy firewall, addresses, routes, permanent neighbours."""
+    """What MT6D may change in a gateway: legacy firewall, addresses, routes, permanent neighbours
+    and the pinned ones of the peer's hashed addresses (Netlink.pin_neighbours: protocol 109)."""
     def lines(argv: list[str]) -> list[str]:
         return sorted(line.strip() for line in lab.exec(ns, argv).stdout.splitlines() if line.strip())
 
@@ -72,6 +73,8 @@ def snapshot(lab: Lab, ns: str) -> dict[str, list[str]]:
         "addresses": lines(["ip", "-6", "-o", "addr", "show"]),
         "routes": lines(["ip", "-6", "route", "show", "table", "all"]),
         "neighbours": lines(["ip", "-6", "neigh", "show", "nud", "permanent"]),
+        "pinned": [line.split()[0] for line in lines(["ip", "-6", "-d", "neigh", "show", "nud", "all"])
+                   if "proto 109" in line],
     }
 
 
@@ -224,6 +227,7 @@ def test_sigkill_supervisor_workers_exit_and_next_start_cleans_up(
         left = snapshot(lab, ga.name)
         assert left["firewall"] != before["firewall"], "a killed supervisor leaves its rules"
         assert left["neighbours"] != before["neighbours"]
+        assert left["pinned"] and not before["pinned"], "the peer's hashed addresses are pinned"
         state = json.loads((Path(ga.runtime_dir or "") / "state.json").read_text())
         assert state["neighbours"], state
         code, out = ctl(ga, "status")
@@ -232,7 +236,8 @@ def test_sigkill_supervisor_workers_exit_and_next_start_cleans_up(
         assert code == 7 and "not running" in out, out
         pids.append(start_supervisor(lab, ga))
         log_text = Path(ga.supervisor_out or "").read_text()
-        assert "event=leftover_removed what=neighbour" in log_text
+        assert "event=leftover_removed what=neighbour " in log_text
+        assert "event=leftover_removed what=neighbours " in log_text  # the pinned ones
         assert "event=leftover_removed what=firewall" in log_text
         first_stream_carries_pings(lab, info)
     finally:

@@ -314,3 +314,37 @@ def test_hashed_addresses_as_local_routes(pair: tuple[str, str], nl: Netlink) ->
             reader.wait()
     assert nl.remove_local_routes([*addrs, ipaddress.IPv6Address("2001:db8:78::fffd").packed]) == 300
     assert nl.owned_local_routes() == []
+
+
+def test_pinned_neighbours_resolve_and_stay_outside_the_table_limit(
+    pair: tuple[str, str], nl: Netlink
+) -> None:
+    """Pinned neighbour entries (docs/KERNEL.md, "Hashed addresses as local routes"): more of
+    them than the machine's whole neighbour table may hold (``gc_thresh3``) are all accepted,
+    so they are outside its limit; they carry protocol 109; one asked to resolve learns the
+    peer's MAC by a real solicitation and answer and stays pinned; all removed again."""
+    a, b = pair
+    with open("/proc/sys/net/ipv6/neigh/default/gc_thresh3") as f:
+        limit = int(f.read())
+    count = min(limit + 64, 5000)  # past the limit: ordinary entries would be refused there
+    nsutil.run_in(a, ["ip", "-6", "addr", "add", "2001:db8:79::ffff/64", "dev", "va", "nodad"])
+    nsutil.run_in(b, ["ip", "-6", "addr", "add", "2001:db8:79::1/64", "dev", "vb", "nodad"])
+    addrs = [ipaddress.IPv6Address(f"2001:db8:79::{i + 1:x}").packed for i in range(count)]
+    try:
+        assert nl.pin_neighbours("va", addrs) == count
+        assert nl.pin_neighbours("va", addrs[:2]) == 0  # already there: not new, no error
+        assert sorted(nl.owned_neighbours()) == sorted(("va", x) for x in addrs)
+        shown = ip6(a, "-d", "neigh", "show", "2001:db8:79::2", "nud", "all")
+        assert "extern_learn" in shown and "proto 109" in shown
+        nl.resolve_neighbours("va", addrs[:1])  # 2001:db8:79::1 is host b's
+        mac = nsutil.run_in(b, ["ip", "-o", "link", "show", "dev", "vb"]).split("link/ether ")[1].split()[0]
+        deadline = time.monotonic() + 5
+        while mac not in (shown := ip6(a, "neigh", "show", "2001:db8:79::1")):
+            assert time.monotonic() < deadline, f"not resolved: {shown!r}"
+            time.sleep(0.05)
+        assert "extern_learn" in shown
+        assert pings(a, "2001:db8:79::1")
+    finally:
+        removed = nl.unpin_neighbours("va", addrs)
+    assert removed == count
+    assert nl.owned_neighbours() == []

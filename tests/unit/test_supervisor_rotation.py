@@ -31,6 +31,7 @@ class Recorder:
 
     def __init__(self, log: list[tuple[Any, ...]]) -> None:
         self.log = log
+        self.stats: dict[str, Any] = {}  # BusServer's, per stream
 
     def add_address(self, dev: str, addr: bytes) -> bool:
         self.log.append(("bind", bytes(addr)))
@@ -62,6 +63,23 @@ class Recorder:
     def resolve_neighbours(self, dev: str, addrs: list[bytes]) -> int:
         self.log.append(("resolve", tuple(addrs)))
         return len(addrs)
+
+    def pin_neighbours(self, dev: str, addrs: list[bytes]) -> int:
+        self.log += [("pin", a) for a in addrs]
+        return len(addrs)
+
+    def unpin_neighbours(self, dev: str, addrs: list[bytes]) -> int:
+        self.log += [("unpin", a) for a in addrs]
+        return len(addrs)
+
+    def remove_stream(self, name: str) -> None:  # Firewall's
+        self.log.append(("remove_stream", name))
+
+    def remove_host_route(self, dev: str, addr: bytes) -> None:
+        self.log.append(("remove_host_route", bytes(addr)))
+
+    def remove_neighbour(self, dev: str, addr: bytes) -> None:
+        self.log.append(("remove_neighbour", bytes(addr)))
 
     def change_routes(self, add: list[tuple[Any, ...]], remove: list[tuple[str, int]]) -> int:
         self.log.append(("commit", {a[3]: a[1] for a in add}, tuple(r[1] for r in remove)))
@@ -137,3 +155,30 @@ def test_hashed_addresses_exist_only_behind_their_guards(
     assert released >= 4
     routes = s.route_lists[next(iter(s.route_lists))].phases[0].routes  # no exchange here
     assert len(routes.installed()) == routes.lifetime + 3  # accepted e-L..e+1, and lingering
+
+
+def test_the_peers_addresses_are_pinned_while_their_routes_are_bound(
+    sup: tuple[supmod.Supervisor, list[tuple[Any, ...]], list[float]]
+) -> None:
+    """Every bound route's remote address has a pinned neighbour entry (Netlink.pin_neighbours,
+    outside the kernel's table limit), asked to resolve only after it is pinned; a released
+    route's entry goes with it; what stays pinned is exactly what the bound routes name."""
+    s, log, now = sup
+    rt = s.config.rotation_time
+    for k in range(8):
+        now[0] = (1000 + k) * rt + 0.5
+        s.rotate()
+        now[0] += 1.0
+        s.resolve_due()
+    pins = [ev[1] for ev in log if ev[0] == "pin"]
+    unpins = [ev[1] for ev in log if ev[0] == "unpin"]
+    assert len(pins) == len(set(pins)), "each address pinned once"
+    assert unpins and set(unpins) <= set(pins)
+    bound = {r.remote.address for r in s.bound_routes.values()}
+    assert set(s.pinned) == bound == set(pins) - set(unpins)
+    for i, ev in enumerate(log):
+        if ev[0] == "resolve":
+            for a in ev[1]:
+                assert ("pin", a) in log[:i], "resolved only once pinned"
+    s.remove_stream(s.config.streams[0])
+    assert not s.pinned, "a removed stream's entries go with it"
