@@ -533,9 +533,27 @@ def _shared_remote(peer: str, peer_mac: str) -> dict[str, int]:
                                   capture_output=True, text=True, check=True).stdout
         queued = {f"queue{q}": int(next(line for line in counters.splitlines()
                                         if f"NFQUEUE num {q}" in line).split()[0]) for q in (5, 6)}
-        return {**queued, "true_address": fw.drop_counts()["true_address"], "verify": len(fw.verify())}
+        return {**queued, "true_address": fw.drop_counts()["true_address"], "verify": len(fw.verify()),
+                **_summaries_against_python_iptables()}
     finally:
         fw.teardown()
+
+
+def _summaries_against_python_iptables() -> dict[str, int]:
+    """The firewall's own reading of comments, targets and counters (which the status's drop
+    counts use) against python-iptables' Rule objects, rule by rule in every chain of ours."""
+    from mt6d_mp.io import firewall as fwmod
+
+    table = fwmod._table()
+    differ = counted = commented = 0
+    for chain in (c for c in table.chains if c.name.startswith("MT6D-")):
+        slow = [(fwmod._comment_of(r), r.target.name if r.target is not None else "",
+                 int(r.get_counters()[0])) for r in chain.rules]
+        fast = list(fwmod._rule_summaries(table, chain.name))
+        differ += sum(1 for x, y in zip(slow, fast, strict=True) if x != y)
+        counted += sum(1 for x in fast if x[2])
+        commented += sum(1 for x in fast if x[0])
+    return {"summaries_differ": differ, "rules_counted": counted, "rules_commented": commented}
 
 
 def test_streams_of_two_hosts_to_one_remote_host_each_queue_their_own(netns_factory: Any) -> None:
@@ -550,6 +568,7 @@ def test_streams_of_two_hosts_to_one_remote_host_each_queue_their_own(netns_fact
     got = nsutil.call_in(a, _shared_remote, b, peer_mac)
     assert got["queue5"] >= 2 and got["queue6"] >= 2, got
     assert got["true_address"] == 0 and got["verify"] == 0, got
+    assert got["summaries_differ"] == 0 and got["rules_counted"] and got["rules_commented"], got
 
 
 def _interfaces_apart(peer: str) -> dict[str, bool]:
