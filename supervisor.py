@@ -79,6 +79,10 @@ log = logging.getLogger("mt6d.supervisor")
 RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
 RESOLVE_AFTER = 0.2  # seconds (at most a quarter rotation) before a new route's neighbour discovery
 ON_LINK_FOR = 60.0  # seconds a /64's "on the external link" answer is kept
+# Seconds between two looks at every stream's exchange timers (retries start at 0.5 s, and an
+# idle loop looks every 0.2 s): a busy loop, one turn per bus message, would otherwise walk a
+# thousand streams' timers a thousand times a second.
+KEYS_TICK = 0.05
 
 
 class Supervisor:
@@ -115,6 +119,7 @@ class Supervisor:
         # The peer's hashed addresses on the external link with a neighbour entry of ours
         # (Netlink.pin_neighbours), and how many bound routes use each.
         self.pinned: Counter[bytes] = Counter()
+        self.next_keys_tick = 0.0  # monotonic
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
@@ -337,7 +342,10 @@ class Supervisor:
     # --- keys (mt6d_mp.core.phases; the messages travel through the stream's worker) ---------
 
     def keys_tick(self) -> None:
-        """The exchanges' timers, every turn of the loop."""
+        """The exchanges' timers, at most every KEYS_TICK."""
+        if self.monotonic() < self.next_keys_tick:
+            return
+        self.next_keys_tick = self.monotonic() + KEYS_TICK
         now = self.clock()
         for name, keys in list(self.route_lists.items()):
             out = keys.tick(now)

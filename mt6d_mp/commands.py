@@ -15,8 +15,8 @@ client, so the supervisor does not load argparse or the CLI. The shapes of the `
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -264,8 +264,10 @@ def handlers(sup: Controlled) -> dict[bytes, Callable[[list[bytes]], dict[str, A
 
 
 def route_dict(r: Route) -> dict[str, Any]:
-    return {"epoch": r.epoch, "local": str(ipaddress.IPv6Address(r.local.address)),
-            "local_port": r.local.port, "remote": str(ipaddress.IPv6Address(r.remote.address)),
+    # inet_ntop: the same text as ipaddress's, ten times faster (a status of a thousand streams
+    # prints some 16000 addresses)
+    return {"epoch": r.epoch, "local": socket.inet_ntop(socket.AF_INET6, r.local.address),
+            "local_port": r.local.port, "remote": socket.inet_ntop(socket.AF_INET6, r.remote.address),
             "remote_port": r.remote.port, "key_phase": r.key_phase}
 
 

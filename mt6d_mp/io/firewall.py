@@ -48,6 +48,7 @@ import struct
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -486,6 +487,7 @@ class Firewall:
         self.sets = layout.set_names(tag_prefix)
         # (stream, epoch, phase) -> the route's members of the two sets (mt6d_mp.core.rules)
         self._routes: dict[tuple[str, int, int], tuple[Member, Member]] = {}
+        self._hashed_users: Counter[Member] = Counter()  # routes per member of the hashed set
 
     # -- lifecycle
 
@@ -533,6 +535,7 @@ class Firewall:
         self._streams.clear()
         self._silenced.clear()
         self._routes.clear()
+        self._hashed_users.clear()
 
     def teardown(self) -> None:
         """Remove exactly what :meth:`setup` and later calls added: the jumps, then the chains."""
@@ -689,17 +692,23 @@ class Firewall:
         if not new and not gone:
             return 0
         # A hashed address leaves its set only when no remaining route has it.
-        kept = {m[1] for k, m in self._routes.items() if k not in gone} | {m[1] for m in new.values()}
+        users = Counter(self._routes[k][1] for k in gone)
+        users.subtract(m[1] for m in new.values())
+        unused = {h for h, n in users.items() if self._hashed_users[h] - n <= 0}
         with IpSets() as sets:
             sets.change(self.sets.routes, remove=[self._routes[k][0] for k in gone])
-            sets.change(self.sets.hashed,
-                        remove={self._routes[k][1] for k in gone} - kept)
+            sets.change(self.sets.hashed, remove=unused)
             sets.change(self.sets.hashed, add=[m[1] for m in new.values()])
             sets.change(self.sets.routes, add=[m[0] for m in new.values()])
         log.debug("action=change_routes add=%d remove=%d", len(new), len(gone))
         for key in gone:
-            del self._routes[key]
-        self._routes.update(new)
+            member = self._routes.pop(key)[1]
+            self._hashed_users[member] -= 1
+            if self._hashed_users[member] <= 0:
+                del self._hashed_users[member]
+        for key, members in new.items():
+            self._routes[key] = members
+            self._hashed_users[members[1]] += 1
         return len(new) + len(gone)
 
     def members(self) -> dict[str, set[Member]]:

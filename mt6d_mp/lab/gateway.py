@@ -140,17 +140,23 @@ def wait_keyed(procs: ProcessTable, gw: NamespaceInfo, pid: int, deadline: float
 
     assert gw.runtime_dir
     while True:
-        reply = request(Path(gw.runtime_dir), b"status", timeout=1.0)
+        # A status of a thousand streams takes the supervisor a while: a short timeout would
+        # leave it answering requests nobody waits for any more.
+        asked = time.monotonic()
+        reply = request(Path(gw.runtime_dir), b"status", timeout=10.0)
+        took = time.monotonic() - asked
         rows = reply.get("streams", []) if isinstance(reply, dict) else []
-        if rows and all(r.get("key_state") == "keyed" for r in rows):
+        waiting = [r.get("name") for r in rows if r.get("key_state") != "keyed"]
+        if rows and not waiting:
             log.info("supervisor in %s has keyed its %d streams", gw.name, len(rows))
             return
         if not procs.alive(pid) or time.monotonic() > deadline:
-            states = {r.get("name"): r.get("key_state") for r in rows}
+            states = (f"{len(waiting)} of {len(rows)} not keyed, e.g. {waiting[:3]}" if rows
+                      else "no status")
             raise LabError(
                 f"supervisor in {gw.name}: streams not keyed in {timeout:g}s ({states}); "
                 f"see {gw.supervisor_out}{log_tail(gw.supervisor_out)}")
-        time.sleep(0.05)
+        time.sleep(min(1.0, 0.05 + took))  # the supervisor's time, not ours, is scarce
 
 
 def wait_ready(procs: ProcessTable, gw: NamespaceInfo, pid: int, deadline: float, timeout: float) -> None:
