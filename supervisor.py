@@ -120,6 +120,9 @@ class Supervisor:
         # (Netlink.pin_neighbours), and how many bound routes use each.
         self.pinned: Counter[bytes] = Counter()
         self.next_keys_tick = 0.0  # monotonic
+        # Exchange messages and key changes waiting for the end of a batch (settling).
+        self.unsettled: dict[str, list[Outgoing]] = {}
+        self.deferring = False
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
@@ -353,17 +356,47 @@ class Supervisor:
 
     def settle(self, name: str, keys: StreamKeys, out: list[Outgoing]) -> None:
         """After the keys changed: routes first (bound and filtered, so that the peer's first
-        packet of a new phase finds them), then the state, then the messages."""
-        if keys.changed:
-            self.apply({name: keys.advance(self.clock())})
-            self.publish_state(name)
-        for line in keys.events:
-            log.info("%s stream=%s", line, name)
-        keys.events.clear()
+        packet of a new phase finds them), then the state, then the messages. Inside
+        :meth:`settling` this waits for the end of the batch."""
+        self.unsettled.setdefault(name, []).extend(out)
+        if not self.deferring:
+            self.settle_all()
+
+    @contextmanager
+    def settling(self) -> Iterator[None]:
+        """Settle every stream whose keys changed inside the block at its end, in one
+        :meth:`apply`: a thousand streams keying at once send thousands of exchange messages,
+        and one netlink batch and one set change for all that arrived together cost little
+        more than one for each."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+            self.settle_all()
+
+    def settle_all(self) -> None:
+        """:meth:`settle` for every stream waiting."""
         assert self.bus is not None
-        for m in out:
-            self.bus.publish(KeyxSend(name, m.route.local.address, m.route.local.port, m.options,
-                                      m.payload))
+        if not self.unsettled:
+            return
+        waiting, self.unsettled = self.unsettled, {}
+        now = self.clock()
+        changed = [n for n in waiting if n in self.route_lists and self.route_lists[n].changed]
+        if changed:
+            self.apply({n: self.route_lists[n].advance(now) for n in changed})
+            for n in changed:
+                self.publish_state(n)
+        for name, out in waiting.items():
+            keys = self.route_lists.get(name)
+            if keys is None:
+                continue  # removed meanwhile (reload): its messages go nowhere
+            for line in keys.events:
+                log.info("%s stream=%s", line, name)
+            keys.events.clear()
+            for m in out:
+                self.bus.publish(KeyxSend(name, m.route.local.address, m.route.local.port,
+                                          m.options, m.payload))
 
     def keyx_received(self, args: list[bytes]) -> None:
         """``[b"keyx", stream, local_hashed16, port(2), options, payload]`` from a stream worker:
@@ -688,11 +721,13 @@ class Supervisor:
         while self.running:
             wait = max(0.0, min(0.2, self.next_rotation - self.clock(),
                                  *(t - self.monotonic() for t, _ in self.to_resolve[:1])))
-            if self.bus.control.poll(int(wait * 1000) + 1):
-                self.bus.handle_control()
+            with self.settling():
+                if self.bus.control.poll(int(wait * 1000) + 1):
+                    self.bus.handle_control()
             if self.clock() >= self.next_rotation:
                 self.rotate()
-            self.keys_tick()
+            with self.settling():
+                self.keys_tick()
             self.resolve_due()
             if self.reload_pending:
                 self.reload_pending = False

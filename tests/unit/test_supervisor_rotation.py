@@ -182,3 +182,27 @@ def test_the_peers_addresses_are_pinned_while_their_routes_are_bound(
                 assert ("pin", a) in log[:i], "resolved only once pinned"
     s.remove_stream(s.config.streams[0])
     assert not s.pinned, "a removed stream's entries go with it"
+
+
+def test_key_changes_inside_a_batch_are_applied_once_at_its_end(
+    sup: tuple[supmod.Supervisor, list[tuple[Any, ...]], list[float]]
+) -> None:
+    """Exchange messages that arrive together are settled together (Supervisor.settling): no
+    route is applied while the batch runs, one apply for all of it at the end; outside a
+    batch a settle applies at once."""
+    s, log, now = sup
+    name = next(iter(s.route_lists))
+    keys = s.route_lists[name]
+    published: list[str] = []
+    s.publish_state = published.append  # type: ignore[method-assign]
+    now[0] = 1000 * s.config.rotation_time + 0.5
+    with s.settling():
+        for _ in range(3):
+            keys.changed = True
+            s.settle(name, keys, [])
+        assert not [ev for ev in log if ev[0] == "commit"], "nothing applied inside the batch"
+    assert len([ev for ev in log if ev[0] == "commit"]) == 1
+    assert published == [name]
+    keys.changed = True
+    s.settle(name, keys, [])
+    assert published == [name, name], "outside a batch: at once"
