@@ -83,6 +83,7 @@ ON_LINK_FOR = 60.0  # seconds a /64's "on the external link" answer is kept
 # idle loop looks every 0.2 s): a busy loop, one turn per bus message, would otherwise walk a
 # thousand streams' timers a thousand times a second.
 KEYS_TICK = 0.05
+ROTATION_CHUNK = 128  # streams a rotation applies before it answers the control socket again
 
 
 class Supervisor:
@@ -330,17 +331,35 @@ class Supervisor:
     # --- routes -------------------------------------------------------------------------------
 
     def rotate(self) -> None:
-        """Bring every stream's routes to the current epoch (called at each boundary)."""
+        """Bring every stream's routes to the current epoch (called at each boundary).
+
+        The streams go in chunks of ROTATION_CHUNK, and between two chunks the loop answers
+        what waits on the control socket (exchange messages, status): a rotation of a thousand
+        streams takes a good part of a second, and exchange messages held that long grow
+        stale. What the messages change is settled after the last chunk (settling), so every
+        stream's changes are still applied in the order they were made."""
+        assert self.bus is not None
         now = self.clock()
         t0 = time.perf_counter()
         changes = {name: routes.advance(now) for name, routes in self.route_lists.items()}
-        t1 = time.perf_counter()
-        self.apply(changes)
-        for name, keys in self.route_lists.items():
-            if keys.changed:  # a phase went with its last route
-                self.publish_state(name)
+        hashing = work = time.perf_counter() - t0
+        names = list(changes)
+        with self.settling():
+            for start in range(0, len(names), ROTATION_CHUNK):
+                t = time.perf_counter()
+                self.apply({n: changes[n] for n in names[start:start + ROTATION_CHUNK]})
+                work += time.perf_counter() - t
+                if start + ROTATION_CHUNK < len(names):
+                    self.bus.handle_control()
+            t = time.perf_counter()
+            for name, keys in self.route_lists.items():
+                if keys.changed and name not in self.unsettled:  # a phase went with its last route
+                    self.publish_state(name)
+            work += time.perf_counter() - t
         self.next_rotation = next_boundary(now, self.config.rotation_time)
-        log.debug("event=rotated seconds=%.6f hash=%.6f", time.perf_counter() - t0, t1 - t0)
+        # seconds: the rotation's own work, without the requests answered between its chunks
+        log.debug("event=rotated seconds=%.6f hash=%.6f elapsed=%.6f", work, hashing,
+                  time.perf_counter() - t0)
 
     # --- keys (mt6d_mp.core.phases; the messages travel through the stream's worker) ---------
 
@@ -466,9 +485,15 @@ class Supervisor:
         t2 = time.perf_counter()
         bind, bound = [], []
         for stream, changes in all_changes.items():
+            keys = self.route_lists.get(stream)
+            keyed = keys is not None and keys.send_phase is not None
             for r in changes.added:
                 bind.append(r.local.address)
-                if (stream, r.key_phase, r.epoch) not in self.bound_routes:
+                # A keyed stream's bootstrap routes carry nothing but the odd retry after the
+                # peer restarted: an ordinary neighbour entry does for those, and pinning them
+                # would double the neighbour work of every rotation.
+                if (stream, r.key_phase, r.epoch) not in self.bound_routes and (
+                        r.key_phase or not keyed):
                     bound.append(r)
                 self.bound_routes[(stream, r.key_phase, r.epoch)] = r
         if c.routes:
