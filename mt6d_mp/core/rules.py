@@ -412,6 +412,13 @@ def route_members(
         raise FirewallInputError(f"epoch: expected an integer >= 0, got {epoch!r}")
     if isinstance(phase, bool) or not isinstance(phase, int) or not 0 <= phase <= 255:
         raise FirewallInputError(f"phase: expected an integer 0..255, got {phase!r}")
-    remote = ipaddress.IPv6Address(host(remote_hashed, "remote_hashed").split("/")[0]).packed
-    local = ipaddress.IPv6Address(host(local_hashed, "local_hashed").split("/")[0]).packed
+    remote, local = packed(remote_hashed, "remote_hashed"), packed(local_hashed, "local_hashed")
     return (local, port(udp_port), remote), local
+
+
+def packed(addr: AddressLike, what: str) -> bytes:
+    """The 16 bytes of an IPv6 address (as :func:`host` validates it; bytes of the right length
+    are taken as they are: a rotation of a thousand streams gives thousands)."""
+    if isinstance(addr, bytes) and len(addr) == 16:
+        return addr
+    return ipaddress.IPv6Address(host(addr, what).split("/")[0]).packed
