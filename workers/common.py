@@ -87,6 +87,10 @@ class Worker:
     """The skeleton: subclasses implement ``rebuild``, and either ``on_packet`` (one callback per
     queued packet, NetfilterQueue's way) or ``read_queue`` (a reader of their own)."""
 
+    # Whether the worker keeps only the streams of its own queue (the bus topic of its shard:
+    # mt6d_mp.io.bus), or every stream (the ICMP worker answers for every hashed address).
+    shard_only = True
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.name: str = args.name
         self.queue_num: int = args.queue
@@ -98,7 +102,8 @@ class Worker:
                       args.log_file, f"{self.name}")
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        self.bus = BusClient(self.runtime_dir, self.name)
+        self.bus = BusClient(self.runtime_dir, self.name,
+                             topic=self.queue_num if self.shard_only else None)
         self.poller = self.bus.poller()
         self.handlers: dict[int, Callable[[], None]] = {}
         self.ready_fds: Sequence[int] = ()  # what the poller found readable, for the handlers

@@ -77,6 +77,8 @@ Lookup = tuple[bytes, bytes, crypto.PrefixDecryptor | None, SentCheck]
 
 
 class IcmpWorker(Worker):
+    shard_only = False  # errors and solicitations concern every stream's routes
+
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         self.int_index: int = args.internal_index

@@ -18,9 +18,15 @@ Wire shapes (msgpack arrays; the first element is the message version):
   a route is known by (stream, key_phase, epoch)
 * KeyxSend     ``[3, stream, local_hashed16, local_port, options, payload]``: an exchange
   message for the stream's worker to send from that route's socket (not part of the state)
-* Snapshot     ``[3, seq, [StreamState...], [RouteUpdate...]]``
-* Update       ``[3, seq, kind, payload]`` with kind ``"stream"``, ``"route"``, ``"keyx"`` or
-  ``"stream-removed"`` (payload is the stream name)
+* Snapshot     ``[3, seq, [StreamState...], [RouteUpdate...], [[topic, last_seq]...]]``
+* Update       ``[3, seq, kind, payload, topic, prev]`` with kind ``"stream"``, ``"route"``,
+  ``"keyx"`` or ``"stream-removed"`` (payload is the stream name)
+
+Topics: every update concerns one stream, and its topic is that stream's queue (its shard);
+``prev`` is the sequence number of the topic's previous update (0: none yet). A stream worker
+subscribes to its own queue's topic only and asks for a snapshot of it, so a shard never reads
+the other shards' routes (a thousand streams publish thousands of updates every rotation); the
+ICMP worker takes every topic. A snapshot says, per topic it covers, the last update it holds.
 
 NamedTuple rather than frozen dataclasses: every worker loads this module, and ``dataclasses``
 imports ``inspect`` (with ``ast``, ``dis`` and ``tokenize``), about 1 MB of private memory per
@@ -36,7 +42,8 @@ from mt6d_mp.core.crypt_names import CRYPT_NAMES
 # 2: StreamState lost hop_limit (never set; the inner hop limit is always copied)
 # 3: key phases (StreamState carries every data phase's keys, the sending phase and the lane)
 # 4: StreamState.host_mode
-VERSION = 4
+# 5: topics (Update.topic, Update.prev, Snapshot.topics)
+VERSION = 5
 ROUTE_STATES = ("accepted", "expired", "released")
 
 
@@ -194,60 +201,77 @@ class Snapshot(NamedTuple):
     seq: int
     streams: tuple[StreamState, ...]
     routes: tuple[RouteUpdate, ...]
+    topics: tuple[tuple[int, int], ...] = ()  # (topic, its last update's seq) for each covered
 
     def to_wire(self) -> list[Any]:
         return [VERSION, self.seq, [s.to_wire() for s in self.streams],
-                [r.to_wire() for r in self.routes]]
+                [r.to_wire() for r in self.routes], [list(t) for t in self.topics]]
 
     @classmethod
     def from_wire(cls, v: Any) -> Snapshot:
-        a = _array(v, 4, "snapshot")
-        _expect(isinstance(a[2], list) and isinstance(a[3], list), "snapshot: expected lists")
+        a = _array(v, 5, "snapshot")
+        _expect(isinstance(a[2], list) and isinstance(a[3], list) and isinstance(a[4], list),
+                "snapshot: expected lists")
+        topics = []
+        for t in a[4]:
+            _expect(isinstance(t, list) and len(t) == 2, "snapshot: topic: expected 2 fields")
+            topics.append((_int(t[0], 0, 65535, "topic"), _int(t[1], 0, 2**63, "topic seq")))
         return cls(_int(a[1], 0, 2**63, "seq"),
                    tuple(StreamState.from_wire(s) for s in a[2]),
-                   tuple(RouteUpdate.from_wire(r) for r in a[3]))
+                   tuple(RouteUpdate.from_wire(r) for r in a[3]), tuple(topics))
 
 
 class Update(NamedTuple):
     seq: int
     item: StreamState | RouteUpdate | KeyxSend | str  # str: name of a removed stream
+    topic: int = 0  # the stream's queue
+    prev: int = 0  # seq of the topic's previous update, 0 if none
 
     def to_wire(self) -> list[Any]:
+        payload: list[Any] | str
         if isinstance(self.item, StreamState):
-            return [VERSION, self.seq, "stream", self.item.to_wire()]
-        if isinstance(self.item, RouteUpdate):
-            return [VERSION, self.seq, "route", self.item.to_wire()]
-        if isinstance(self.item, KeyxSend):
-            return [VERSION, self.seq, "keyx", self.item.to_wire()]
-        return [VERSION, self.seq, "stream-removed", self.item]
+            kind, payload = "stream", self.item.to_wire()
+        elif isinstance(self.item, RouteUpdate):
+            kind, payload = "route", self.item.to_wire()
+        elif isinstance(self.item, KeyxSend):
+            kind, payload = "keyx", self.item.to_wire()
+        else:
+            kind, payload = "stream-removed", self.item
+        return [VERSION, self.seq, kind, payload, self.topic, self.prev]
 
     @classmethod
     def from_wire(cls, v: Any) -> Update:
-        a = _array(v, 4, "update")
+        a = _array(v, 6, "update")
         seq = _int(a[1], 1, 2**63, "seq")
+        topic, prev = _int(a[4], 0, 65535, "topic"), _int(a[5], 0, seq - 1, "prev")
         kind = a[2]
+        item: StreamState | RouteUpdate | KeyxSend | str
         if kind == "stream":
-            return cls(seq, StreamState.from_wire(a[3]))
-        if kind == "route":
-            return cls(seq, RouteUpdate.from_wire(a[3]))
-        if kind == "keyx":
-            return cls(seq, KeyxSend.from_wire(a[3]))
-        if kind == "stream-removed":
-            return cls(seq, _str(a[3], "removed stream"))
-        raise BusError(f"update: unknown kind {kind!r}")
+            item = StreamState.from_wire(a[3])
+        elif kind == "route":
+            item = RouteUpdate.from_wire(a[3])
+        elif kind == "keyx":
+            item = KeyxSend.from_wire(a[3])
+        elif kind == "stream-removed":
+            item = _str(a[3], "removed stream")
+        else:
+            raise BusError(f"update: unknown kind {kind!r}")
+        return cls(seq, item, topic, prev)
 
 
 class Replica:
     """A worker's copy of the supervisor's state, kept by the Clone pattern.
 
-    ``apply_snapshot`` replaces everything; ``apply`` takes an update only if its sequence
-    number is exactly the next one. It returns False on a gap (an update was lost: PUB/SUB
+    ``apply_snapshot`` replaces everything; ``apply`` takes an update only if it follows the
+    last one of its topic (``prev``). It returns False on a gap (an update was lost: PUB/SUB
     drops messages at its high-water mark and before a subscriber has joined), and the worker
-    then asks for a new snapshot. Updates older than the snapshot are ignored.
+    then asks for a new snapshot. Updates older than the snapshot are ignored. A replica holds
+    the topics it subscribed to (the supervisor's own, every topic).
     """
 
     def __init__(self) -> None:
-        self.seq = -1  # -1: no snapshot yet
+        self.seq = -1  # -1: no snapshot yet; then the newest update taken
+        self.topic_seq: dict[int, int] = {}  # topic -> seq of its newest update taken
         self.streams: dict[str, StreamState] = {}
         self.routes: dict[tuple[str, int, int], RouteUpdate] = {}  # (stream, phase, epoch)
         # Exchange messages to send, in order; not state: a snapshot does not carry them (a
@@ -268,6 +292,7 @@ class Replica:
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.seq = snap.seq
+        self.topic_seq = dict(snap.topics)
         self.streams = {s.name: s for s in snap.streams}
         self.routes = {(r.stream, r.key_phase, r.epoch): r for r in snap.routes}
         self.touched = None
@@ -277,9 +302,9 @@ class Replica:
             return True  # wait for the snapshot; it will include this update
         if update.seq <= self.seq:
             return True
-        if update.seq != self.seq + 1:
+        if update.prev != self.topic_seq.get(update.topic, 0):
             return False
-        self.seq = update.seq
+        self.seq = self.topic_seq[update.topic] = update.seq
         item = update.item
         touched = self.touched
         if touched is not None and not isinstance(item, KeyxSend):

@@ -4,12 +4,17 @@ Two ``ipc://`` endpoints in the supervisor's runtime directory, which only root 
 (ipc:// paths on the shared filesystem work across network namespaces; abstract ``ipc://@``
 and ``tcp://127.0.0.1`` do not: measured in namespaces on these machines):
 
-* ``updates.sock``: PUB. Every state change is one msgpack frame ``Update(seq, item)``.
-* ``control.sock``: ROUTER. Workers send ``[b"snapshot"]`` and get ``Snapshot``; they send
-  ``[b"ready", name]`` once their queue is bound and ``[b"stats", name, msgpack]`` periodically.
+* ``updates.sock``: PUB. Every state change is two frames: its topic (the stream's queue
+  number, 2 bytes big-endian) and the msgpack ``Update``. A stream worker subscribes to its
+  own queue's topic (ZeroMQ filters on the publisher's side, so a shard never even receives
+  the other shards' updates); the ICMP worker to all.
+* ``control.sock``: ROUTER. Workers send ``[b"snapshot"]`` (everything) or ``[b"snapshot",
+  topic]`` (one queue's streams) and get ``Snapshot``; they send ``[b"ready", name]`` once their
+  queue is bound and ``[b"stats", name, msgpack]`` periodically.
 
 The client follows the ZeroMQ guide's Clone pattern: subscribe first, then ask for a snapshot,
-then apply only updates newer than it; a sequence gap means a lost update, so ask again.
+then apply only updates newer than it; a gap in a topic's chain of updates (mt6d_mp.core.messages)
+means a lost update, so ask again.
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ def unpack(data: bytes) -> Any:
         raise BusError(f"not msgpack: {e}") from None
 
 
+def topic_frame(queue: int) -> bytes:
+    return queue.to_bytes(2, "big")
+
+
 def endpoint(runtime_dir: Path, name: str) -> str:
     return f"ipc://{runtime_dir / name}"
 
@@ -84,19 +93,43 @@ class BusServer:
         self.handlers: dict[bytes, Callable[[list[bytes]], Any]] = {}
 
     def publish(self, item: StreamState | RouteUpdate | KeyxSend | str) -> None:
-        """Apply one change to the published state and send it, with the next sequence number."""
-        update = Update(self.state.seq + 1, item)
-        self.state.apply(update)  # the same rules every worker's replica applies
-        self.state.outbox.clear()  # a message to send is not state
-        self.pub.send(pack(update.to_wire()))
+        """Apply one change to the published state and send it, with the next sequence number,
+        on the topic of the stream's queue. A stream moved to another queue is first removed
+        from the old one's (its old worker forgets it)."""
+        streams = self.state.streams
+        if isinstance(item, StreamState):
+            old = streams.get(item.name)
+            if old is not None and old.queue != item.queue:
+                self._send(item.name, old.queue)
+            self._send(item, item.queue)
+            return
+        name = item if isinstance(item, str) else item.stream
+        known = streams.get(name)
+        if known is None:
+            raise BusError(f"update for stream {name!r} before its state")
+        self._send(item, known.queue)
+
+    def _send(self, item: StreamState | RouteUpdate | KeyxSend | str, topic: int) -> None:
+        st = self.state
+        update = Update(st.seq + 1, item, topic, st.topic_seq.get(topic, 0))
+        st.apply(update)  # the same rules every worker's replica applies
+        st.outbox.clear()  # a message to send is not state
+        self.pub.send_multipart([topic_frame(topic), pack(update.to_wire())])
 
     @property
     def seq(self) -> int:
         return self.state.seq
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, topic: int | None = None) -> Snapshot:
+        """Everything, or one topic's (queue's) streams and routes."""
         st = self.state
-        return Snapshot(st.seq, tuple(st.streams.values()), tuple(st.routes.values()))
+        if topic is None:
+            return Snapshot(st.seq, tuple(st.streams.values()), tuple(st.routes.values()),
+                            tuple(st.topic_seq.items()))
+        streams = {n: s for n, s in st.streams.items() if s.queue == topic}
+        return Snapshot(st.seq, tuple(streams.values()),
+                        tuple(r for r in st.routes.values() if r.stream in streams),
+                        ((topic, st.topic_seq.get(topic, 0)),))
 
     def handle_control(self) -> None:
         """Answer every request waiting on the control socket (never blocks)."""
@@ -117,7 +150,9 @@ class BusServer:
 
     def _dispatch(self, command: bytes, args: list[bytes]) -> Any:
         if command == b"snapshot":
-            return self.snapshot().to_wire()
+            if args and len(args[0]) != 2:
+                raise BusError("snapshot: topic is 2 bytes")
+            return self.snapshot(int.from_bytes(args[0], "big") if args else None).to_wire()
         if command == b"ready" and args:
             name = args[0].decode("utf-8", "replace")
             self.ready.add(name)
@@ -143,14 +178,17 @@ class BusServer:
 class BusClient:
     """A worker's side: a Replica kept current by snapshot + updates."""
 
-    def __init__(self, runtime_dir: Path, name: str, context: zmq.Context[Any] | None = None):
+    def __init__(self, runtime_dir: Path, name: str, context: zmq.Context[Any] | None = None,
+                 topic: int | None = None):
+        """``topic``: the one queue whose streams this worker keeps (None: every stream)."""
         self.ctx = context or zmq.Context.instance()
         self.name = name
+        self.topic = b"" if topic is None else topic_frame(topic)
         self.replica = Replica()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, HWM)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.SUBSCRIBE, self.topic)
         self.sub.connect(endpoint(runtime_dir, UPDATES))
         self.control = self.ctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.LINGER, 0)
@@ -160,7 +198,7 @@ class BusClient:
 
     def request_snapshot(self) -> None:
         if not self.snapshot_pending:
-            self.control.send_multipart([b"snapshot"])
+            self.control.send_multipart([b"snapshot", self.topic] if self.topic else [b"snapshot"])
             self.snapshot_pending = True
 
     def send(self, command: bytes, *args: bytes) -> None:
@@ -176,11 +214,13 @@ class BusClient:
         changed = False
         while True:
             try:
-                data = self.sub.recv(zmq.NOBLOCK)
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return changed
             try:
-                update = Update.from_wire(unpack(data))
+                if len(frames) != 2:
+                    raise BusError(f"update: expected 2 frames, got {len(frames)}")
+                update = Update.from_wire(unpack(frames[1]))
             except BusError as e:
                 self.errors += 1
                 log.warning("event=bad_update worker=%s error=%s", self.name, e)

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mt6d_mp.core.messages import (
+    VERSION,
     BusError,
     PhaseKeys,
     Replica,
@@ -38,9 +39,9 @@ def route(epoch: int, state: str = "accepted") -> RouteUpdate:
 
 def test_messages_round_trip_through_msgpack() -> None:
     for item in (STREAM, STREAM._replace(host_mode=True), route(7), "host-a-host-b"):
-        u = Update(5, item)
+        u = Update(5, item, 7, 2)
         assert Update.from_wire(unpack(pack(u.to_wire()))) == u
-    snap = Snapshot(9, (STREAM,), (route(1), route(2, "expired")))
+    snap = Snapshot(9, (STREAM,), (route(1), route(2, "expired")), ((7, 9), (8, 0)))
     assert Snapshot.from_wire(unpack(pack(snap.to_wire()))) == snap
 
 
@@ -54,6 +55,8 @@ def test_stream_state_never_shows_keys() -> None:
     [1, 1, "route", [1, "s", 1, "weird", b"x" * 16, 5, b"y" * 16, 6, 0]],
     [1, 1, "route", [1, "s", 1, "accepted", b"short", 5, b"y" * 16, 6, 0]],
     [1, 1, "stream", STREAM.to_wire()[:-1]],
+    [VERSION, 3, "route", route(1).to_wire(), 2, 3],  # prev must be older than the update
+    [VERSION, 3, "route", route(1).to_wire(), 70000, 0],  # topic is a queue number
 ])
 def test_malformed_updates_are_bus_errors(wire: object) -> None:
     with pytest.raises(BusError):
@@ -67,17 +70,19 @@ def test_any_bytes_are_an_update_or_a_bus_error(data: bytes) -> None:
 
 
 def test_replica_applies_in_order_and_detects_gaps() -> None:
+    """Each topic (a queue) is a chain of updates, each naming the one before (prev): a
+    replica of one topic never sees the others' sequence numbers, and a gap is a missing link."""
     r = Replica()
-    assert r.apply(Update(1, STREAM)) and not r.synced  # before the snapshot: ignored
-    r.apply_snapshot(Snapshot(3, (STREAM,), (route(1),)))
-    assert r.apply(Update(2, route(9)))  # older than the snapshot: ignored
+    assert r.apply(Update(1, STREAM, 5, 0)) and not r.synced  # before the snapshot: ignored
+    r.apply_snapshot(Snapshot(3, (STREAM,), (route(1),), ((5, 2),)))
+    assert r.apply(Update(2, route(9), 5, 1))  # older than the snapshot: ignored
     assert (STREAM.name, 0, 9) not in r.routes
-    assert r.apply(Update(4, route(2)))
-    assert not r.apply(Update(6, route(3))), "a gap must be reported"
-    assert r.seq == 4 and (STREAM.name, 0, 3) not in r.routes
-    assert r.apply(Update(5, route(1, "released")))
+    assert r.apply(Update(6, route(2), 5, 2)), "3-5 went to other topics: no gap"
+    assert not r.apply(Update(9, route(3), 5, 8)), "a gap must be reported"
+    assert r.seq == 6 and (STREAM.name, 0, 3) not in r.routes
+    assert r.apply(Update(10, route(1, "released"), 5, 6))
     assert set(r.routes) == {(STREAM.name, 0, 2)}
-    assert r.apply(Update(6, STREAM.name))
+    assert r.apply(Update(11, STREAM.name, 5, 10))
     assert not r.streams and not r.routes
 
 
@@ -108,7 +113,8 @@ def test_clone_pattern_over_ipc(tmp_path: Path) -> None:
         server.publish(route(2))
         wait_for(lambda: (client.poll_updates(), (STREAM.name, 0, 2) in client.replica.routes)[1])
         # A lost update (simulated by bumping the sequence) makes the client ask again.
-        server.state.apply(Update(server.seq + 1, route(3)))
+        server.state.apply(Update(server.seq + 1, route(3), STREAM.queue,
+                                  server.state.topic_seq[STREAM.queue]))
         server.publish(route(4))
 
         def resynced() -> bool:
@@ -127,6 +133,44 @@ def test_clone_pattern_over_ipc(tmp_path: Path) -> None:
         client.close()
         server.close()
     assert not (tmp_path / "updates.sock").exists()
+
+
+def test_a_shards_worker_hears_only_its_own_queues_streams(tmp_path: Path) -> None:
+    """Topics (mt6d_mp.io.bus): a client of queue 2 gets the snapshot and the updates of queue
+    2's streams and nothing of queue 3's; a client of every topic gets both; a stream moved
+    from queue 2 to queue 3 is removed from queue 2's client and appears in queue 3's."""
+    other = STREAM._replace(name="host-c-host-d", queue=3)
+    server = BusServer(tmp_path)
+    mine, everything = BusClient(tmp_path, "q2", topic=2), BusClient(tmp_path, "icmp")
+    try:
+        server.publish(STREAM)
+        server.publish(other)
+        server.publish(route(1))
+        for client in (mine, everything):
+            client.request_snapshot()
+        wait_for(lambda: (server.handle_control(), mine.poll_control(), everything.poll_control(),
+                          mine.replica.synced and everything.replica.synced)[3])
+        assert set(mine.replica.streams) == {STREAM.name}
+        assert set(everything.replica.streams) == {STREAM.name, other.name}
+        time.sleep(0.2)  # the subscriptions reach the publisher
+        server.publish(route(2))
+        server.publish(RouteUpdate(other.name, 5, "accepted", b"\x05" * 16, 1030, b"\x98" * 16,
+                                   2000, 0))
+        wait_for(lambda: (everything.poll_updates(), (other.name, 0, 5) in everything.replica.routes)[1])
+        mine.poll_updates()
+        assert set(mine.replica.routes) == {(STREAM.name, 0, 1), (STREAM.name, 0, 2)}
+        assert set(mine.replica.streams) == {STREAM.name}
+        server.publish(STREAM._replace(queue=3))  # reload moved it to the other shard
+        wait_for(lambda: (mine.poll_updates(), not mine.replica.streams)[1])
+        assert not mine.replica.routes
+        wait_for(lambda: (everything.poll_updates(),
+                          everything.replica.streams[STREAM.name].queue == 3)[1])
+        with pytest.raises(BusError):
+            server.publish(route(3)._replace(stream="nobody"))  # no state: no topic
+    finally:
+        mine.close()
+        everything.close()
+        server.close()
 
 
 def _later(delay: float, action: Callable[[], object]) -> threading.Thread:
@@ -151,6 +195,7 @@ def test_poller_wakes_for_updates_replies_and_its_own_descriptors(tmp_path: Path
     poller = client.poller()
     a, b = socket.socketpair()
     try:
+        server.publish(STREAM)  # routes are published on their stream's topic
         client.request_snapshot()
         wait_for(lambda: (server.handle_control(), client.poll_control(), client.replica.synced)[2])
         client.poll_updates()
