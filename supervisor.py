@@ -83,6 +83,10 @@ ON_LINK_FOR = 60.0  # seconds a /64's "on the external link" answer is kept
 # idle loop looks every 0.2 s): a busy loop, one turn per bus message, would otherwise walk a
 # thousand streams' timers a thousand times a second.
 KEYS_TICK = 0.05
+# Exchanges this gateway starts at once; the others wait for a later look. A thousand streams
+# starting together (every start of the supervisor) flood both supervisors with messages
+# that then wait long enough to grow stale and be retried, which floods them more.
+KEYX_AT_ONCE = 64
 ROTATION_CHUNK = 128  # streams a rotation applies before it answers the control socket again
 
 
@@ -369,8 +373,11 @@ class Supervisor:
             return
         self.next_keys_tick = self.monotonic() + KEYS_TICK
         now = self.clock()
+        running = sum(1 for keys in self.route_lists.values() if keys.initiated is not None)
         for name, keys in list(self.route_lists.items()):
-            out = keys.tick(now)
+            idle = keys.initiated is None
+            out = keys.tick(now, may_start=running < KEYX_AT_ONCE)
+            running += idle and keys.initiated is not None
             self.settle(name, keys, out)
 
     def settle(self, name: str, keys: StreamKeys, out: list[Outgoing]) -> None:

@@ -231,8 +231,10 @@ class StreamKeys:
         self.next_rekey = now
         self.rekey_forced = True
 
-    def tick(self, now: float) -> list[Outgoing]:
-        """Timers: start or retry an exchange, repeat an unconfirmed RESP, forget old state."""
+    def tick(self, now: float, may_start: bool = True) -> list[Outgoing]:
+        """Timers: start or retry an exchange, repeat an unconfirmed RESP, forget old state.
+        With ``may_start`` False an exchange that is due waits for a later tick (the
+        supervisor bounds how many run at once)."""
         self._update_sending(now)
         out: list[Outgoing] = []
         for mid in [m for m, t in self.seen.items() if t < now]:
@@ -258,7 +260,7 @@ class StreamKeys:
                 # The peer's exchange is under way: its phase will do (two at once would be a
                 # wasted rekey and one more live phase).
                 self.next_rekey = now + self._retry_delay(1)
-            elif now >= self.next_rekey:
+            elif now >= self.next_rekey and may_start:
                 self.rekey_forced = False
                 pending, msg = keyx.new_init(now, self.send_phase or 0, self.rng)
                 self.initiated = pending

@@ -180,3 +180,23 @@ def test_low_order_public_key_is_refused() -> None:
     resp = keyx.Message(keyx.RESP, pending.id, phase=1, public=bytes(32), confirm=bytes(16))
     with pytest.raises(Exception, match="keyx_bad_public"):
         keyx.complete(pending, resp, PSK)
+
+
+def test_an_exchange_that_may_not_start_waits_and_the_peer_still_answers() -> None:
+    """``tick(may_start=False)`` (the supervisor's bound on exchanges at once) starts nothing
+    however long it is due, and does not keep the peer's exchange from completing."""
+    a, b = pair()
+    t = 1000.0
+    for _ in range(40):  # 2 s, every tick held back on a
+        t += 0.05
+        assert a.tick(t, may_start=False) == [] and a.initiated is None
+    assert a.state == "bootstrapping" and a.counters["keyx_started"] == 0
+    for _ in range(60):  # b may start: its exchange keys both ends, a answering
+        t += 0.05
+        for x in (a, b):
+            x.advance(t)
+        to_a = b.tick(t)
+        to_b = a.tick(t, may_start=False)
+        while to_a or to_b:
+            to_a, to_b = deliver(t, b, to_b), deliver(t, a, to_a)
+    assert a.state == b.state == "keyed" and a.counters["keyx_started"] == 0
