@@ -254,6 +254,7 @@ class Worker:
             queue.unbind()
             self.report()
             self.bus.close()
+            self.poller.close()
         log.info("event=worker_stopped worker=%s pid=%d", self.name, os.getpid())
         return 0
 

@@ -67,6 +67,14 @@ class StreamWorker(Worker):
         self.by_pair: dict[bytes, Tunnel] = {}  # by true addresses, local then remote
         self.only: Tunnel | None = None  # the one tunnel, when the shard has one stream
         self.last: Tunnel | None = None  # the tunnel of the latest packet (keep-warm runs it)
+        self._mtu: tuple[int, int, int] = (-1, -1, 0)  # (ifindex, loop turn, MTU)
+
+    def interface_mtu(self, ifindex: int) -> int:
+        """The interface's MTU, asked of the kernel once per turn of the loop at most (a
+        rotation rebuilds every tunnel of the shard in one turn)."""
+        if self._mtu[:2] != (ifindex, self.turn):
+            self._mtu = (ifindex, self.turn, sockets.interface_mtu(ifindex))
+        return self._mtu[2]
 
     # --- state from the bus -------------------------------------------------------------------
 

@@ -138,7 +138,7 @@ class Tunnel(Outbound, Inbound):
         self.local, self.remote = st.local, st.remote
         self.true_pair = st.local + st.remote
         try:
-            self.max_datagram = sockets.interface_mtu(st.external_ifindex) - IPV6_HDR_LEN - UDP_HDR_LEN
+            self.max_datagram = self.worker.interface_mtu(st.external_ifindex) - IPV6_HDR_LEN - UDP_HDR_LEN
         except OSError:
             self.max_datagram = RECV_BUFFER
         self.host_addr = sockets.sockaddr(st.local)
