@@ -77,7 +77,10 @@ log = logging.getLogger("mt6d.supervisor")
 
 # Config fields a reload may change (the streams); any other change needs a restart.
 RELOADABLE = {"path", "streams", "users_path", "ethers_path", "profiles_path"}
-RESOLVE_AFTER = 0.2  # seconds (at most a quarter rotation) before a new route's neighbour discovery
+# Seconds (at most half a rotation) before a new route's neighbour discovery: the peer's
+# supervisor adds the same route at the same boundary, but a rotation of a thousand streams
+# takes it a good part of a second to tell its ICMP worker.
+RESOLVE_AFTER = 1.0
 ON_LINK_FOR = 60.0  # seconds a /64's "on the external link" answer is kept
 # Seconds between two looks at every stream's exchange timers (retries start at 0.5 s, and an
 # idle loop looks every 0.2 s): a busy loop, one turn per bus message, would otherwise walk a
@@ -572,7 +575,7 @@ class Supervisor:
         linked = self.linked(remotes)
         if linked:
             self.to_resolve.append((self.monotonic() + min(RESOLVE_AFTER,
-                                                           self.config.rotation_time / 4), linked))
+                                                           self.config.rotation_time / 2), linked))
 
     def resolve_due(self) -> None:
         assert self.nl is not None

@@ -68,7 +68,9 @@ DST = slice(24, 40)
 ND_RATE = 2000.0  # neighbour advertisements a second (a burst of as many): a thousand streams
 # need one a rotation each, from each peer
 ND_BATCH = 64  # solicitations read at once before the loop looks at the rest
-ND_PENDING = 256  # solicitations for addresses not (yet) ours, kept ...
+# Solicitations for addresses not (yet) ours, kept ... (a thousand streams' peer asks for a
+# thousand new addresses a rotation, some before this worker has their routes)
+ND_PENDING = 4096
 ND_PENDING_FOR = 2.0  # ... this many seconds, in case a new route makes them ours
 
 log = logging.getLogger(__name__)
