@@ -66,6 +66,7 @@ class StreamPath:
     host: socket.socket
     tx_pktinfo: tuple[int, int, bytes]
     tx_addr: tuple[str, int, int, int]
+    tx_aad: bytes  # the active route's associated data prefix (packet.aad_prefix)
     host_addr: tuple[str, int, int, int]
     local: bytes
     remote: bytes

@@ -75,6 +75,7 @@ class Tunnel(Outbound, Inbound):
         self.active_until = 0.0
         self.tx_pktinfo: tuple[int, int, bytes] = (0, 0, b"")
         self.tx_addr: tuple[str, int, int, int] = ("::", 0, 0, 0)
+        self.tx_aad = b""
         self.host_addr: tuple[str, int, int, int] = ("::", 0, 0, 0)
         self.local = b""
         self.remote = b""
