@@ -71,6 +71,7 @@ class StreamPath:
     local: bytes
     remote: bytes
     true_pair: bytes
+    address_sum: int  # the remote and local addresses' part of the pseudo-header sum
     leased_label: int
     rx_buffers: list[bytearray]
     rx_view: memoryview
