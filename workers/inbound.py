@@ -25,7 +25,6 @@ from mt6d_mp.core.crypto import OPT_KEYX
 from mt6d_mp.core.offload import (
     IPPROTO_TCP,
     complete_checksum,
-    pseudo_header_sum,
     segment_tcp,
     tcp_header_len,
     transport_checksum_offset,
@@ -224,7 +223,9 @@ class Inbound(StreamPath):
             self.counters["drop_neighbour_discovery"] += 1
             return
         off = transport_checksum_offset(plain)
-        link = self.link_socket(st.internal_ifindex) if self.host_mac and st is not None else None
+        link = self.link
+        if link is None or st is None or self.link_ifindex != st.internal_ifindex or not self.host_mac:
+            link = self.link_socket(st.internal_ifindex) if self.host_mac and st is not None else None
         if link is not None:
             self.to_link(link, plain, VNET_CSUM[off] if off >= 0 else sockets.VNET_PLAIN, off)
             return
@@ -250,7 +251,8 @@ class Inbound(StreamPath):
         eth = self.host_mac + self.own_mac + sockets.ETH_P_IPV6
         iov: tuple[Buffer, ...]
         if csum_off >= 0:
-            field = pseudo_header_sum(self.remote, self.local, len(plain) - 8, plain[6]).to_bytes(2, "big")
+            # pseudo_header_sum, with the addresses' part summed once per stream (rebuild).
+            field = ((self.address_sum + len(plain) - 8 + plain[6]) % 0xFFFF or 0xFFFF).to_bytes(2, "big")
             iov = (vnet, eth, mv[:8], self.remote, self.local, mv[8:csum_off], field, mv[csum_off + 2:])
         else:
             iov = (vnet, eth, mv[:8], self.remote, self.local, mv[8:])

@@ -40,7 +40,9 @@ from mt6d_mp.core.packet import (
     IPV6_MIN_MTU,
     ND_FIRST,
     ND_LAST,
+    UDP_HDR,
     Buffer,
+    aad_prefix,
     outer_traffic_class,
     split_fragment,
     tunnel_overhead,
@@ -59,6 +61,10 @@ from workers.path import RouteSocket, StreamPath
 log = logging.getLogger("workers.stream")
 
 ADDRESSES = 8  # offset of the source address; the destination follows it
+# Hot-path constants as module globals (plain ints and tuples; see mt6d_mp.io.sockets).
+HOPLIMIT_CMSG, TCLASS_CMSG = sockets.HOPLIMIT_CMSG, sockets.TCLASS_CMSG
+LEVEL_IPV6, DSTOPTS = sockets.LEVEL_IPV6, sockets.DSTOPTS
+CRYPT_NONE = crypto.CRYPT_NONE
 
 
 class Outbound(StreamPath):
@@ -72,6 +78,9 @@ class Outbound(StreamPath):
         if route is not None:
             self.tx_pktinfo = sockets.pktinfo_cmsg(route.local_hashed, st.external_ifindex)
             self.tx_addr = sockets.sockaddr(route.remote_hashed, flow_label=self.label_for(route))
+            # The route's associated data prefix, made once per route rather than per packet.
+            self.tx_aad = aad_prefix(route.local_hashed, route.remote_hashed, route.local_port,
+                                     route.remote_port)
 
     def label_for(self, route: RouteUpdate) -> int:
         """The route's flow label when the switch is on (leased once per route), else 0."""
@@ -198,16 +207,33 @@ class Outbound(StreamPath):
             self._send_host(packet_too_big(bytes(data), st.tunnel_mtu, self.remote), "ptb")
             self.counters["ptb_sent"] += 1
             return
-        route = self.current_route()
+        # The route choice (_route_now, inlined: one call fewer per packet).
+        if time.time() + self.clock_offset >= self.active_until:
+            self._select_active(time.time() + self.clock_offset)
+        route = self.active
         if route is None:
+            self.counters["drop_no_key" if st.send_phase < 0 else "drop_no_route"] += 1
             return
-        dstopts, udp, payload = tunnel_pieces(
-            data, route.local_hashed, route.remote_hashed, route.local_port, route.remote_port, self.sealer
-        )
-        hop = sockets.HOPLIMIT_CMSG[data[7]]
-        tclass = sockets.TCLASS_CMSG[outer_traffic_class(data)]
-        cmsg = [self.tx_pktinfo, hop, tclass, sockets.dstopts_cmsg(dstopts)] if dstopts else [
-            self.tx_pktinfo, hop, tclass]
+        sealer = self.sealer
+        if sealer is None or sealer.crypt_type == CRYPT_NONE:
+            dstopts, udp, payload = tunnel_pieces(
+                data, route.local_hashed, route.remote_hashed, route.local_port, route.remote_port,
+                sealer)
+        else:
+            # tunnel_pieces for a sealed packet, inlined (the same checks, the same bytes): an
+            # IPv6 packet whose payload length matches, sealed without its addresses.
+            n = len(data)
+            if n < IPV6_HDR_LEN or data[0] >> 4 != 6:
+                raise PacketError("bad_inner", "not an IPv6 packet")
+            if ((data[4] << 8) | data[5]) != n - IPV6_HDR_LEN:
+                raise PacketError("bad_inner", "payload length does not match")
+            mv = memoryview(data)
+            dstopts, payload = sealer.seal(b"".join((mv[:8], mv[IPV6_HDR_LEN:])), self.tx_aad)
+            udp = UDP_HDR.pack(route.local_port, route.remote_port, 8 + len(payload), 0)
+        cmsg = [self.tx_pktinfo, HOPLIMIT_CMSG[data[7]],
+                TCLASS_CMSG[(((data[0] & 0x0F) << 4) | (data[1] >> 4)) & 0xFC]]  # outer_traffic_class
+        if dstopts:
+            cmsg.append((LEVEL_IPV6, DSTOPTS, dstopts))
         if self.sent is not None:
             # Recorded before it leaves: a router's error about it can reach the ICMP worker
             # before sendmsg returns here (seen under load: the host never got the Packet Too

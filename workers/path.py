@@ -66,10 +66,12 @@ class StreamPath:
     host: socket.socket
     tx_pktinfo: tuple[int, int, bytes]
     tx_addr: tuple[str, int, int, int]
+    tx_aad: bytes  # the active route's associated data prefix (packet.aad_prefix)
     host_addr: tuple[str, int, int, int]
     local: bytes
     remote: bytes
     true_pair: bytes
+    address_sum: int  # the remote and local addresses' part of the pseudo-header sum
     leased_label: int
     rx_buffers: list[bytearray]
     rx_view: memoryview

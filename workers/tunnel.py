@@ -75,10 +75,12 @@ class Tunnel(Outbound, Inbound):
         self.active_until = 0.0
         self.tx_pktinfo: tuple[int, int, bytes] = (0, 0, b"")
         self.tx_addr: tuple[str, int, int, int] = ("::", 0, 0, 0)
+        self.tx_aad = b""
         self.host_addr: tuple[str, int, int, int] = ("::", 0, 0, 0)
         self.local = b""
         self.remote = b""
         self.true_pair = b""  # local + remote: what an outbound packet carries at offset 8
+        self.address_sum = 0  # int(remote) + int(local): their part of the pseudo-header sum
         self.leased_label = 0
         # Delivery of whole TCP super-packets to the host (see deliver_large): the host's MAC,
         # learned from its own packets in the queue, ours, and a packet socket on that link.
@@ -137,6 +139,7 @@ class Tunnel(Outbound, Inbound):
         self.set_openers(openers)
         self.local, self.remote = st.local, st.remote
         self.true_pair = st.local + st.remote
+        self.address_sum = int.from_bytes(st.remote, "big") + int.from_bytes(st.local, "big")
         try:
             self.max_datagram = self.worker.interface_mtu(st.external_ifindex) - IPV6_HDR_LEN - UDP_HDR_LEN
         except OSError:

@@ -26,7 +26,7 @@ SENT_SLOTS: Final = 4096  # at 100k packets/s: the last 41 ms, longer than most 
 SENT_PREFIX: Final = 64  # payload bytes kept: the inner header and 56 bytes of its transport
 RECORD: Final = struct.Struct(f"!{DSTOPTS_LEN}sH{SENT_PREFIX}s6x")  # options, length, prefix
 RECORD_LEN: Final = RECORD.size  # 88
-_COUNTER_AT: Final = ENC_OPT_OFFSET + ENC_OFF_COUNTER
+COUNTER_AT: Final = ENC_OPT_OFFSET + ENC_OFF_COUNTER  # where a sealed packet's counter is
 _COUNTER: Final = struct.Struct("!Q")
 
 
@@ -42,5 +42,5 @@ def sent_slot(dstopts: Buffer) -> int:
     """The slot of a sealed packet (its counter modulo the ring), or -1 without options."""
     if len(dstopts) != DSTOPTS_LEN:
         return -1
-    counter: int = _COUNTER.unpack_from(dstopts, _COUNTER_AT)[0]
+    counter: int = _COUNTER.unpack_from(dstopts, COUNTER_AT)[0]
     return counter % SENT_SLOTS

@@ -16,12 +16,24 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 from pathlib import Path
 
+from mt6d_mp.core.crypto import DSTOPTS_LEN
 from mt6d_mp.core.packet import Buffer
-from mt6d_mp.core.sentlog import RECORD_LEN, SENT_PREFIX, SENT_SLOTS, sent_record, sent_slot
+from mt6d_mp.core.sentlog import (
+    COUNTER_AT,
+    RECORD,
+    RECORD_LEN,
+    SENT_PREFIX,
+    SENT_SLOTS,
+    sent_record,
+    sent_slot,
+)
 
 RING_BYTES = RECORD_LEN * SENT_SLOTS
+_COUNTER_FROM = struct.Struct("!Q").unpack_from
+_PACK_INTO = RECORD.pack_into
 PRIVATE_SLOTS = 4  # divides SENT_SLOTS: a counter's slot modulo 4 stays in range
 
 
@@ -55,6 +67,14 @@ class SentRing:
             os.close(fd)
 
     def add(self, dstopts: Buffer, payload: Buffer) -> None:
+        """Record a packet: the same bytes as ``sent_record``, in the slot ``sent_slot`` gives
+        (the next one in turn without options). A sealed packet's record is packed straight
+        into the ring, with no record object in between: this runs once per packet sent."""
+        if len(dstopts) == DSTOPTS_LEN and type(dstopts) is bytes and type(payload) is bytes:
+            prefix = payload[:SENT_PREFIX]
+            at = _COUNTER_FROM(dstopts, COUNTER_AT)[0] % SENT_SLOTS % self._slots * RECORD_LEN
+            _PACK_INTO(self._mm, at, dstopts, len(prefix), prefix)
+            return
         slot = sent_slot(dstopts)
         if slot < 0:
             slot = self._next

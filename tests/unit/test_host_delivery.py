@@ -34,11 +34,14 @@ class Link:
 
 def worker(link: Link | None) -> Any:
     w = SimpleNamespace(state=SimpleNamespace(internal_ifindex=1, host_mode=True),
-                        counters=Counter(), host_mac=b"", own_mac=b"", local=A16, remote=B16)
+                        counters=Counter(), host_mac=b"", own_mac=b"", local=A16, remote=B16,
+                        link=None, link_ifindex=0,
+                        address_sum=int.from_bytes(B16, "big") + int.from_bytes(A16, "big"))
 
     def link_socket(ifindex: int) -> Link | None:
         assert ifindex == 1  # loopback, as the supervisor published it
         w.own_mac = LO_MAC if link is not None else b""
+        w.link, w.link_ifindex = link, ifindex  # kept, as Tunnel.link_socket keeps it
         return link
 
     w.link_socket = link_socket
@@ -62,6 +65,8 @@ def test_the_remote_hosts_packets_go_to_loopback_with_the_checksum_to_complete()
     assert ip[8:24] == B16 and ip[24:40] == A16  # from the remote true address, to ours
     assert int.from_bytes(ip[46:48], "big") == pseudo_header_sum(B16, A16, 28, 17)
     assert w.counters["host_link_frames"] == 1
+    Tunnel.inbound(w, bytes(packet[:8] + packet[40:]))  # type: ignore[arg-type]  # kept socket
+    assert link.sent[1] == frame and w.counters["host_link_frames"] == 2
 
 
 def test_without_a_packet_socket_the_raw_socket_delivers() -> None:

@@ -84,3 +84,20 @@ def test_a_private_ring_is_small_and_takes_any_counter() -> None:
         ring.add(*sealed(sealer, i))
         ring.add(b"", bytes(100))
     assert len(ring._mm) == 4 * 88
+
+
+def test_the_direct_write_of_a_sealed_packet_leaves_the_record_sent_record_makes(
+    tmp_path: Path,
+) -> None:
+    """SentRing.add packs a sealed packet's record straight into the ring (the hot path); the
+    bytes, and the slot, must be those of sent_record and sent_slot, also for a payload shorter
+    than the prefix and for one handed over as a memoryview (the general path)."""
+    from mt6d_mp.core.sentlog import RECORD_LEN, sent_record
+
+    writer = SentRing(ring_path(tmp_path, "s"))
+    sealer = Sealer(CRYPT_AES_256_GCM, bytes(32), counter=SENT_SLOTS - 2)
+    for payload_len, view in ((200, False), (10, False), (300, True)):
+        dstopts, payload = sealer.seal(bytes(payload_len), AAD)
+        writer.add(memoryview(dstopts) if view else dstopts, memoryview(payload) if view else payload)
+        at = sent_slot(dstopts) * RECORD_LEN
+        assert writer._mm[at : at + RECORD_LEN] == sent_record(dstopts, payload[:SENT_PREFIX])
