@@ -58,7 +58,8 @@ def udp_packet(size: int, hop_limit: int = 61, tclass: int = 0xB9) -> bytes:
 def tunnel(tmp_path: Path, send_phase: int = 1) -> Any:
     worker = SimpleNamespace(queue_num=0, runtime_dir=tmp_path, clock_offset=0.0, keep_warm_ms=0,
                              bus=None, tx=Tx(), host=WarmSocket(), seg_queue=1, counters=Counter(),
-                             rx_buffers=[bytearray(RECV_BUFFER)], reader=None)
+                             rx_buffers=[bytearray(RECV_BUFFER)], reader=None,
+                             interface_mtu=lambda ifindex: 1500)
     worker.rx_view = memoryview(worker.rx_buffers[0])
     worker.drops = DropBatch(-1, 0, worker.counters)
     worker.seg_drops = DropBatch(-1, 1, worker.counters)
