@@ -1,5 +1,5 @@
 #!/bin/bash
-# The small-packet lab measurement of results/PROFILE.md (issue 16): a routed lab from the tree
+# The small-packet lab measurement of results/PROFILE.md: a routed lab from the tree
 # TREE (default: this repository), iperf3 UDP at full offered rate (-b 0) with 200- and
 # 1200-byte datagrams, RUNS runs of SECS seconds each, then one TCP run; for each UDP run the
 # received rate and each stream worker's CPU per delivered packet (from /proc).
