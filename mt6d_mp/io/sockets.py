@@ -185,6 +185,13 @@ def solicitation_socket(ifindex: int) -> socket.socket:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
                         struct.pack("iHH8s", ifindex, PACKET_MR_ALLMULTI, 0, b""))
+        # A peer of a thousand streams solicits a thousand new addresses at once each rotation;
+        # the default buffer holds a few hundred frames, and a solicitation dropped here leaves
+        # the peer's neighbour entry FAILED and its packets dropped until it asks again.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.bind((socket.if_indextoname(ifindex), ETH_P_IPV6_INT))
         sock.setblocking(False)
     except OSError:
