@@ -581,7 +581,8 @@ class Supervisor:
         assert self.nl is not None
         now = self.monotonic()
         while self.to_resolve and self.to_resolve[0][0] <= now:
-            _, addrs = self.to_resolve.pop(0)
+            _, planned = self.to_resolve.pop(0)
+            addrs = [a for a in planned if a in self.pinned]  # not those whose route went
             try:
                 self.nl.resolve_neighbours(self.config.external, addrs)
             except Mt6dError as e:  # a first packet will ask again

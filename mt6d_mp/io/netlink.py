@@ -724,8 +724,10 @@ class Netlink:
         how many were asked. The supervisor asks for the peer's next hashed addresses a
         rotation before use, so that their first packets do not wait in the neighbour queue
         for the peer's answer (docs/KERNEL.md, "Hashed addresses as local routes")."""
-        return self._neighbours(ifname, addrs, RTM_NEWNEIGH, NLM_F_CREATE,
-                                NTF_USE | NTF_EXT_LEARNED, errno.EEXIST, "resolve neighbour")
+        # Without NLM_F_CREATE: an entry unpinned meanwhile (its route went) is not made again,
+        # untracked (ENOENT, counted as absent).
+        return self._neighbours(ifname, addrs, RTM_NEWNEIGH, 0,
+                                NTF_USE | NTF_EXT_LEARNED, errno.ENOENT, "resolve neighbour")
 
     def _neighbours(self, ifname: str, addrs: list[bytes], kind: int, flags: int,
                     ntf: int, absent: int, what: str) -> int:

@@ -347,4 +347,5 @@ def test_pinned_neighbours_resolve_and_stay_outside_the_table_limit(
     finally:
         removed = nl.unpin_neighbours("va", addrs)
     assert removed == count
+    assert nl.resolve_neighbours("va", addrs[:1]) == 0  # its route went: not made again
     assert nl.owned_neighbours() == []
