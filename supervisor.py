@@ -235,8 +235,9 @@ class Supervisor:
         if self.fw is not None:  # every stream's rules in one commit, before any address is bound
             self.fw.add_streams([(s.name, s.local.address.packed, s.remote.address.packed,
                                   s.queue, mac_text(s.local.mac)) for s in c.streams])
-        for s in c.streams:
-            self.add_stream(s, firewall=False)
+        with self.bus.batch():
+            for s in c.streams:
+                self.add_stream(s, firewall=False)
 
     def add_stream(self, s: cfgmod.StreamConfig, firewall: bool = True) -> None:
         """The stream's rules (unless the caller added them: start-up), system state, keys and
@@ -359,9 +360,10 @@ class Supervisor:
                 if start + ROTATION_CHUNK < len(names):
                     self.bus.handle_control()
             t = time.perf_counter()
-            for name, keys in self.route_lists.items():
-                if keys.changed and name not in self.unsettled:  # a phase went with its last route
-                    self.publish_state(name)
+            with self.bus.batch():
+                for name, keys in self.route_lists.items():
+                    if keys.changed and name not in self.unsettled:  # a phase went with its last route
+                        self.publish_state(name)
             work += time.perf_counter() - t
         self.next_rotation = next_boundary(now, self.config.rotation_time)
         # seconds: the rotation's own work, without the requests answered between its chunks
@@ -414,18 +416,19 @@ class Supervisor:
         changed = [n for n in waiting if n in self.route_lists and self.route_lists[n].changed]
         if changed:
             self.apply({n: self.route_lists[n].advance(now) for n in changed})
+        with self.bus.batch():  # the states before the messages, per shard
             for n in changed:
                 self.publish_state(n)
-        for name, out in waiting.items():
-            keys = self.route_lists.get(name)
-            if keys is None:
-                continue  # removed meanwhile (reload): its messages go nowhere
-            for line in keys.events:
-                log.info("%s stream=%s", line, name)
-            keys.events.clear()
-            for m in out:
-                self.bus.publish(KeyxSend(name, m.route.local.address, m.route.local.port,
-                                          m.options, m.payload))
+            for name, out in waiting.items():
+                keys = self.route_lists.get(name)
+                if keys is None:
+                    continue  # removed meanwhile (reload): its messages go nowhere
+                for line in keys.events:
+                    log.info("%s stream=%s", line, name)
+                keys.events.clear()
+                for m in out:
+                    self.bus.publish(KeyxSend(name, m.route.local.address, m.route.local.port,
+                                              m.options, m.payload))
 
     def keyx_received(self, args: list[bytes]) -> None:
         """``[b"keyx", stream, local_hashed16, port(2), options, payload]`` from a stream worker:
@@ -477,15 +480,16 @@ class Supervisor:
         assert self.nl is not None and self.bus is not None
         t0 = time.perf_counter()
         add, remove, unbind, released = [], [], [], []
-        for stream, changes in all_changes.items():
-            for r in changes.released:
-                self.bus.publish(route_update(r, "released"))
-                unbind.append(r.local.address)
-                if self.bound_routes.pop((stream, r.key_phase, r.epoch), None) is not None:
-                    released.append(r)
-                remove.append((stream, r.epoch, r.key_phase))
-            add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port, r.key_phase)
-                    for r in changes.added]
+        with self.bus.batch():  # one message per shard, not one per route
+            for stream, changes in all_changes.items():
+                for r in changes.released:
+                    self.bus.publish(route_update(r, "released"))
+                    unbind.append(r.local.address)
+                    if self.bound_routes.pop((stream, r.key_phase, r.epoch), None) is not None:
+                        released.append(r)
+                    remove.append((stream, r.epoch, r.key_phase))
+                add += [(stream, r.epoch, r.remote.address, r.local.address, r.local.port,
+                         r.key_phase) for r in changes.added]
         if c.routes:  # one netlink batch for all of them, not a round trip each
             self.nl.remove_local_routes(unbind)
             self.unpin(released)
@@ -511,11 +515,12 @@ class Supervisor:
             self.pin(bound)
             self.plan_resolution([r.remote.address for r in bound if r.key_phase])
         t3 = time.perf_counter()
-        for changes in all_changes.values():
-            for r in changes.added:
-                self.bus.publish(route_update(r, "accepted"))
-            for r in changes.expired:
-                self.bus.publish(route_update(r, "expired"))
+        with self.bus.batch():
+            for changes in all_changes.values():
+                for r in changes.added:
+                    self.bus.publish(route_update(r, "accepted"))
+                for r in changes.expired:
+                    self.bus.publish(route_update(r, "expired"))
         log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
                   t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
 

@@ -43,7 +43,8 @@ from mt6d_mp.core.crypt_names import CRYPT_NAMES
 # 3: key phases (StreamState carries every data phase's keys, the sending phase and the lane)
 # 4: StreamState.host_mode
 # 5: topics (Update.topic, Update.prev, Snapshot.topics)
-VERSION = 5
+# 6: a bus message carries an array of updates (mt6d_mp/io/bus.py: BusServer.batch)
+VERSION = 6
 ROUTE_STATES = ("accepted", "expired", "released")
 
 
@@ -263,14 +264,16 @@ class Replica:
     """A worker's copy of the supervisor's state, kept by the Clone pattern.
 
     ``apply_snapshot`` replaces everything; ``apply`` takes an update only if it follows the
-    last one of its topic (``prev``). It returns False on a gap (an update was lost: PUB/SUB
-    drops messages at its high-water mark and before a subscriber has joined), and the worker
-    then asks for a new snapshot. Updates older than the snapshot are ignored. A replica holds
-    the topics it subscribed to (the supervisor's own, every topic).
+    last one of its topic (``prev``); the topics' chains interleave in any order. It returns
+    False on a gap (an update was lost: PUB/SUB drops messages at its high-water mark and
+    before a subscriber has joined), and the worker then asks for a new snapshot. Updates
+    older than the snapshot are ignored. A replica holds the topics it subscribed to (the
+    supervisor's own, every topic).
     """
 
     def __init__(self) -> None:
         self.seq = -1  # -1: no snapshot yet; then the newest update taken
+        self.snapshot_seq = -1  # the last snapshot's: every update up to it is in it
         self.topic_seq: dict[int, int] = {}  # topic -> seq of its newest update taken
         self.streams: dict[str, StreamState] = {}
         self.routes: dict[tuple[str, int, int], RouteUpdate] = {}  # (stream, phase, epoch)
@@ -291,7 +294,7 @@ class Replica:
         return self.seq >= 0
 
     def apply_snapshot(self, snap: Snapshot) -> None:
-        self.seq = snap.seq
+        self.seq = self.snapshot_seq = snap.seq
         self.topic_seq = dict(snap.topics)
         self.streams = {s.name: s for s in snap.streams}
         self.routes = {(r.stream, r.key_phase, r.epoch): r for r in snap.routes}
@@ -300,11 +303,16 @@ class Replica:
     def apply(self, update: Update) -> bool:
         if not self.synced:
             return True  # wait for the snapshot; it will include this update
-        if update.seq <= self.seq:
-            return True
-        if update.prev != self.topic_seq.get(update.topic, 0):
+        last = self.topic_seq.get(update.topic, 0)
+        if update.seq <= self.snapshot_seq or update.seq <= last:
+            return True  # already in the snapshot, or seen
+        if update.prev != last:
             return False
-        self.seq = self.topic_seq[update.topic] = update.seq
+        # Topics are sent one message each (BusServer.batch), so a replica of several topics
+        # may take a later topic's updates before an earlier one's: only each topic's chain
+        # is in order.
+        self.topic_seq[update.topic] = update.seq
+        self.seq = max(self.seq, update.seq)
         item = update.item
         touched = self.touched
         if touched is not None and not isinstance(item, KeyxSend):

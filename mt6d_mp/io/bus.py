@@ -4,8 +4,10 @@ Two ``ipc://`` endpoints in the supervisor's runtime directory, which only root 
 (ipc:// paths on the shared filesystem work across network namespaces; abstract ``ipc://@``
 and ``tcp://127.0.0.1`` do not: measured in namespaces on these machines):
 
-* ``updates.sock``: PUB. Every state change is two frames: its topic (the stream's queue
-  number, 2 bytes big-endian) and the msgpack ``Update``. A stream worker subscribes to its
+* ``updates.sock``: PUB. Every message is two frames: its topic (the stream's queue number,
+  2 bytes big-endian) and a msgpack array of one or more ``Update`` (a rotation sends each
+  topic's hundreds of route changes as one message: :meth:`BusServer.batch`). A stream worker
+  subscribes to its
   own queue's topic (ZeroMQ filters on the publisher's side, so a shard never even receives
   the other shards' updates); the ICMP worker to all.
 * ``control.sock``: ROUTER. Workers send ``[b"snapshot"]`` (everything) or ``[b"snapshot",
@@ -23,7 +25,7 @@ import contextlib
 import logging
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +46,10 @@ log = logging.getLogger(__name__)
 
 UPDATES = "updates.sock"
 CONTROL = "control.sock"
-# Rotations publish a handful of messages per stream; a slow subscriber that falls this far
+# Rotations publish a handful of messages per topic; a slow subscriber that falls this far
 # behind resynchronises from a snapshot anyway.
 HWM = 10000
+MAX_UPDATES = 1 << 16  # in one message; more is a malformed message
 
 
 def pack(obj: Any) -> bytes:
@@ -92,6 +95,7 @@ class BusServer:
             os.chmod(path, 0o600)
         # Extra control commands (mt6dctl) register here: name -> handler(args) -> reply.
         self.handlers: dict[bytes, Callable[[list[bytes]], Any]] = {}
+        self._held: dict[int, list[Any]] | None = None  # inside batch(): topic -> updates
 
     def publish(self, item: StreamState | RouteUpdate | KeyxSend | str) -> None:
         """Apply one change to the published state and send it, with the next sequence number,
@@ -110,12 +114,35 @@ class BusServer:
             raise BusError(f"update for stream {name!r} before its state")
         self._send(item, known.queue)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold what is published inside the block and send it at its end, one message per
+        topic: a rotation changes thousands of routes, and a message each cost a third of the
+        supervisor's rotation (py-spy at 1024 streams: results/scale.md). The state changes at
+        once (a snapshot taken meanwhile already includes the held updates, and a worker skips
+        updates older than its snapshot). Nested blocks send at the outermost one's end."""
+        if self._held is not None:
+            yield
+            return
+        self._held = {}
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for topic, updates in held.items():
+                for start in range(0, len(updates), MAX_UPDATES):
+                    self.pub.send_multipart([topic_frame(topic),
+                                             pack(updates[start:start + MAX_UPDATES])])
+
     def _send(self, item: StreamState | RouteUpdate | KeyxSend | str, topic: int) -> None:
         st = self.state
         update = Update(st.seq + 1, item, topic, st.topic_seq.get(topic, 0))
         st.apply(update)  # the same rules every worker's replica applies
         st.outbox.clear()  # a message to send is not state
-        self.pub.send_multipart([topic_frame(topic), pack(update.to_wire())])
+        if self._held is not None:
+            self._held.setdefault(topic, []).append(update.to_wire())
+        else:
+            self.pub.send_multipart([topic_frame(topic), pack([update.to_wire()])])
 
     @property
     def seq(self) -> int:
@@ -221,16 +248,25 @@ class BusClient:
             try:
                 if len(frames) != 2:
                     raise BusError(f"update: expected 2 frames, got {len(frames)}")
-                update = Update.from_wire(unpack(frames[1]))
+                wires = unpack(frames[1])
+                if not isinstance(wires, list) or not 0 < len(wires) <= MAX_UPDATES:
+                    raise BusError("update: expected an array of updates")
             except BusError as e:
                 self.errors += 1
                 log.warning("event=bad_update worker=%s error=%s", self.name, e)
                 continue
-            if not self.replica.apply(update):
-                log.info("event=update_gap worker=%s seq=%d have=%d", self.name, update.seq,
-                         self.replica.seq)
-                self.request_snapshot()
-            else:
+            for wire in wires:
+                try:
+                    update = Update.from_wire(wire)
+                except BusError as e:  # the gap it leaves asks for a snapshot
+                    self.errors += 1
+                    log.warning("event=bad_update worker=%s error=%s", self.name, e)
+                    continue
+                if not self.replica.apply(update):
+                    log.info("event=update_gap worker=%s seq=%d have=%d", self.name, update.seq,
+                             self.replica.seq)
+                    self.request_snapshot()
+                    break  # the rest of the message follows the gap: the snapshot has them
                 changed = True
 
     def poll_control(self) -> bool:

@@ -131,7 +131,7 @@ INFINITY_LIFE_TIME = 0xFFFFFFFF  # include/net/addrconf.h: a lifetime that never
 RECV_BUFFER = 1 << 16  # a dump's reply datagrams are at most 32 KB
 REPLY_TIMEOUT = 10.0  # seconds; the kernel answers at once, this only bounds a hang
 DUMP_TRIES = 3  # an interrupted dump is made again, this many times in all
-BATCH = 256  # change requests per datagram (about 90 bytes each; acks queue in the receive buffer)
+BATCH = 256  # change requests per datagram (about 90 bytes each; error replies queue in the receive buffer)
 
 
 def _socket(netns: str | None) -> socket.socket:
@@ -212,20 +212,22 @@ class _Rtnl:
         raise NetlinkError(errno.EINTR, f"dump interrupted {DUMP_TRIES} times: the table keeps changing")
 
     def batch(self, requests: list[tuple[Any, int, int]]) -> list[int]:
-        """Send many change requests (message, type, flags) in one datagram and read every ack:
-        the errno of each, 0 for success, in order.
+        """Send many change requests (message, type, flags) in one datagram: the errno of each,
+        0 for success, in order.
 
-        The kernel handles the messages of one datagram one after the other and acks each (it
-        does not stop at a refused one), so a rotation's hundreds of address changes cost one
-        system call each way instead of one round trip per address (docs/KERNEL.md).
+        The kernel handles the messages of one datagram one after the other (it does not stop
+        at a refused one), so a rotation's hundreds of address changes cost one system call
+        each way instead of one round trip per address (docs/KERNEL.md).
         """
         codes: list[int] = []
         for start in range(0, len(requests), BATCH):
             chunk = requests[start:start + BATCH]
             first = self.seq % 0xFFFFFFFF + 1
             data = bytearray()
+            last = len(chunk) - 1
             for i, (msg, kind, flags) in enumerate(chunk):
-                msg["header"] = {"type": kind, "flags": NLM_F_REQUEST | NLM_F_ACK | flags,
+                ack = NLM_F_ACK if i == last else 0
+                msg["header"] = {"type": kind, "flags": NLM_F_REQUEST | ack | flags,
                                  "sequence_number": first + i, "pid": 0}
                 msg.encode()
                 data += msg.data
@@ -242,22 +244,30 @@ class _Rtnl:
             chunk = requests[start:start + BATCH]
             first = self.seq % 0xFFFFFFFF + 1
             data = bytearray()
+            last = len(chunk) - 1
             for i, (kind, flags, body) in enumerate(chunk):
-                data += framing.nlmsg(kind, body, NLM_F_REQUEST | NLM_F_ACK | flags, first + i)
+                ack = NLM_F_ACK if i == last else 0
+                data += framing.nlmsg(kind, body, NLM_F_REQUEST | ack | flags, first + i)
             self.seq = first + len(chunk) - 1
             codes += self._acks(bytes(data), first, len(chunk))
         return codes
 
     def _acks(self, request: bytes, first: int, n: int) -> list[int]:
+        """Send a batch whose last message alone asks for an ack, and read the replies up to
+        that ack. The kernel answers a refused message whether or not it asked (an error
+        reply), and handles a datagram's messages in order, so every error comes before the
+        last ack, and a message with no reply succeeded. One reply instead of one per message:
+        each is a datagram of its own and a system call to read (docs/KERNEL.md)."""
         self.sock.send(request)
+        last = first + n - 1
         codes: dict[int, int] = {}
-        while len(codes) < n:
+        while last not in codes:
             data = self._receive()
             for offset, length, rkind, _mflags, seq in _messages(data):
-                if first <= seq < first + n and rkind == NLMSG_ERROR:
+                if first <= seq <= last and rkind == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", data, offset + 16)[0] if length >= 20 else 0
                     codes[seq] = code if 0 <= code <= 0xFFF else errno.EBADMSG
-        return [codes[first + i] for i in range(n)]
+        return [codes.get(first + i, 0) for i in range(n)]
 
     def _receive(self) -> bytes:
         """One datagram of replies (NetlinkError on a timeout or a truncated datagram)."""

@@ -776,19 +776,33 @@ class _Socket:
         self.sent.append(list(frames))
 
 
+class _SubSocket(_Socket):
+    """A stand-in SUB socket: each message comes with its topic frame."""
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:  # type: ignore[override]
+        return [b"\x00\x00", self.recv(flags)]
+
+
+def update_messages() -> list[Any]:
+    """What the SUB socket carries: arrays of updates (one, several, one with a gap inside)."""
+    u = wire_seeds()
+    return [[u[3]], [u[3], u[4], u[5]], [u[4], Update(30, ROUTE).to_wire(), u[7]]]
+
+
 def bus_client_seeds() -> dict[str, bytes]:
     w = [pack(x) for x in wire_seeds()]
+    m = [pack(x) for x in update_messages()]
     return {
-        "snapshot-then-updates": frame([b"\x01\x00\x00\x00", w[2], w[3], w[4], w[5]]),
-        "update-gap": frame([b"\x01\x00", w[2], pack(Update(30, ROUTE).to_wire())]),
-        "updates-before-snapshot": frame([b"\x00\x01\x00", w[3], w[2], w[4]]),
+        "snapshot-then-updates": frame([b"\x01\x00\x00", w[2], m[0], m[1]]),
+        "update-gap": frame([b"\x01\x00", w[2], m[2]]),
+        "updates-before-snapshot": frame([b"\x00\x01\x00", m[0], w[2], m[1]]),
         "error-reply": frame([b"\x01", pack({"error": "unknown command b'x'"})]),
     }
 
 
 def bus_client_strategy() -> st.SearchStrategy[bytes]:
     """Sequences of (socket, message), the messages mutated as msgpack structures."""
-    msg = mutated_msgpack(wire_seeds())
+    msg = mutated_msgpack([*wire_seeds(), *update_messages()])
     return st.lists(st.tuples(st.integers(0, 1), msg), max_size=5).map(
         lambda items: frame([bytes(c for c, _ in items), *(m for _, m in items)]))
 
@@ -799,7 +813,8 @@ def check_bus_client(data: bytes) -> None:
     channels, *messages = unframe(data, 1)
     client = BusClient.__new__(BusClient)
     client.name, client.replica, client.errors, client.snapshot_pending = "w1", Replica(), 0, False
-    sub, control = _Socket(), _Socket()
+    client.topic = b""
+    sub, control = _SubSocket(), _Socket()
     client.sub, client.control = sub, control
     for i, message in enumerate(messages):
         if i < len(channels) and channels[i] & 1:

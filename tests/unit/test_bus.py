@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -84,6 +85,14 @@ def test_replica_applies_in_order_and_detects_gaps() -> None:
     assert set(r.routes) == {(STREAM.name, 0, 2)}
     assert r.apply(Update(11, STREAM.name, 5, 10))
     assert not r.streams and not r.routes
+    # Each topic is its own message (BusServer.batch): a replica of topics 5 and 7 may take
+    # 5's newer updates before 7's older ones; only a topic's own chain must hold together.
+    r.apply_snapshot(Snapshot(20, (STREAM,), (), ((5, 20), (7, 19))))
+    assert r.apply(Update(22, route(4), 5, 20)) and r.apply(Update(24, route(5), 5, 22))
+    assert r.apply(Update(21, route(6), 7, 19)) and r.apply(Update(23, route(7), 7, 21))
+    assert {e for _, _, e in r.routes} == {4, 5, 6, 7} and r.seq == 24
+    assert r.apply(Update(23, route(8), 7, 21)) and (STREAM.name, 0, 8) not in r.routes  # seen
+    assert not r.apply(Update(26, route(9), 7, 25))
 
 
 def wait_for(cond: object, timeout: float = 5.0) -> None:
@@ -170,6 +179,67 @@ def test_a_shards_worker_hears_only_its_own_queues_streams(tmp_path: Path) -> No
     finally:
         mine.close()
         everything.close()
+        server.close()
+
+
+class _CountingSub:
+    """A client's SUB socket that counts the ZeroMQ messages it hands out."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.messages = sock, 0
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        frames: list[bytes] = self.sock.recv_multipart(flags)
+        self.messages += 1
+        return frames
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_batch_goes_out_as_one_message_per_topic(tmp_path: Path) -> None:
+    """BusServer.batch: what is published inside the block arrives at its end, one message
+    per topic with every update in order; a client that lost an update earlier in the topic's
+    chain asks for a snapshot and does not apply the rest of the message."""
+    other = STREAM._replace(name="host-c-host-d", queue=3)
+    server = BusServer(tmp_path)
+    client = BusClient(tmp_path, "icmp")
+    try:
+        server.publish(STREAM)
+        server.publish(other)
+        client.request_snapshot()
+        wait_for(lambda: (server.handle_control(), client.poll_control(), client.replica.synced)[2])
+        time.sleep(0.2)  # the subscription reaches the publisher
+        client.poll_updates()  # the states, older than the snapshot
+        counting = _CountingSub(client.sub)
+        client.sub = counting  # type: ignore[assignment]
+        with server.batch():
+            for epoch in range(1, 101):
+                server.publish(route(epoch))
+                server.publish(route(epoch, "expired")._replace(stream=other.name))
+            with server.batch():  # nested: sent with the outer block
+                server.publish(route(1, "released"))
+            time.sleep(0.2)
+            client.poll_updates()
+            assert counting.messages == 0, "nothing leaves before the block ends"
+        wait_for(lambda: (client.poll_updates(), (other.name, 0, 100) in client.replica.routes)[1])
+        assert counting.messages == 2
+        assert {k for k in client.replica.routes if k[0] == STREAM.name} == {
+            (STREAM.name, 0, e) for e in range(2, 101)}
+        assert client.replica.seq == server.seq
+
+        server.state.apply(Update(server.seq + 1, route(200), STREAM.queue,
+                                  server.state.topic_seq[STREAM.queue]))  # a lost update
+        with server.batch():
+            server.publish(route(201))
+            server.publish(route(202))
+        wait_for(lambda: (client.poll_updates(), client.snapshot_pending)[1])
+        assert (STREAM.name, 0, 201) not in client.replica.routes
+        wait_for(lambda: (server.handle_control(), client.poll_control(),
+                          (STREAM.name, 0, 202) in client.replica.routes)[2])
+        assert (STREAM.name, 0, 200) in client.replica.routes
+    finally:
+        client.close()
         server.close()
 
 

@@ -11,6 +11,8 @@ Two properties the lab showed to matter (a ping lost to a Port Unreachable after
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,22 @@ class Recorder:
 
     def publish(self, msg: Any) -> None:
         if isinstance(msg, RouteUpdate):
-            self.log.append(("publish", msg.state, msg.epoch))
+            (self.log if self.held is None else self.held).append(("publish", msg.state, msg.epoch))
+
+    held: list[tuple[Any, ...]] | None = None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """BusServer.batch: what is published inside goes out (is logged) at the end."""
+        if self.held is not None:
+            yield
+            return
+        self.held = []
+        try:
+            yield
+        finally:
+            self.log += self.held
+            self.held = None
 
 
 @pytest.fixture
