@@ -41,6 +41,8 @@ import logging
 import socket
 import sys
 import time
+from collections import Counter
+from typing import Any
 
 from mt6d_mp.core import crypto
 from mt6d_mp.core.icmp import (
@@ -56,6 +58,7 @@ from mt6d_mp.core.icmp import (
     router_solicitation,
     translate_icmp_error,
 )
+from mt6d_mp.core.messages import StreamState
 from mt6d_mp.errors import PacketError
 from mt6d_mp.io import sockets
 from mt6d_mp.io.nfqueue import Packet
@@ -94,6 +97,9 @@ class IcmpWorker(Worker):
         self.overhead: int = args.overhead
         self.host = sockets.host_socket()
         self.lookup_table: dict[tuple[bytes, bytes], Lookup] = {}
+        # per stream: its entries of lookup_table and its routes' hashed addresses (rebuild)
+        self.entries: dict[str, tuple[dict[tuple[bytes, bytes], Lookup], list[bytes]]] = {}
+        self.decryptors: dict[str, tuple[Any, dict[int, crypto.PrefixDecryptor | None]]] = {}
         self.sent: dict[str, SentReader] = {}  # per stream: what its worker sent
         # The hosts solicit routers at ff02::2. A gateway without IPv6 forwarding (as it should
         # run: see the README) is not a router and would not listen there, so the kernel would
@@ -106,7 +112,7 @@ class IcmpWorker(Worker):
         except OSError as e:
             self.counters["all_routers_join_failed"] += 1
             log.warning("event=all_routers_join_failed ifindex=%d error=%s", self.int_index, e)
-        self.hashed: set[bytes] = set()  # every installed route's local hashed address
+        self.hashed: Counter[bytes] = Counter()  # every installed route's local hashed address
         # Solicitations for targets that were not ours when they came: target -> (solicitor,
         # time). A peer sends on a new key phase's route as soon as it committed, and its
         # router (or the peer) may solicit the address before this worker has the route from
@@ -127,32 +133,45 @@ class IcmpWorker(Worker):
         """Map each route's (hashed source, hashed destination) to the stream's true addresses.
 
         Errors arrive about packets we sent, so the quote is decrypted with the sending key.
-        Expired routes are kept: an error can arrive a little after its route stopped.
+        Expired routes are kept: an error can arrive a little after its route stopped. Only the
+        streams the updates touched are redone (a rotation of a thousand streams comes as a
+        message per shard, and each used to redo every stream).
         """
         replica = self.bus.replica
-        # One decryptor per (stream, key phase): the quote is of a packet sealed with the tx key
-        # of the phase of the route it travelled on.
-        decryptors: dict[tuple[str, int], crypto.PrefixDecryptor | None] = {}
-        for st in replica.streams.values():
-            ctype = crypto.CRYPT_TYPES[st.crypt]
-            for k in st.phases:
-                decryptors[(st.name, k.phase)] = (
-                    None if ctype == crypto.CRYPT_NONE
-                    else crypto.Sealer(ctype, k.tx_key, phase=k.phase))
-            if st.name not in self.sent:
-                self.sent[st.name] = SentReader(ring_path(self.runtime_dir, st.name))
-        for name in [n for n in self.sent if n not in replica.streams]:
-            self.sent.pop(name).close()
-        table: dict[tuple[bytes, bytes], Lookup] = {}
-        for r in replica.routes.values():
-            owner = replica.streams.get(r.stream)
-            if owner is not None and (owner.name, r.key_phase) in decryptors:
+        touched = replica.take_touched()
+        if touched is None:  # a snapshot: everything
+            touched = set(replica.streams) | set(self.entries)
+        for name in touched:
+            old_entries, old_hashed = self.entries.pop(name, ({}, []))
+            for key, entry in old_entries.items():
+                if self.lookup_table.get(key) is entry:
+                    del self.lookup_table[key]
+            for h in old_hashed:
+                self.hashed[h] -= 1
+                if self.hashed[h] <= 0:
+                    del self.hashed[h]
+            st = replica.streams.get(name)
+            if st is None:
+                self.decryptors.pop(name, None)
+                reader = self.sent.pop(name, None)
+                if reader is not None:
+                    reader.close()
+                continue
+            decryptors = self.stream_decryptors(st)
+            if name not in self.sent:
+                self.sent[name] = SentReader(ring_path(self.runtime_dir, name))
+            was_sent = self.sent[name].was_sent
+            entries: dict[tuple[bytes, bytes], Lookup] = {}
+            hashed = []
+            for r in replica.routes_of(name):
+                hashed.append(r.local_hashed)
+                self.hashed[r.local_hashed] += 1
                 # Routes of the bootstrap phase carry no data: no error about them is a host's.
-                table[(r.local_hashed, r.remote_hashed)] = (
-                    owner.local, owner.remote, decryptors[(owner.name, r.key_phase)],
-                    self.sent[owner.name].was_sent)
-        self.lookup_table = table
-        self.hashed = {r.local_hashed for r in replica.routes.values()}
+                if r.key_phase in decryptors:
+                    entries[(r.local_hashed, r.remote_hashed)] = (
+                        st.local, st.remote, decryptors[r.key_phase], was_sent)
+            self.entries[name] = (entries, hashed)
+            self.lookup_table.update(entries)
         if self.nd_pending:
             now = time.monotonic()
             for target, (src, when) in list(self.nd_pending.items()):
@@ -161,6 +180,18 @@ class IcmpWorker(Worker):
                     self.advertise(target, src, now)
                 if target in self.hashed or now - when > ND_PENDING_FOR:
                     del self.nd_pending[target]
+
+    def stream_decryptors(self, st: StreamState) -> dict[int, crypto.PrefixDecryptor | None]:
+        """One decryptor per key phase of the stream (None without encryption): the quote is
+        of a packet sealed with the tx key of the phase of the route it travelled on. Made
+        again only when the stream's keys change."""
+        made = self.decryptors.get(st.name)
+        if made is None or made[0] != (st.crypt, st.phases):
+            ctype = crypto.CRYPT_TYPES[st.crypt]
+            made = self.decryptors[st.name] = ((st.crypt, st.phases), {
+                k.phase: None if ctype == crypto.CRYPT_NONE
+                else crypto.Sealer(ctype, k.tx_key, phase=k.phase) for k in st.phases})
+        return made[1]
 
     def answer_solicitations(self) -> None:
         """Neighbour solicitations from the external link: those for our hashed addresses get

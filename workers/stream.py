@@ -85,16 +85,11 @@ class StreamWorker(Worker):
         for name in [n for n in self.tunnels if n not in mine]:
             self.tunnels.pop(name).close()
         changed = set(mine) if touched is None else touched & set(mine)
-        if changed:
-            routes: dict[str, list[Any]] = {n: [] for n in changed}
-            for r in replica.routes.values():
-                if r.stream in routes:
-                    routes[r.stream].append(r)
-            for name in changed:
-                t = self.tunnels.get(name)
-                if t is None:
-                    t = self.tunnels[name] = Tunnel(self, name)
-                t.rebuild(mine[name], routes[name])
+        for name in changed:
+            t = self.tunnels.get(name)
+            if t is None:
+                t = self.tunnels[name] = Tunnel(self, name)
+            t.rebuild(mine[name], replica.routes_of(name))
         self.by_pair = {t.true_pair: t for t in self.tunnels.values()}
         self.only = next(iter(self.tunnels.values())) if len(self.tunnels) == 1 else None
         if self.last is not None and self.last.state is None:

@@ -277,6 +277,9 @@ class Replica:
         self.topic_seq: dict[int, int] = {}  # topic -> seq of its newest update taken
         self.streams: dict[str, StreamState] = {}
         self.routes: dict[tuple[str, int, int], RouteUpdate] = {}  # (stream, phase, epoch)
+        # The same routes by stream: a worker that rebuilds only the streams an update touched
+        # finds theirs without walking every route of every stream.
+        self.by_stream: dict[str, dict[tuple[str, int, int], RouteUpdate]] = {}
         # Exchange messages to send, in order; not state: a snapshot does not carry them (a
         # message lost to a resynchronisation is a lost datagram, and the exchange retries).
         self.outbox: list[KeyxSend] = []
@@ -298,7 +301,13 @@ class Replica:
         self.topic_seq = dict(snap.topics)
         self.streams = {s.name: s for s in snap.streams}
         self.routes = {(r.stream, r.key_phase, r.epoch): r for r in snap.routes}
+        self.by_stream = {}
+        for key, r in self.routes.items():
+            self.by_stream.setdefault(r.stream, {})[key] = r
         self.touched = None
+
+    def routes_of(self, stream: str) -> list[RouteUpdate]:
+        return list(self.by_stream.get(stream, {}).values())
 
     def apply(self, update: Update) -> bool:
         if not self.synced:
@@ -321,14 +330,21 @@ class Replica:
         if isinstance(item, StreamState):
             self.streams[item.name] = item
         elif isinstance(item, RouteUpdate):
+            key = (item.stream, item.key_phase, item.epoch)
             if item.state == "released":
-                self.routes.pop((item.stream, item.key_phase, item.epoch), None)
+                self.routes.pop(key, None)
+                mine = self.by_stream.get(item.stream)
+                if mine is not None:
+                    mine.pop(key, None)
+                    if not mine:
+                        del self.by_stream[item.stream]
             else:
-                self.routes[(item.stream, item.key_phase, item.epoch)] = item
+                self.routes[key] = item
+                self.by_stream.setdefault(item.stream, {})[key] = item
         elif isinstance(item, KeyxSend):
             self.outbox.append(item)
         else:
             self.streams.pop(item, None)
-            for key in [k for k in self.routes if k[0] == item]:
+            for key in self.by_stream.pop(item, {}):
                 del self.routes[key]
         return True
