@@ -321,29 +321,35 @@ class Replica:
         # may take a later topic's updates before an earlier one's: only each topic's chain
         # is in order.
         self.topic_seq[update.topic] = update.seq
-        self.seq = max(self.seq, update.seq)
+        if update.seq > self.seq:
+            self.seq = update.seq
         item = update.item
         touched = self.touched
-        if touched is not None and not isinstance(item, KeyxSend):
-            touched.add(item if isinstance(item, str) else item.name if isinstance(item, StreamState)
-                        else item.stream)
-        if isinstance(item, StreamState):
-            self.streams[item.name] = item
-        elif isinstance(item, RouteUpdate):
-            key = (item.stream, item.key_phase, item.epoch)
+        if type(item) is RouteUpdate:  # most updates: thousands a rotation
+            stream = item.stream
+            key = (stream, item.key_phase, item.epoch)
             if item.state == "released":
                 self.routes.pop(key, None)
-                mine = self.by_stream.get(item.stream)
+                mine = self.by_stream.get(stream)
                 if mine is not None:
                     mine.pop(key, None)
                     if not mine:
-                        del self.by_stream[item.stream]
+                        del self.by_stream[stream]
             else:
                 self.routes[key] = item
-                self.by_stream.setdefault(item.stream, {})[key] = item
+                self.by_stream.setdefault(stream, {})[key] = item
+            if touched is not None:
+                touched.add(stream)
+            return True
+        if isinstance(item, StreamState):
+            self.streams[item.name] = item
+            if touched is not None:
+                touched.add(item.name)
         elif isinstance(item, KeyxSend):
             self.outbox.append(item)
-        else:
+        elif isinstance(item, str):  # the stream was removed
+            if touched is not None:
+                touched.add(item)
             self.streams.pop(item, None)
             for key in self.by_stream.pop(item, {}):
                 del self.routes[key]

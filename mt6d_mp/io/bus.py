@@ -102,6 +102,12 @@ class BusServer:
         on the topic of the stream's queue. A stream moved to another queue is first removed
         from the old one's (its old worker forgets it)."""
         streams = self.state.streams
+        if type(item) is RouteUpdate:  # most updates: thousands a rotation
+            known = streams.get(item.stream)
+            if known is None:
+                raise BusError(f"update for stream {item.stream!r} before its state")
+            self._send(item, known.queue)
+            return
         if isinstance(item, StreamState):
             old = streams.get(item.name)
             if old is not None and old.queue != item.queue:
@@ -138,7 +144,8 @@ class BusServer:
         st = self.state
         update = Update(st.seq + 1, item, topic, st.topic_seq.get(topic, 0))
         st.apply(update)  # the same rules every worker's replica applies
-        st.outbox.clear()  # a message to send is not state
+        if st.outbox:
+            st.outbox.clear()  # a message to send is not state
         if self._held is not None:
             self._held.setdefault(topic, []).append(update.to_wire())
         else:

@@ -365,6 +365,13 @@ def _v6(addr: AddressLike, what: str = "address") -> ipaddress.IPv6Address:
         raise NetlinkInputError(f"{what}: not an IPv6 address: {addr!r}") from exc
 
 
+def _packed16(addr: AddressLike) -> bytes:
+    """The 16 bytes of an address (as they are when they already are 16 bytes)."""
+    if type(addr) is bytes and len(addr) == 16:
+        return addr
+    return _v6(addr).packed
+
+
 def _mac(mac: bytes | str) -> str:
     if isinstance(mac, bytes | bytearray) and len(mac) == 6:
         return ":".join(f"{b:02x}" for b in mac)
@@ -565,7 +572,8 @@ class Netlink:
         head = _RTMSG.pack(socket.AF_INET6, 128, 0, 0, RT_TABLE_LOCAL, self.proto,
                            RT_SCOPE_HOST, RTN_LOCAL, 0)
         oif = nla(RTA_OIF, struct.pack("=I", lo))
-        requests = [(kind, flags, head + nla(RTA_DST, _v6(a).packed) + oif) for a in addrs]
+        dst = nla(RTA_DST, bytes(16))[:4]  # the attribute's header: 16 bytes need no padding
+        requests = [(kind, flags, head + dst + _packed16(a) + oif) for a in addrs]
         return self._batch(requests, addrs, absent, what, self._rtnl.batch_encoded)
 
     # -- addresses
@@ -745,7 +753,8 @@ class Netlink:
             return 0
         head = _NDMSG.pack(socket.AF_INET6, self.ifindex(ifname), 0, ntf, 0)
         proto = nla(NDA_PROTOCOL, bytes([self.proto])) if kind == RTM_NEWNEIGH else b""
-        requests = [(kind, flags, head + nla(NDA_DST, _v6(a).packed) + proto) for a in addrs]
+        dst = nla(NDA_DST, bytes(16))[:4]  # the attribute's header: 16 bytes need no padding
+        requests = [(kind, flags, head + dst + _packed16(a) + proto) for a in addrs]
         return self._batch(requests, addrs, absent, f"{what} on {ifname}",
                            self._rtnl.batch_encoded)
 
