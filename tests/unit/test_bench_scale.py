@@ -13,6 +13,7 @@ def point(streams: int, median_s: float, private_kb: int) -> dict[str, Any]:
          "private_kb": private_kb}
     return {"streams": streams, "shards": min(streams, 8), "error": None,
             "rotation_s": {"median": median_s, "max": 2 * median_s, "min": median_s, "n": 10},
+            "rotation_cpu_s": {"median": median_s / 4, "max": median_s / 2, "n": 10},
             "per_stream_ms": {"median": median_s * 1e3 / streams, "max": 2 * median_s * 1e3 / streams},
             "start_keyed_s": 1.0, "stop_s": 0.5, "ping": {"streams": 8, "sent": 480, "received": 480},
             "gateways": {"gateway-a": g, "gateway-b": g}}
@@ -32,7 +33,7 @@ def test_ratios_and_report(monkeypatch: Any) -> None:
     assert res["per_stream_ratio_to_32"] == 1.25  # 0.625 ms / 0.5 ms
     assert res["memory_ratio_to_one_stream_per_shard"] == 1.5
     md = scale.markdown(res, ["scale.png"])
-    assert "| 1024 | 8 | 640.0 / 1280.0 | 0.625 | 8192 |" in md
+    assert "| 1024 | 8 | 640.0 / 1280.0 | 160.0 | 0.625 | 8192 |" in md
     assert "largest count over 32 streams: 1.25" in md and "(one per shard): 1.50" in md
 
 
