@@ -263,6 +263,23 @@ def test_address_batches(pair: tuple[str, str], nl: Netlink) -> None:
         nl.add_addresses("va", [ipaddress.IPv6Address("ff02::1").packed])  # multicast: refused
 
 
+def test_a_batch_reports_each_refusal_and_applies_the_rest(pair: tuple[str, str],
+                                                           nl: Netlink) -> None:
+    """Only a batch's last message asks for an ack (docs/KERNEL.md, "Netlink batches"): a
+    refusal in the middle, or of the last message, is still reported for that message alone."""
+    a, _ = pair
+    addrs = [ipaddress.IPv6Address(f"2001:db8:79::{i:x}").packed for i in range(1, 601)]
+    assert nl.add_local_routes([addrs[300], addrs[599]]) == 2
+    assert nl.add_local_routes(addrs) == 598  # 300 (mid-datagram) and the very last are there
+    assert set(nl.owned_local_routes()) == set(addrs)
+    gone = [addrs[0], ipaddress.IPv6Address("2001:db8:79::ffff").packed, *addrs[1:256],
+            ipaddress.IPv6Address("2001:db8:79::fffe").packed]  # 257 messages, last refused
+    assert nl.remove_local_routes(gone) == 256
+    assert set(nl.owned_local_routes()) == set(addrs[256:])
+    assert nl.remove_local_routes(addrs) == 600 - 256
+    assert nl.owned_local_routes() == []
+
+
 BIND_AND_READ = """
 import socket, sys
 from mt6d_mp.io.sockets import IPV6_FREEBIND
