@@ -189,9 +189,9 @@ def solicitation_socket(ifindex: int) -> socket.socket:
         # the default buffer holds a few hundred frames, and a solicitation dropped here leaves
         # the peer's neighbour entry FAILED and its packets dropped until it asks again.
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOLICITATION_BUFFER)
         except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOLICITATION_BUFFER)
         sock.bind((socket.if_indextoname(ifindex), ETH_P_IPV6_INT))
         sock.setblocking(False)
     except OSError:
@@ -219,7 +219,15 @@ def join_group(group16: bytes, ifindex: int) -> socket.socket:
 
 # --- a route's UDP socket (the stream worker receives on it, and sends messages' chunks) ---------
 SO_RCVBUFFORCE = 33  # missing from Python 3.11's socket module
-RECEIVE_BUFFER = 4 * 1024 * 1024
+# A route socket's receive buffer (the kernel doubles it for its bookkeeping). Under a bulk TCP
+# transfer the tunnel's standing queue is here, in the receiving gateway's socket, and whatever
+# shares the stream waits behind it: with 4 MB a ping during iperf3 TCP waited about 10 ms, with
+# 256 KB about 5, for a tenth less TCP throughput (docs/KERNEL.md, "Where the tunnel's queue
+# stands"; results/small/queue.md).
+RECEIVE_BUFFER = 256 * 1024
+# The ICMP worker's solicitation socket: a peer of a thousand streams solicits a thousand new
+# addresses at once each rotation (docs/KERNEL.md, "Hashed addresses as local routes").
+SOLICITATION_BUFFER = 4 * 1024 * 1024
 IPV6_DONTFRAG = 62
 IPV6_MTU = 24  # getsockopt on a connected socket: the path MTU the kernel knows
 SOL_UDP = 17

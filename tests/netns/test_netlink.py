@@ -267,7 +267,6 @@ def test_a_batch_reports_each_refusal_and_applies_the_rest(pair: tuple[str, str]
                                                            nl: Netlink) -> None:
     """Only a batch's last message asks for an ack (docs/KERNEL.md, "Netlink batches"): a
     refusal in the middle, or of the last message, is still reported for that message alone."""
-    a, _ = pair
     addrs = [ipaddress.IPv6Address(f"2001:db8:79::{i:x}").packed for i in range(1, 601)]
     assert nl.add_local_routes([addrs[300], addrs[599]]) == 2
     assert nl.add_local_routes(addrs) == 598  # 300 (mid-datagram) and the very last are there
