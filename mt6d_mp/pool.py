@@ -70,6 +70,7 @@ class WorkerOptions:
     log_file: str  # "" when the log does not go to a file
     keep_warm_ms: int = 0
     clock_offset: float = 0.0  # [rotation] clock_offset: stream workers choose epochs with it
+    receive_buffer_kb: int = 0  # a route socket's receive buffer; 0: the workers' default
 
 
 class WorkerPool:
@@ -117,6 +118,8 @@ class WorkerPool:
         extra = ["--keep-warm-ms", str(warm)] if warm else []
         if self.options.clock_offset:
             extra += ["--clock-offset", repr(self.options.clock_offset)]
+        if self.options.receive_buffer_kb:
+            extra += ["--receive-buffer-kb", str(self.options.receive_buffer_kb)]
         self.add(name, queue, self.argv(name, queue, "workers.stream", *extra)).streams.append(stream)
         return True
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mt6d_mp.io import sockets
 from mt6d_mp.io.bus import BusClient
 from mt6d_mp.io.nfqueue import BoundQueue, DropBatch, Packet
 from mt6d_mp.logs import setup_logging
@@ -78,6 +79,8 @@ def parse_args(
                    help="exit at once unless this process is our parent")
     p.add_argument("--keep-warm-ms", type=int, default=0,
                    help="while active, call keep_warm() every N ms when idle (0: never)")
+    p.add_argument("--receive-buffer-kb", type=int, default=sockets.RECEIVE_BUFFER // 1024,
+                   help="a route socket's receive buffer, KB ([tunnel] receive_buffer_kb)")
     p.add_argument("--clock-offset", type=float, default=0.0,
                    help="seconds added to the clock when choosing epochs ([rotation] clock_offset)")
     return p.parse_args(argv)
@@ -112,6 +115,7 @@ class Worker:
         self.drops = DropBatch(-1, self.queue_num, self.counters)  # its fd is set once bound
         self.started = time.time()
         self.keep_warm_ms: int = args.keep_warm_ms
+        self.receive_buffer: int = args.receive_buffer_kb * 1024
         self.clock_offset: float = args.clock_offset
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:

@@ -233,7 +233,8 @@ class Tunnel(Outbound, Inbound):
 
     def open_route_socket(self, r: RouteUpdate) -> None:
         try:
-            sock = sockets.route_socket(r.local_hashed, r.local_port, r.remote_hashed, r.remote_port)
+            sock = sockets.route_socket(r.local_hashed, r.local_port, r.remote_hashed,
+                                        r.remote_port, self.worker.receive_buffer)
         except OSError as e:
             # The supervisor binds the address before it publishes the route, so this is a bug
             # or a race with an operator; the next update tries again.

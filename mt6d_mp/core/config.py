@@ -128,6 +128,7 @@ class Config:
     link_mtu: int
     streams: tuple[StreamConfig, ...]
     keep_warm_ms: int = 5
+    receive_buffer_kb: int = 4096
     metrics_listen: str = ""
     mode: str = "gateway"  # "host": MT6D on the protected host itself; internal is then ""
 
@@ -185,6 +186,10 @@ def _handlers(v: Any) -> str | None:
 
 def _keep_warm(v: Any) -> str | None:
     return None if 0 <= v <= 100 else "0 (off) or 1..100 milliseconds"
+
+
+def _receive_buffer(v: Any) -> str | None:
+    return None if 64 <= v <= 65536 else "64..65536 KB"
 
 
 def _mtu(v: Any) -> str | None:
@@ -295,6 +300,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "keep_warm_ms": Key(
             int, 5, "while a stream is active, run its packet path on a dummy packet every "
             "N ms so that a lone packet finds it in the CPU caches; 0 = off", _keep_warm
+        ),
+        "receive_buffer_kb": Key(
+            int, 4096, "receive buffer of each route socket, KB: where a bulk transfer's queue "
+            "stands; smaller keeps other traffic's wait short, at the price of TCP losses "
+            "there", _receive_buffer
         ),
     },
 }
@@ -680,6 +690,7 @@ def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
         runtime_dir=Path(get("runtime.dir")),
         link_mtu=get("tunnel.link_mtu"),
         keep_warm_ms=get("tunnel.keep_warm_ms"),
+        receive_buffer_kb=get("tunnel.receive_buffer_kb"),
         streams=streams,
         metrics_listen=get("metrics.listen"),
         mode=get("interfaces.mode"),

@@ -219,12 +219,13 @@ def join_group(group16: bytes, ifindex: int) -> socket.socket:
 
 # --- a route's UDP socket (the stream worker receives on it, and sends messages' chunks) ---------
 SO_RCVBUFFORCE = 33  # missing from Python 3.11's socket module
-# A route socket's receive buffer (the kernel doubles it for its bookkeeping). Under a bulk TCP
-# transfer the tunnel's standing queue is here, in the receiving gateway's socket, and whatever
-# shares the stream waits behind it: with 4 MB a ping during iperf3 TCP waited about 10 ms, with
-# 256 KB about 5, for a tenth less TCP throughput (docs/KERNEL.md, "Where the tunnel's queue
-# stands"; results/small/queue.md).
-RECEIVE_BUFFER = 256 * 1024
+# A route socket's receive buffer by default (the kernel doubles it for its bookkeeping); set by
+# ``[tunnel] receive_buffer_kb``. Under a bulk TCP transfer the tunnel's standing queue is here,
+# in the receiving gateway's socket, and whatever shares the stream waits behind it: with 4 MB
+# a ping during iperf3 TCP waited about 10 ms and TCP lost nothing; with 256 KB the ping waited
+# about 5 ms, and TCP lost datagrams there, retransmitted, and ran a tenth slower
+# (docs/KERNEL.md, "Where the tunnel's queue stands"; results/small/queue.md).
+RECEIVE_BUFFER = 4 * 1024 * 1024
 # The ICMP worker's solicitation socket: a peer of a thousand streams solicits a thousand new
 # addresses at once each rotation (docs/KERNEL.md, "Hashed addresses as local routes").
 SOLICITATION_BUFFER = 4 * 1024 * 1024
@@ -240,7 +241,8 @@ DSTOPTS = int(socket.IPV6_DSTOPTS)
 _U16 = struct.Struct("=H")
 
 
-def route_socket(local16: bytes, port: int, remote16: bytes, remote_port: int) -> socket.socket:
+def route_socket(local16: bytes, port: int, remote16: bytes, remote_port: int,
+                 receive_buffer: int = RECEIVE_BUFFER) -> socket.socket:
     """A non-blocking UDP socket bound to a route's hashed address and port, connected to the
     peer's: only the peer's datagrams are queued on it, the kernel hands over their destination
     options header (RFC 3542 section 4) and keeps the path MTU toward the peer (IPV6_MTU)."""
@@ -248,9 +250,9 @@ def route_socket(local16: bytes, port: int, remote16: bytes, remote_port: int) -
     try:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVDSTOPTS, 1)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
         except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         big_send_buffer(sock)  # chunks of messages go out on this socket too
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)  # a local route's address

@@ -279,6 +279,27 @@ def test_a_batch_reports_each_refusal_and_applies_the_rest(pair: tuple[str, str]
     assert nl.owned_local_routes() == []
 
 
+RECEIVE_BUFFERS = """
+import socket
+from mt6d_mp.io import sockets
+a, b = (bytes.fromhex("20010db8007a0000000000000000000" + x) for x in "12")
+for kb in (256, 4096):
+    s = sockets.route_socket(a, 4000 + kb, b, 5000, kb * 1024)
+    print(kb, s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    s.close()
+"""
+
+
+def test_route_sockets_take_the_configured_receive_buffer(pair: tuple[str, str]) -> None:
+    """``[tunnel] receive_buffer_kb`` reaches the route socket (the kernel reports twice what
+    was set: its bookkeeping is counted in the buffer; docs/KERNEL.md, "Where the tunnel's
+    queue stands")."""
+    a, _ = pair
+    nsutil.run_in(a, ["ip", "-6", "addr", "add", "2001:db8:7a::ffff/64", "dev", "va", "nodad"])
+    out = nsutil.run_in(a, [sys.executable, "-c", RECEIVE_BUFFERS])
+    assert out.split() == ["256", str(2 * 256 * 1024), "4096", str(2 * 4096 * 1024)], out
+
+
 BIND_AND_READ = """
 import socket, sys
 from mt6d_mp.io.sockets import IPV6_FREEBIND

@@ -105,6 +105,10 @@ def test_bad_value_type(gw: Path) -> None:
 def test_keep_warm_milliseconds(gw: Path) -> None:
     assert cfg.load(gw).keep_warm_ms == 5
     assert cfg.load(gw, {"tunnel.keep_warm_ms": 0}).keep_warm_ms == 0  # off
+    assert cfg.load(gw).receive_buffer_kb == 4096
+    assert cfg.load(gw, {"tunnel.receive_buffer_kb": 256}).receive_buffer_kb == 256
+    for bad in (0, 63, 65537):
+        assert "64..65536 KB" in problems(gw, overrides={"tunnel.receive_buffer_kb": bad})
     # poll() takes whole milliseconds: 0.5 would make the worker spin.
     assert "expected an integer" in problems(gw, overrides={"tunnel.keep_warm_ms": 0.5})
     for bad in (101, -1):

@@ -48,6 +48,12 @@ def test_no_spawn_while_stopping_and_argv(tmp_path: Path) -> None:
     argv = pool.workers["q3"].argv
     assert argv[1:3] == ["-m", "workers.stream"] and argv[-2:] == ["--keep-warm-ms", "7"]
     assert argv[argv.index("--runtime-dir") + 1] == str(tmp_path)
+    sized = WorkerPool(WorkerOptions(tmp_path, "info", "", receive_buffer_kb=256),
+                       keep_up=lambda: False)
+    sized.add_stream("a-b", 3)
+    assert sized.workers["q3"].argv[-2:] == ["--receive-buffer-kb", "256"]
+    from workers.common import parse_args
+    assert parse_args("stream", sized.workers["q3"].argv[3:]).receive_buffer_kb == 256
 
 
 def test_streams_of_one_queue_share_a_worker_and_report_per_stream(tmp_path: Path) -> None:
