@@ -22,7 +22,8 @@ from mt6d_mp.bench.plan import FULL, PATHS, QUICK, Progress
 from mt6d_mp.bench.report import markdown
 from mt6d_mp.bench.results import clean, rekey_errors
 from mt6d_mp.bench.runner import run, write
-from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_NOT_INSTALLED, EXIT_PRIVILEGE
+from mt6d_mp.core.config import parse_override
+from mt6d_mp.errors import EXIT_BAD_ARGS, EXIT_NOT_INSTALLED, EXIT_PRIVILEGE, ConfigError
 from mt6d_mp.lab import MAX_STREAMS
 from mt6d_mp.lab.lab import MAX_ADDRESS_HOSTS
 
@@ -87,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
         help="only the scale section: streams on one gateway pair (default 1,8,32,256,1024; "
         "quick 1,8), written to scale.json and scale.md",
     )
+    ap.add_argument("--set", dest="settings", action="append", default=[],
+                    metavar="SECTION.KEY=VALUE",
+                    help="MT6D configuration override for the battery's gateways (repeatable), "
+                    "e.g. tunnel.receive_buffer_kb=256")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return ap
 
@@ -138,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = replace(plan, rekey=False)
     if args.no_load:
         plan = replace(plan, load=False)
+    if args.settings:
+        try:
+            for assignment in args.settings:
+                parse_override(assignment)
+        except ConfigError as e:
+            print(f"mt6d-bench: --set: {e}", file=sys.stderr)
+            return EXIT_BAD_ARGS
+        plan = replace(plan, mt6d_settings=tuple(args.settings))
     if args.ping_count is not None:
         if args.ping_count < 1:
             print("mt6d-bench: --ping-count must be at least 1", file=sys.stderr)

@@ -60,6 +60,8 @@ class Plan:
     reneg_sec: int  # OpenVPN --reneg-sec in its handshake lab
     reneg_observe: float  # seconds of that lab after it is up
     handshake_repeats: int  # wireguard-go handshakes
+    # MT6D's configuration overrides (mt6d-bench --set), both gateways of the battery's lab
+    mt6d_settings: tuple[str, ...] = ()
 
 
 FULL = Plan(

@@ -158,7 +158,9 @@ def _intro(results: dict[str, Any]) -> list[str]:
         "",
         f"Routed namespace lab (site A - gateway A - router - gateway B - site B, MTU 1500); every path in a "
         f"fresh lab; the test traffic runs from host A to host B. MT6D: encryption on (AES-256-GCM), "
-        f"rotation every {plan['rotation_time']:g} s, every other setting at its default (keep-warm every "
+        f"rotation every {plan['rotation_time']:g} s, "
+        + (f"set: {', '.join(plan['mt6d_settings'])}; " if plan.get("mt6d_settings") else "")
+        + f"every other setting at its default (keep-warm every "
         f"{cfgmod.SCHEMA['tunnel']['keep_warm_ms'].default} ms). Figures are medians with min-max over "
         f"the repeats in "
         f"brackets; ping rows give the ping summary (avg, with min-max over the packets).",

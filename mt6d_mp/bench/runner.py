@@ -53,7 +53,8 @@ def bench_path(
     }
     t0 = time.monotonic()
     try:
-        with path_lab(path, plan, scratch, progress, res["lab"]) as pl:
+        with path_lab(path, plan, scratch, progress, res["lab"],
+                      settings=plan.mt6d_settings if path == "mt6d" else ()) as pl:
             run = Runner(pl, plan, files, progress)
             procs = pl.procs
             mem0 = procs.memory() if procs else None

@@ -102,6 +102,7 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
     argv = [
         sys.executable, "-m", "mt6d_mp.bench", "--quick", "--paths", "none,mt6d", "--ping-count", "10",
         "--seconds", "2", "--rotation-streams", "1", "--out", str(out),
+        "--set", "tunnel.receive_buffer_kb=1024",  # reaches MT6D's gateways (else they fail)
     ]  # fmt: skip
     proc = subprocess.run(
         argv, cwd=REPO, capture_output=True, text=True, timeout=360, stdin=subprocess.DEVNULL
@@ -110,6 +111,8 @@ def test_bench_quick_none_and_mt6d(tmp_path: Path) -> None:
     assert "[" in proc.stdout and "== mt6d" in proc.stdout  # progress lines
 
     res = json.loads((out / "bench.json").read_text(), parse_constant=_reject_constant)
+    assert res["plan"]["mt6d_settings"] == ["tunnel.receive_buffer_kb=1024"]
+    assert "set: tunnel.receive_buffer_kb=1024" in (out / "bench.md").read_text()
     for where, x in _numbers(res):
         assert math.isfinite(x), f"{where} = {x}"
 

@@ -290,3 +290,12 @@ def test_the_load_chart_is_drawn(tmp_path: Path) -> None:
     res["plan"]["load"] = False  # --no-load
     (tmp_path / "no-load").mkdir()
     assert "load.png" not in charts(res, tmp_path / "no-load")
+
+
+def test_bench_refuses_an_unknown_setting_before_anything_runs(capsys: Any) -> None:
+    """mt6d-bench --set takes the supervisor's SECTION.KEY=VALUE and checks the key first."""
+    from mt6d_mp.bench import cli
+    from mt6d_mp.errors import EXIT_BAD_ARGS
+
+    assert cli.main(["--quick", "--set", "tunnel.no_such_key=1"]) == EXIT_BAD_ARGS
+    assert "no_such_key" in capsys.readouterr().err
