@@ -102,12 +102,6 @@ class BusServer:
         on the topic of the stream's queue. A stream moved to another queue is first removed
         from the old one's (its old worker forgets it)."""
         streams = self.state.streams
-        if type(item) is RouteUpdate:  # most updates: thousands a rotation
-            known = streams.get(item.stream)
-            if known is None:
-                raise BusError(f"update for stream {item.stream!r} before its state")
-            self._send(item, known.queue)
-            return
         if isinstance(item, StreamState):
             old = streams.get(item.name)
             if old is not None and old.queue != item.queue:
