@@ -483,9 +483,10 @@ class Supervisor:
         t0 = time.perf_counter()
         add, remove, unbind, released = [], [], [], []
         with self.bus.batch():  # one message per shard, not one per route
+            self.bus.publish_routes(route_update(r, "released")
+                                    for changes in all_changes.values() for r in changes.released)
             for stream, changes in all_changes.items():
                 for r in changes.released:
-                    self.bus.publish(route_update(r, "released"))
                     unbind.append(r.local.address)
                     if self.bound_routes.pop((stream, r.key_phase, r.epoch), None) is not None:
                         released.append(r)
@@ -519,10 +520,8 @@ class Supervisor:
         t3 = time.perf_counter()
         with self.bus.batch():
             for changes in all_changes.values():
-                for r in changes.added:
-                    self.bus.publish(route_update(r, "accepted"))
-                for r in changes.expired:
-                    self.bus.publish(route_update(r, "expired"))
+                self.bus.publish_routes([*(route_update(r, "accepted") for r in changes.added),
+                                         *(route_update(r, "expired") for r in changes.expired)])
         log.debug("event=routes_applied unbind=%.6f firewall=%.6f bind=%.6f publish=%.6f",
                   t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
 

@@ -25,6 +25,8 @@ from mt6d_mp.core.epochs import epoch_at
 HASH_TYPES = ("sha256", "sha384", "sha512", "sha3_256", "sha3_512", "blake2b", "blake2s")
 DEFAULT_HASH = "sha256"
 
+_HASHES = {name: getattr(hashlib, name) for name in HASH_TYPES}
+
 PORT_BASE = 1024
 PORT_SPAN = 65536 - PORT_BASE
 _SALT_BYTES = 8
@@ -72,16 +74,15 @@ def host_digest(
     hash_type: str = DEFAULT_HASH,
 ) -> bytes:
     """The digest behind one hashed address and its port (at least 10 bytes long)."""
-    if hash_type not in HASH_TYPES:
+    new = _HASHES.get(hash_type)
+    if new is None:
         raise ValueError(f"unknown hash_type {hash_type!r} (expected one of {', '.join(HASH_TYPES)})")
     if not 0 <= salt < 1 << 64:
         raise ValueError(f"salt {salt} does not fit 8 unsigned bytes")
-    h = hashlib.new(hash_type)
-    h.update(address_bytes(true_address)[8:16])
-    h.update(session_key)
-    h.update(salt.to_bytes(_SALT_BYTES, "big"))
-    h.update(mac_bytes(mac))
-    return h.digest()
+    # One input, hashed in one call: a rotation of a thousand streams makes four thousand.
+    digest: bytes = new(address_bytes(true_address)[8:16] + session_key
+                        + salt.to_bytes(_SALT_BYTES, "big") + mac_bytes(mac)).digest()
+    return digest
 
 
 def port_from_digest(digest: bytes) -> int:
@@ -127,5 +128,6 @@ def endpoint(
     mac: MacLike,
     hash_type: str = DEFAULT_HASH,
 ) -> Endpoint:
-    digest = host_digest(true_address, session_key, salt, mac, hash_type)
-    return Endpoint(address_bytes(true_address)[:8] + digest[:8], port_from_digest(digest))
+    address = address_bytes(true_address)
+    digest = host_digest(address, session_key, salt, mac, hash_type)
+    return Endpoint(address[:8] + digest[:8], port_from_digest(digest))

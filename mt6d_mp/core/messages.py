@@ -309,6 +309,24 @@ class Replica:
     def routes_of(self, stream: str) -> list[RouteUpdate]:
         return list(self.by_stream.get(stream, {}).values())
 
+    def take_route(self, item: RouteUpdate) -> None:
+        """A route update, once its place in the chain is checked (the supervisor's own
+        replica, which makes the chain, takes its route updates here directly)."""
+        stream = item.stream
+        key = (stream, item.key_phase, item.epoch)
+        if item.state == "released":
+            self.routes.pop(key, None)
+            mine = self.by_stream.get(stream)
+            if mine is not None:
+                mine.pop(key, None)
+                if not mine:
+                    del self.by_stream[stream]
+        else:
+            self.routes[key] = item
+            self.by_stream.setdefault(stream, {})[key] = item
+        if self.touched is not None:
+            self.touched.add(stream)
+
     def apply(self, update: Update) -> bool:
         if not self.synced:
             return True  # wait for the snapshot; it will include this update
@@ -326,20 +344,7 @@ class Replica:
         item = update.item
         touched = self.touched
         if type(item) is RouteUpdate:  # most updates: thousands a rotation
-            stream = item.stream
-            key = (stream, item.key_phase, item.epoch)
-            if item.state == "released":
-                self.routes.pop(key, None)
-                mine = self.by_stream.get(stream)
-                if mine is not None:
-                    mine.pop(key, None)
-                    if not mine:
-                        del self.by_stream[stream]
-            else:
-                self.routes[key] = item
-                self.by_stream.setdefault(stream, {})[key] = item
-            if touched is not None:
-                touched.add(stream)
+            self.take_route(item)
             return True
         if isinstance(item, StreamState):
             self.streams[item.name] = item

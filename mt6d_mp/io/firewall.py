@@ -683,12 +683,12 @@ class Firewall:
                 raise SystemSetupError(f"firewall: route {stream}:{epoch}p{phase} exists with "
                                        "other addresses")
             new[key] = members
-        gone = []
+        gone: dict[tuple[str, int, int], None] = {}  # ordered, and a rotation removes thousands
         for r in remove:
             layout.name(r[0], "stream")
             key = (r[0], r[1], r[2] if len(r) > 2 else 0)
-            if key in self._routes and key not in gone:
-                gone.append(key)
+            if key in self._routes:
+                gone[key] = None
         if not new and not gone:
             return 0
         # A hashed address leaves its set only when no remaining route has it.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -241,6 +242,46 @@ def test_a_batch_goes_out_as_one_message_per_topic(tmp_path: Path) -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_publish_routes_sends_what_publish_sends(tmp_path: Path) -> None:
+    """BusServer.publish_routes, the rotation's path, writes the same messages and leaves the
+    same state as publish does one update at a time; an update for an unknown stream is a
+    BusError, as it is for publish."""
+    other = STREAM._replace(name="host-c-host-d", queue=3)
+    updates = [route(e, state)._replace(stream=name) for e in range(1, 40)
+               for state in ("accepted", "expired", "released")
+               for name in (STREAM.name, other.name)]
+    got = []
+    for way in ("one", "many"):
+        d = tmp_path / way
+        d.mkdir()
+        server = BusServer(d)
+        sub = server.ctx.socket(zmq.SUB)
+        try:
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(f"ipc://{d / 'updates.sock'}")
+            time.sleep(0.2)  # the subscription reaches the publisher
+            server.publish(STREAM)
+            server.publish(other)
+            with server.batch():
+                if way == "one":
+                    for u in updates:
+                        server.publish(u)
+                else:
+                    server.publish_routes(updates)
+            server.publish_routes(updates[:2])  # outside a batch: a message each
+            frames = []
+            while sub.poll(500):
+                frames.append(sub.recv_multipart())
+            got.append((frames, server.snapshot().to_wire()))
+            with pytest.raises(BusError, match="before its state"):
+                server.publish_routes([route(99)._replace(stream="nobody")])
+        finally:
+            sub.close()
+            server.close()
+    assert got[0] == got[1]
+    assert len(got[0][0]) == 2 + 2 + 2  # two states; one message per topic; two single ones
 
 
 def _later(delay: float, action: Callable[[], object]) -> threading.Thread:

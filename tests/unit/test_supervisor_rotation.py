@@ -11,7 +11,7 @@ Two properties the lab showed to matter (a ping lost to a Port Unreachable after
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,10 @@ class Recorder:
     def publish(self, msg: Any) -> None:
         if isinstance(msg, RouteUpdate):
             (self.log if self.held is None else self.held).append(("publish", msg.state, msg.epoch))
+
+    def publish_routes(self, msgs: Iterable[RouteUpdate]) -> None:
+        for m in msgs:
+            self.publish(m)
 
     held: list[tuple[Any, ...]] | None = None
 
