@@ -134,7 +134,8 @@ class Supervisor:
         self.pool = WorkerPool(
             WorkerOptions(config.runtime_dir, config.log_level,
                           config.log_file if "file" in config.log_handlers else "",
-                          config.keep_warm_ms, config.clock_offset, config.receive_buffer_kb),
+                          config.keep_warm_ms, config.clock_offset, config.receive_buffer_kb,
+                          config.queue_target_ms, config.queue_interval_ms),
             keep_up=lambda: self.running, monotonic=monotonic)
         self.pool.before_spawn = self.new_lane
         self.neighbours: list[tuple[str, str]] = []  # (dev, address) we added: state.json

@@ -71,6 +71,8 @@ class WorkerOptions:
     keep_warm_ms: int = 0
     clock_offset: float = 0.0  # [rotation] clock_offset: stream workers choose epochs with it
     receive_buffer_kb: int = 0  # a route socket's receive buffer; 0: the workers' default
+    queue_target_ms: float = 0.0  # queue management of the route sockets (CoDel); 0: none
+    queue_interval_ms: float = 100.0
 
 
 class WorkerPool:
@@ -120,6 +122,9 @@ class WorkerPool:
             extra += ["--clock-offset", repr(self.options.clock_offset)]
         if self.options.receive_buffer_kb:
             extra += ["--receive-buffer-kb", str(self.options.receive_buffer_kb)]
+        if self.options.queue_target_ms:
+            extra += ["--queue-target-ms", repr(float(self.options.queue_target_ms)),
+                      "--queue-interval-ms", repr(float(self.options.queue_interval_ms))]
         self.add(name, queue, self.argv(name, queue, "workers.stream", *extra)).streams.append(stream)
         return True
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mt6d_mp.core import aqm
 from mt6d_mp.io import sockets
 from mt6d_mp.io.bus import BusClient
 from mt6d_mp.io.nfqueue import BoundQueue, DropBatch, Packet
@@ -81,6 +82,11 @@ def parse_args(
                    help="while active, call keep_warm() every N ms when idle (0: never)")
     p.add_argument("--receive-buffer-kb", type=int, default=sockets.RECEIVE_BUFFER // 1024,
                    help="a route socket's receive buffer, KB ([tunnel] receive_buffer_kb)")
+    p.add_argument("--queue-target-ms", type=float, default=0.0,
+                   help="CoDel's target wait of bulk messages at a route socket, ms; 0: no "
+                   "queue management ([tunnel] queue_target_ms)")
+    p.add_argument("--queue-interval-ms", type=float, default=aqm.DEFAULT_INTERVAL * 1000,
+                   help="CoDel's interval, ms ([tunnel] queue_interval_ms)")
     p.add_argument("--clock-offset", type=float, default=0.0,
                    help="seconds added to the clock when choosing epochs ([rotation] clock_offset)")
     return p.parse_args(argv)
@@ -116,6 +122,9 @@ class Worker:
         self.started = time.time()
         self.keep_warm_ms: int = args.keep_warm_ms
         self.receive_buffer: int = args.receive_buffer_kb * 1024
+        # Queue management of the route sockets (mt6d_mp.core.aqm), seconds; target 0: none.
+        self.queue_target: float = args.queue_target_ms / 1000
+        self.queue_interval: float = args.queue_interval_ms / 1000
         self.clock_offset: float = args.clock_offset
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:

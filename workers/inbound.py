@@ -50,9 +50,11 @@ log = logging.getLogger("workers.stream")
 KEYX_RATE = 20.0  # exchange messages per second passed to the supervisor (an exchange needs 3)
 KEYX_BURST = 20.0
 RECV_BATCH = 64  # datagrams read from one socket before the loop looks at the others
-ANC_BUFFER = socket.CMSG_SPACE(64)  # room for one destination options header
+# Room for one destination options header and a receive timestamp (SO_TIMESTAMPNS).
+ANC_BUFFER = socket.CMSG_SPACE(64) + socket.CMSG_SPACE(sockets.TIMESTAMP.size)
 # Hot-path constants as module globals (plain ints; see mt6d_mp.io.sockets).
 TRUNCATED, LEVEL_IPV6, DSTOPTS = sockets.TRUNCATED, sockets.LEVEL_IPV6, sockets.DSTOPTS
+LEVEL_SOCKET, SO_TIMESTAMPNS = sockets.LEVEL_SOCKET, sockets.SO_TIMESTAMPNS
 # The virtio-net header of a single packet to the host, by where its checksum field is in the
 # packet without addresses (transport_checksum_offset): TCP, UDP.
 VNET_CSUM = {INNER_KEEP + sockets.TCP_CSUM_OFF: sockets.VNET_CSUM_TCP,
@@ -109,16 +111,18 @@ class Inbound(StreamPath):
                     raise PacketError("truncated", "datagram or options")
                 if n > self.max_datagram:
                     raise PacketError("reassembled", f"{n} bytes: larger than the link carries")
-                dstopts = None
+                dstopts = stamp = None
                 for level, kind, value in ancillary:
                     if level == LEVEL_IPV6 and kind == DSTOPTS:
                         dstopts = value
+                    elif level == LEVEL_SOCKET and kind == SO_TIMESTAMPNS:
+                        stamp = value
                 if dstopts is not None and len(dstopts) > 4 and dstopts[2] == OPT_KEYX:
                     self.keyx_received(rs, dstopts, bytes(view[:n]))
                 elif opener is None:
                     raise PacketError("key_phase", f"data on phase {rs.phase}, which has no keys")
                 elif dstopts is not None and len(dstopts) > 4 and dstopts[4] & crypto.ALG_CHUNKED:
-                    self.receive_chunk(rs, opener, dstopts, bytes(view[:n]))  # kept until complete
+                    self.receive_chunk(rs, opener, dstopts, bytes(view[:n]), stamp)  # kept until complete
                 else:
                     self.inbound(open_payload(opener, rs.aad, dstopts, view[:n]))
             except PacketError as e:
@@ -142,8 +146,9 @@ class Inbound(StreamPath):
                       dstopts, data)
 
     def receive_chunk(self, rs: RouteSocket, opener: crypto.Opener, dstopts: bytes,
-                      data: bytes) -> None:
-        """One chunk of a message; the message is opened and delivered once complete."""
+                      data: bytes, stamp: bytes | None = None) -> None:
+        """One chunk of a message; the message is opened and delivered once complete, unless
+        the queue management drops it (``stamp``: the kernel's receive time of the chunk)."""
         chunks = rs.chunks
         message = chunks.add(dstopts, data)
         if chunks.evicted:
@@ -151,6 +156,15 @@ class Inbound(StreamPath):
             chunks.evicted = 0
         if message is None:
             return
+        codel = self.codel
+        if codel is not None and stamp is not None and len(stamp) >= 16:
+            # How long the last chunk waited in the socket: the queue's wait now. Dropped
+            # before it is opened, which a loaded worker has no time to spare for; a forged
+            # message costs nothing more here than a real one (mt6d_mp.core.aqm).
+            sec, nsec = sockets.TIMESTAMP.unpack_from(stamp)
+            if not codel.admit(time.time() - sec - nsec * 1e-9, time.monotonic()):
+                self.counters["aqm_dropped_messages"] += 1
+                return
         if len(dstopts) != crypto.DSTOPTS_LEN:
             raise PacketError("bad_option", "a message needs the standard options header")
         plain = opener.open(rs.aad, dstopts, message, crypto.ENC_OPT_OFFSET, chunked=True)

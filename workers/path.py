@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from mt6d_mp.core import crypto
+from mt6d_mp.core.aqm import CoDel
 from mt6d_mp.core.chunks import Reassembly
 from mt6d_mp.core.messages import RouteUpdate, StreamState
 from mt6d_mp.io import sockets
@@ -54,6 +55,7 @@ class StreamPath:
     bus: BusClient
     keyx_tokens: float
     keyx_refilled: float
+    codel: CoDel | None
     sealer: crypto.Sealer | None
     openers: dict[int, crypto.Opener]  # by key phase
     routes: dict[tuple[int, int], RouteUpdate]  # (key phase, epoch)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mt6d_mp.core import crypto
+from mt6d_mp.core.aqm import CoDel
 from mt6d_mp.core.chunks import Reassembly
 from mt6d_mp.core.messages import KeyxSend, RouteUpdate, StreamState
 from mt6d_mp.core.packet import IPV6_HDR_LEN, UDP_HDR_LEN, aad_prefix
@@ -68,6 +69,11 @@ class Tunnel(Outbound, Inbound):
         self.routes: dict[tuple[int, int], RouteUpdate] = {}  # (key phase, epoch)
         self.keyx_tokens = 0.0
         self.keyx_refilled = 0.0
+        # Queue management of the stream's route sockets (mt6d_mp.core.aqm): drops a bulk
+        # message that waited too long, so that a transfer does not keep a standing queue.
+        self.codel: CoDel | None = None
+        if worker.queue_target > 0:
+            self.codel = CoDel(worker.queue_target, worker.queue_interval)
         self.sockets: dict[tuple[bytes, int], RouteSocket] = {}  # (local hashed, port) -> socket
         self.socket_order: list[RouteSocket] = []  # oldest route first
         # The active route, precomputed for the hot path; recomputed at each epoch boundary.
@@ -234,7 +240,8 @@ class Tunnel(Outbound, Inbound):
     def open_route_socket(self, r: RouteUpdate) -> None:
         try:
             sock = sockets.route_socket(r.local_hashed, r.local_port, r.remote_hashed,
-                                        r.remote_port, self.worker.receive_buffer)
+                                        r.remote_port, self.worker.receive_buffer,
+                                        timestamps=self.codel is not None)
         except OSError as e:
             # The supervisor binds the address before it publishes the route, so this is a bug
             # or a race with an operator; the next update tries again.

@@ -71,7 +71,9 @@ def drop_counters(pl: PathLab) -> Counter[str]:
             status = ctl.Ctl(Path(gw.runtime_dir), timeout=5).call(b"status")
             for w in status["workers"]:
                 for key, value in w.get("counters", {}).items():
-                    if key.startswith("drop_"):
+                    # aqm_: bulk messages the queue management dropped on purpose (a loss
+                    # TCP sees and retransmits), listed with the rest so that none goes unseen.
+                    if key.startswith(("drop_", "aqm_")):
                         found[f"{gw.role} {w['name']} {key}"] += int(value)
     return found
 

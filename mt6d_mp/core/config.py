@@ -129,6 +129,8 @@ class Config:
     streams: tuple[StreamConfig, ...]
     keep_warm_ms: int = 5
     receive_buffer_kb: int = 4096
+    queue_target_ms: float = 5.0
+    queue_interval_ms: float = 100.0
     metrics_listen: str = ""
     mode: str = "gateway"  # "host": MT6D on the protected host itself; internal is then ""
 
@@ -190,6 +192,14 @@ def _keep_warm(v: Any) -> str | None:
 
 def _receive_buffer(v: Any) -> str | None:
     return None if 64 <= v <= 65536 else "64..65536 KB"
+
+
+def _queue_target(v: Any) -> str | None:
+    return None if v == 0 or 0.5 <= v <= 1000 else "0 (no queue management) or 0.5..1000 ms"
+
+
+def _queue_interval(v: Any) -> str | None:
+    return None if 5 <= v <= 10000 else "5..10000 ms"
 
 
 def _mtu(v: Any) -> str | None:
@@ -305,6 +315,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
             int, 4096, "receive buffer of each route socket, KB: where a bulk transfer's queue "
             "stands; smaller keeps other traffic's wait short, at the price of TCP losses "
             "there", _receive_buffer
+        ),
+        "queue_target_ms": Key(
+            NUMBER, 5.0, "queue management of the route sockets (CoDel, RFC 8289): a bulk TCP "
+            "message that waited longer than this, for a whole interval, is dropped, so that "
+            "the transfer slows rather than keep a standing queue in front of other traffic; "
+            "0 = off", _queue_target
+        ),
+        "queue_interval_ms": Key(
+            NUMBER, 100.0, "CoDel's interval: how long the wait must stay above the target "
+            "before the first drop (about the longest round trip of the traffic)", _queue_interval
         ),
     },
 }
@@ -691,6 +711,8 @@ def _config(path: Path, get: Callable[[str], Any], files: dict[str, Path],
         link_mtu=get("tunnel.link_mtu"),
         keep_warm_ms=get("tunnel.keep_warm_ms"),
         receive_buffer_kb=get("tunnel.receive_buffer_kb"),
+        queue_target_ms=get("tunnel.queue_target_ms"),
+        queue_interval_ms=get("tunnel.queue_interval_ms"),
         streams=streams,
         metrics_listen=get("metrics.listen"),
         mode=get("interfaces.mode"),

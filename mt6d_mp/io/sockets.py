@@ -238,17 +238,26 @@ UDP_SEGMENT = 103  # linux/udp.h: send one buffer as datagrams of this size (UDP
 TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
 LEVEL_IPV6 = int(socket.IPPROTO_IPV6)
 DSTOPTS = int(socket.IPV6_DSTOPTS)
+# The kernel's receive time of each datagram, as ancillary data (struct timespec: two 64-bit
+# fields on these machines); missing from Python 3.11's socket module. The route sockets ask
+# for it: how long a chunk waited is what the queue management reads (mt6d_mp.core.aqm).
+SO_TIMESTAMPNS = 35
+LEVEL_SOCKET = int(socket.SOL_SOCKET)
+TIMESTAMP = struct.Struct("=qq")
 _U16 = struct.Struct("=H")
 
 
 def route_socket(local16: bytes, port: int, remote16: bytes, remote_port: int,
-                 receive_buffer: int = RECEIVE_BUFFER) -> socket.socket:
+                 receive_buffer: int = RECEIVE_BUFFER, timestamps: bool = False) -> socket.socket:
     """A non-blocking UDP socket bound to a route's hashed address and port, connected to the
     peer's: only the peer's datagrams are queued on it, the kernel hands over their destination
-    options header (RFC 3542 section 4) and keeps the path MTU toward the peer (IPV6_MTU)."""
+    options header (RFC 3542 section 4), and with ``timestamps`` their receive time
+    (SO_TIMESTAMPNS), and keeps the path MTU toward the peer (IPV6_MTU)."""
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVDSTOPTS, 1)
+        if timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
         except OSError:

@@ -783,6 +783,41 @@ def test_without_encryption_bulk_tcp_is_cut_into_segments_and_arrives_whole(tmp_
             next(lab_iter)
 
 
+def test_queue_management_drops_bulk_messages_and_never_a_ping() -> None:
+    """``[tunnel] queue_target_ms`` (CoDel, mt6d_mp.core.aqm): under a bulk TCP transfer the
+    receiving gateway drops whole messages that waited longer than the target (a tight one
+    here, 0.5 ms for 5 ms, so that the lab's transfer surely builds a queue past it), and TCP
+    retransmits them; the pings sharing the stream are single packets and are never dropped,
+    and nothing else is counted as a drop."""
+    lab_iter = _lab("switched", settings=["tunnel.queue_target_ms=0.5", "tunnel.queue_interval_ms=5"])
+    lab, info = next(lab_iter)
+    try:
+        s = info.streams[0]
+        server = lab.spawn(s.host_b_ns, ["iperf3", "-s", "-B", s.host_b_address, "-p", "5201"],
+                           name="iperf3-server")
+        lab.wait_listening(server, 5201, what="iperf3")
+        pinged: list[subprocess.CompletedProcess[str]] = []
+        pinger = threading.Thread(target=lambda: pinged.append(lab.exec(
+            s.host_a_ns, ["ping", "-6", "-n", "-c", "60", "-i", "0.05", s.host_b_address],
+            check=False, timeout=60)))
+        pinger.start()
+        r = lab.exec(s.host_a_ns, ["iperf3", "-c", s.host_b_address, "-p", "5201", "-t", "5",
+                                   "-J"], timeout=60)
+        pinger.join()
+        lab.stop(server)
+        sent = json.loads(r.stdout)["end"]["sum_sent"]
+        assert sent["bytes"] > 0 and sent["retransmits"] > 0, sent  # TCP made up the drops
+        assert pinged and " 0% packet loss" in pinged[0].stdout, pinged
+        time.sleep(1.5)  # the workers have reported their counters since
+        receiver = worker(info, f"{s.host_b_name}-{s.host_a_name}", "gateway-b")["counters"]
+        assert receiver.get("aqm_dropped_messages", 0) > 0, receiver
+        assert receiver["messages_received"] > 0, receiver
+        assert not [k for k in receiver if k.startswith("drop_")], receiver
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(lab_iter)
+
+
 def test_keep_warm_runs_only_while_the_stream_carries_traffic_and_sends_nothing(tmp_path: Path) -> None:
     """``tunnel.keep_warm_ms``: an active worker runs a dummy packet through its real per-packet
     code every N ms when idle, out and back in, with stand-in sockets; nothing reaches the wire

@@ -109,6 +109,12 @@ def test_keep_warm_milliseconds(gw: Path) -> None:
     assert cfg.load(gw, {"tunnel.receive_buffer_kb": 256}).receive_buffer_kb == 256
     for bad in (0, 63, 65537):
         assert "64..65536 KB" in problems(gw, overrides={"tunnel.receive_buffer_kb": bad})
+    assert cfg.load(gw).queue_target_ms == 5.0 and cfg.load(gw).queue_interval_ms == 100.0
+    assert cfg.load(gw, {"tunnel.queue_target_ms": 0}).queue_target_ms == 0  # off
+    for bad in (0.1, -1, 1001):
+        assert "0 (no queue management) or 0.5..1000 ms" in problems(
+            gw, overrides={"tunnel.queue_target_ms": bad})
+    assert "5..10000 ms" in problems(gw, overrides={"tunnel.queue_interval_ms": 1})
     # poll() takes whole milliseconds: 0.5 would make the worker spin.
     assert "expected an integer" in problems(gw, overrides={"tunnel.keep_warm_ms": 0.5})
     for bad in (101, -1):

@@ -54,6 +54,12 @@ def test_no_spawn_while_stopping_and_argv(tmp_path: Path) -> None:
     assert sized.workers["q3"].argv[-2:] == ["--receive-buffer-kb", "256"]
     from workers.common import parse_args
     assert parse_args("stream", sized.workers["q3"].argv[3:]).receive_buffer_kb == 256
+    managed = WorkerPool(WorkerOptions(tmp_path, "info", "", queue_target_ms=2.5,
+                                       queue_interval_ms=50), keep_up=lambda: False)
+    managed.add_stream("a-b", 3)
+    args = parse_args("stream", managed.workers["q3"].argv[3:])
+    assert (args.queue_target_ms, args.queue_interval_ms) == (2.5, 50.0)
+    assert parse_args("stream", sized.workers["q3"].argv[3:]).queue_target_ms == 0  # off
 
 
 def test_streams_of_one_queue_share_a_worker_and_report_per_stream(tmp_path: Path) -> None:
