@@ -280,6 +280,7 @@ class Replica:
         # The same routes by stream: a worker that rebuilds only the streams an update touched
         # finds theirs without walking every route of every stream.
         self.by_stream: dict[str, dict[tuple[str, int, int], RouteUpdate]] = {}
+        self.indexed = True  # keep by_stream (the supervisor's own replica does without)
         # Exchange messages to send, in order; not state: a snapshot does not carry them (a
         # message lost to a resynchronisation is a lost datagram, and the exchange retries).
         self.outbox: list[KeyxSend] = []
@@ -316,14 +317,15 @@ class Replica:
         key = (stream, item.key_phase, item.epoch)
         if item.state == "released":
             self.routes.pop(key, None)
-            mine = self.by_stream.get(stream)
+            mine = self.by_stream.get(stream) if self.indexed else None
             if mine is not None:
                 mine.pop(key, None)
                 if not mine:
                     del self.by_stream[stream]
         else:
             self.routes[key] = item
-            self.by_stream.setdefault(stream, {})[key] = item
+            if self.indexed:
+                self.by_stream.setdefault(stream, {})[key] = item
         if self.touched is not None:
             self.touched.add(stream)
 
@@ -356,6 +358,8 @@ class Replica:
             if touched is not None:
                 touched.add(item)
             self.streams.pop(item, None)
-            for key in self.by_stream.pop(item, {}):
+            gone = self.by_stream.pop(item, {}) if self.indexed else [
+                k for k in self.routes if k[0] == item]
+            for key in gone:
                 del self.routes[key]
         return True

@@ -81,6 +81,7 @@ class BusServer:
         self.runtime_dir = runtime_dir
         self.state = Replica()  # what a snapshot sends; the source every replica copies
         self.state.seq = 0
+        self.state.indexed = False  # a snapshot walks the routes; no rebuild by stream here
         self.ready: set[str] = set()
         self.stats: dict[str, dict[str, Any]] = {}
         self.pub = self.ctx.socket(zmq.PUB)

@@ -277,6 +277,8 @@ def test_publish_routes_sends_what_publish_sends(tmp_path: Path) -> None:
             got.append((frames, server.snapshot().to_wire()))
             with pytest.raises(BusError, match="before its state"):
                 server.publish_routes([route(99)._replace(stream="nobody")])
+            server.publish(other.name)  # removed: its routes leave the snapshots with it
+            assert {r.stream for r in server.snapshot().routes} == {STREAM.name}
         finally:
             sub.close()
             server.close()
