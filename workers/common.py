@@ -125,6 +125,10 @@ class Worker:
         # Queue management of the route sockets (mt6d_mp.core.aqm), seconds; target 0: none.
         self.queue_target: float = args.queue_target_ms / 1000
         self.queue_interval: float = args.queue_interval_ms / 1000
+        # The same for the netfilter queue in front of the worker: one queue, one controller.
+        self.queue_codel: aqm.CoDel | None = None
+        if self.queue_target > 0:
+            self.queue_codel = aqm.CoDel(self.queue_target, self.queue_interval)
         self.clock_offset: float = args.clock_offset
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:

@@ -287,6 +287,15 @@ class Outbound(StreamPath):
             return
         if data[6] != IPPROTO_TCP:
             raise PacketError("gso_not_tcp", f"next header {data[6]}")
+        codel, reader = self.worker.queue_codel, self.reader
+        if codel is not None and reader is not None:
+            # A bulk transfer's queue can stand here too, when this worker is the slower end:
+            # the same queue management as at the receiving socket (mt6d_mp.core.aqm), on the
+            # super-packet's wait in the netfilter queue. The host's TCP sees the loss.
+            queued = reader.queued_at()
+            if queued is not None and not codel.admit(time.time() - queued, time.monotonic()):
+                self.counters["aqm_dropped_queued"] += 1
+                return
         route = self.current_route()
         if route is None:
             return

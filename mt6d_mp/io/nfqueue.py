@@ -52,6 +52,11 @@ QUEUE_SOCK_LEN: Final = 8 * 1024 * 1024
 BATCH_MAX: Final = 64
 # Attributes of a packet message.
 NFQA_PACKET_HDR: Final = 1
+# The packet's receive time (struct nfqnl_msg_packet_timestamp: seconds and microseconds, both
+# big-endian 64 bits). The kernel adds it when the packet carries one, which it does while
+# receive timestamping is on anywhere on the machine (a route socket with queue management
+# turns it on: docs/KERNEL.md, "Where the tunnel's queue stands").
+NFQA_TIMESTAMP: Final = 4
 NFQA_IFINDEX_INDEV: Final = 5
 NFQA_HWADDR: Final = 9
 NFQA_PAYLOAD: Final = 10
@@ -72,6 +77,7 @@ TRUNCATED_COPY: Final = 1 << 31  # set in the info flags we pass on when the ker
 
 _BE32 = struct.Struct("!I")
 _HWADDR = struct.Struct("!H2x")
+_TIMESTAMP = struct.Struct("!QQ")
 _PACKET_MSG: Final = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
 _HDR_LEN: Final = 16 + 4  # nlmsghdr + nfgenmsg
 RECV_BUFFER: Final = 128 * 1024  # one message is at most 64 KB of payload plus its attributes
@@ -96,11 +102,14 @@ def config_message(queue: int, gso: bool) -> bytes:
     return nlmsg((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG, body)
 
 
-def packet_message(queue: int, pkt_id: int, payload: bytes, indev: int = 0, info: int = 0) -> bytes:
+def packet_message(queue: int, pkt_id: int, payload: bytes, indev: int = 0, info: int = 0,
+                   stamp: float | None = None) -> bytes:
     """NFQNL_MSG_PACKET as the kernel sends it (nfqnl_build_packet_message), for one packet:
     the worker's keep-warm and the tests feed it to :meth:`QueueReader.read`."""
+    when = b"" if stamp is None else nla(
+        NFQA_TIMESTAMP, _TIMESTAMP.pack(int(stamp), round(stamp % 1 * 1e6)))
     body = (_nfgenmsg(socket.AF_INET6, queue)
-            + nla(NFQA_PACKET_HDR, struct.pack("!IHB", pkt_id, 0x86DD, 1))
+            + nla(NFQA_PACKET_HDR, struct.pack("!IHB", pkt_id, 0x86DD, 1)) + when
             + nla(NFQA_IFINDEX_INDEV, _BE32.pack(indev))
             + nla(NFQA_SKB_INFO, _BE32.pack(info))
             + nla(NFQA_PAYLOAD, payload))
@@ -192,6 +201,15 @@ class QueueReader:
         self.sock = sock  # or a stand-in with recv_into (keep-warm)
         self.buf = bytearray(RECV_BUFFER)
         self.view = memoryview(self.buf)
+        self.stamp_at = -1  # where the packet being handled has its NFQA_TIMESTAMP; -1: none
+
+    def queued_at(self) -> float | None:
+        """The receive time of the packet being handled (time.time()'s clock), if it has one:
+        its wait in the queue is what the sender's queue management reads."""
+        if self.stamp_at < 0:
+            return None
+        sec, usec = _TIMESTAMP.unpack_from(self.buf, self.stamp_at)
+        return float(sec + usec * 1e-6)
 
     def configure(self, gso: bool) -> None:
         """Ask for whole packets; a refusal comes back as an NLMSG_ERROR that read() counts."""
@@ -233,6 +251,7 @@ class QueueReader:
                     payload = view[0:0]
                     info = indev = 0
                     mac = b""
+                    stamp_at = -1
                     pos, end = off + _HDR_LEN, off + length
                     while pos + 4 <= end:
                         alen, atype = unpack_nla(buf, pos)
@@ -254,9 +273,12 @@ class QueueReader:
                             mac = bytes(buf[pos + 8 : pos + 8 + hwlen])
                         elif atype == NFQA_CAP_LEN:
                             info |= TRUNCATED_COPY
+                        elif atype == NFQA_TIMESTAMP and alen >= 20:
+                            stamp_at = pos + 4
                         pos += (alen + 3) & ~3
                     if pkt_id >= 0:
                         done += 1
+                        self.stamp_at = stamp_at
                         handle(pkt_id, payload, info, indev, mac)
                 elif kind == NLMSG_ERROR and length >= 20:  # header and error code
                     code = -struct.unpack_from("=i", buf, off + 16)[0]

@@ -570,6 +570,8 @@ def nfqueue_seeds() -> dict[str, bytes]:
         "one": pm(3, 1, ECHO, indev=2),
         "gso": pm(3, 2, tcp_packet(3000), indev=2, info=nfqueue.NFQA_SKB_GSO | 1),
         "two": pm(3, 3, ECHO) + pm(3, 4, udp_packet(33)),
+        "stamped": pm(3, 5, tcp_packet(3000), indev=2, info=nfqueue.NFQA_SKB_GSO | 1,
+                      stamp=1765000000.25),
         "mac-caplen": bytes(with_mac) + extra,
         "error": error,
     }
@@ -600,14 +602,15 @@ def check_nfqueue(data: bytes) -> None:
     that datagram only (read twice, the buffer beyond it filled with 00 and with ff)."""
     results = []
     for fill in _FILLS:
-        got: list[tuple[int, bytes, int, int, bytes]] = []
+        got: list[tuple[int, bytes, int, int, bytes, float | None]] = []
         counters: Counter[str] = Counter()
+        reader = nfqueue.QueueReader(-1, 3, counters, sock=_QueueSocket(data, fill))
 
         def handle(pkt_id: int, payload: memoryview, info: int, indev: int, mac: bytes,
-                   got: list[tuple[int, bytes, int, int, bytes]] = got) -> None:
-            got.append((pkt_id, bytes(payload), info, indev, mac))
+                   got: list[tuple[int, bytes, int, int, bytes, float | None]] = got,
+                   reader: nfqueue.QueueReader = reader) -> None:
+            got.append((pkt_id, bytes(payload), info, indev, mac, reader.queued_at()))
 
-        reader = nfqueue.QueueReader(-1, 3, counters, sock=_QueueSocket(data, fill))
         done = reader.read(handle)
         assert done == len(got)
         results.append((got, counters))

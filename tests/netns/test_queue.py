@@ -91,8 +91,11 @@ def test_without_the_final_batch_the_kernel_still_holds_the_rest(netns: str) -> 
 TCP_PORT = 5001
 
 
-def _read_tcp_messages(sender_ns: str, gso: bool) -> list[tuple[int, int]]:
-    """(length, skb info) of every data-carrying TCP packet queued while a peer sends 1 MB.
+def _read_tcp_messages(sender_ns: str, gso: bool, stamps: bool = False) -> list[tuple[int, int]]:
+    """(length, skb info) of every data-carrying TCP packet queued while a peer sends 1 MB;
+    with ``stamps``, a route socket with receive timestamps is open meanwhile (as a stream
+    worker with queue management has), and each entry is (length, seconds the packet had
+    waited by the time it was read, or None if it came without a time).
 
     Runs in the receiving namespace: the handshake passes (only packets longer than 200 bytes
     are queued), the data is dropped in batches, so the sender keeps retransmitting.
@@ -113,6 +116,10 @@ def _read_tcp_messages(sender_ns: str, gso: bool) -> list[tuple[int, int]]:
     nfq = NetfilterQueue()
     nfq.bind(QUEUE, lambda pkt: None)
     seen: list[tuple[int, int]] = []
+    stamped = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    if stamps:
+        from mt6d_mp.io.sockets import SO_TIMESTAMPNS
+        stamped.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sender = subprocess.Popen(
         ["ip", "netns", "exec", sender_ns, "python3", "-c",
          f"import socket; s = socket.create_connection(('fd00:7::2', {TCP_PORT})); "
@@ -123,7 +130,9 @@ def _read_tcp_messages(sender_ns: str, gso: bool) -> list[tuple[int, int]]:
         reader.configure(gso)
 
         def handle(pkt_id: int, payload: memoryview, info: int, indev: int, mac: bytes) -> None:
-            seen.append((len(payload), info))
+            queued = reader.queued_at()
+            seen.append((len(payload), time.time() - queued if queued is not None else None)
+                        if stamps else (len(payload), info))
             drops.add(pkt_id)
 
         deadline = time.monotonic() + 3
@@ -138,6 +147,7 @@ def _read_tcp_messages(sender_ns: str, gso: bool) -> list[tuple[int, int]]:
         sender.wait()
         nfq.unbind()
         listener.close()
+        stamped.close()
 
 
 def _two_namespaces(make: Callable[[str], str]) -> tuple[str, str]:
@@ -167,6 +177,20 @@ def test_without_the_gso_flag_the_kernel_segments_before_queueing(
     seen = nsutil.call_in(gateway, _read_tcp_messages, host, False)
     assert seen, "no TCP data was queued"
     assert max(n for n, _ in seen) <= 1500
+
+
+def test_with_receive_timestamps_on_each_queued_packet_carries_its_time(
+    netns_factory: Callable[[str], str],
+) -> None:
+    """While a socket with SO_TIMESTAMPNS is open (a stream worker's route socket with queue
+    management), the kernel stamps every packet it receives and hands the time to the queue's
+    reader (NFQA_TIMESTAMP): the sending worker's queue management reads the wait from it."""
+    host, gateway = _two_namespaces(netns_factory)
+    seen = nsutil.call_in(gateway, _read_tcp_messages, host, True, True)
+    assert seen, "no TCP data was queued"
+    waits = [w for _, w in seen]
+    assert None not in waits, seen[:10]
+    assert all(0 <= w < 3 for w in waits), seen[:10]  # on time.time()'s clock, read after
 
 
 SEG_QUEUE = QUEUE + 32768  # mt6d_mp.core.queues.segment_queue(QUEUE)

@@ -57,7 +57,7 @@ def udp_packet(size: int, hop_limit: int = 61, tclass: int = 0xB9) -> bytes:
 
 def tunnel(tmp_path: Path, send_phase: int = 1) -> Any:
     worker = SimpleNamespace(queue_num=0, runtime_dir=tmp_path, clock_offset=0.0, keep_warm_ms=0,
-                             queue_target=0.0, queue_interval=0.1,
+                             queue_target=0.0, queue_interval=0.1, queue_codel=None,
                              bus=None, tx=Tx(), host=WarmSocket(), seg_queue=1, counters=Counter(),
                              rx_buffers=[bytearray(RECV_BUFFER)], reader=None,
                              interface_mtu=lambda ifindex: 1500)
@@ -126,3 +126,42 @@ def test_a_bad_inner_packet_or_no_key_sends_nothing_and_still_drops(tmp_path: Pa
     assert nokey.counters["drop_no_key"] == 1
     assert t.tx.sent == [] and nokey.tx.sent == []
     assert t.drops.waiting == 1 and nokey.drops.waiting == 1
+
+
+class Stamped:
+    """A queue reader whose packet waited ``waited`` seconds in the queue (NFQA_TIMESTAMP)."""
+
+    def __init__(self, waited: float) -> None:
+        self.waited = waited
+
+    def queued_at(self) -> float:
+        return time.time() - self.waited
+
+
+def tcp_super_packet(size: int) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", 5001, 5201, 1, 0, 5 << 4, 0x18, 65535, 0, 0)
+    return struct.pack("!IHBB", 6 << 28, len(tcp) + size, 6, 64) + A + B + tcp + os.urandom(size)
+
+
+def test_the_senders_queue_management_drops_a_bulk_packet_that_waited_too_long(tmp_path: Path) -> None:
+    """CoDel on the netfilter queue (workers/outbound.py, outbound_large): a TCP super-packet
+    that waited longer than the target, after an interval of such waits, is dropped and counted
+    instead of sealed and sent; one that did not wait goes. Small packets never meet it."""
+    from mt6d_mp.core.aqm import CoDel
+
+    t = tunnel(tmp_path)
+    t.worker.queue_codel = CoDel(0.001, 0.01)
+    big = memoryview(tcp_super_packet(20000))
+    t.reader = Stamped(0.0)
+    t.outbound_large(big, 0)
+    assert t.counters["messages_sent"] == 1 and "aqm_dropped_queued" not in t.counters
+    t.reader = Stamped(0.05)  # a standing queue: 50 ms against 1 ms
+    t.outbound_large(big, 0)  # the wait's first look starts the interval
+    time.sleep(0.02)  # past the interval
+    t.outbound_large(big, 0)
+    assert t.counters["aqm_dropped_queued"] == 1 and t.counters["messages_sent"] == 2, t.counters
+    t.outbound(memoryview(udp_packet(200)))  # a single packet: never dropped here
+    assert t.counters["tunnelled_packets"] == 3 and t.counters["aqm_dropped_queued"] == 1
+    t.reader = Stamped(0.0)  # the queue drained: the dropping stops
+    t.outbound_large(big, 0)
+    assert t.counters["messages_sent"] == 3 and t.counters["aqm_dropped_queued"] == 1
