@@ -83,8 +83,8 @@ def parse_args(
     p.add_argument("--receive-buffer-kb", type=int, default=sockets.RECEIVE_BUFFER // 1024,
                    help="a route socket's receive buffer, KB ([tunnel] receive_buffer_kb)")
     p.add_argument("--queue-target-ms", type=float, default=0.0,
-                   help="CoDel's target wait of bulk messages at a route socket, ms; 0: no "
-                   "queue management ([tunnel] queue_target_ms)")
+                   help="CoDel's target wait of bulk TCP messages in the route sockets and the "
+                   "netfilter queue, ms; 0: no queue management ([tunnel] queue_target_ms)")
     p.add_argument("--queue-interval-ms", type=float, default=aqm.DEFAULT_INTERVAL * 1000,
                    help="CoDel's interval, ms ([tunnel] queue_interval_ms)")
     p.add_argument("--clock-offset", type=float, default=0.0,

@@ -1,10 +1,11 @@
-"""Active queue management of a route socket: CoDel, applied to bulk TCP messages only.
+"""Active queue management of the tunnel's queues: CoDel, applied to bulk TCP messages only.
 
-Under a bulk TCP transfer the tunnel's standing queue is the receiving gateway's route socket
-(docs/KERNEL.md, "Where the queue stands"): the host's TCP keeps as many bytes in flight as its
-window allows, and they wait there, with every other packet of the stream behind them. A
-smaller buffer shortens the wait only by dropping whatever arrives when it is full, a ping as
-well as a chunk of a bulk transfer.
+Under a bulk TCP transfer the tunnel's standing queue is where the slower worker is: mostly the
+receiving gateway's route socket, at times the sending gateway's netfilter queue
+(docs/KERNEL.md, "Where the tunnel's queue stands"). The host's TCP keeps as many bytes in
+flight as its window allows, and they wait there, with every other packet of the stream behind
+them. A smaller buffer shortens the wait only by dropping whatever arrives when it is full, a
+ping as well as a chunk of a bulk transfer.
 
 CoDel (Nichols and Jacobson; RFC 8289) drops on the time a packet waited rather than on the
 queue's length: once every packet has waited longer than ``target`` for a whole ``interval``,
@@ -12,11 +13,13 @@ it drops one, then more often (the n-th drop ``interval / sqrt(n)`` after the on
 a packet leaves the queue within the target. TCP halves its window at a loss, so a drop or two
 brings the queue down to the target and keeps the link busy.
 
-Here the "packet" is a chunked message, a TCP super-packet of up to 64 KB
-(mt6d_mp.core.chunks): the only traffic that builds the queue and the only traffic dropped. A
-message's wait is that of its last chunk (the kernel's receive timestamp against the moment it
-was read). Single packets (pings, small UDP, ACKs) are never dropped here; they are what the
-short queue is for. The controller is pure: the caller gives it the times.
+Here the "packet" is a host's TCP super-packet of up to 64 KB: the only traffic that builds the
+queue and the only traffic dropped. At the receiving end it is a chunked message
+(mt6d_mp.core.chunks), whose wait is that of its last chunk (workers/inbound.py); at the
+sending end the super-packet itself in the netfilter queue (workers/outbound.py). Either wait
+is the kernel's receive time against the moment the worker read it. Single packets (pings,
+small UDP, ACKs) are never dropped here; they are what the short queue is for. The controller
+is pure: the caller gives it the times.
 """
 
 from __future__ import annotations

@@ -317,8 +317,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "there", _receive_buffer
         ),
         "queue_target_ms": Key(
-            NUMBER, 5.0, "queue management of the route sockets (CoDel, RFC 8289): a bulk TCP "
-            "message that waited longer than this, for a whole interval, is dropped, so that "
+            NUMBER, 5.0, "queue management of the tunnel's queues, the route sockets and the "
+            "netfilter queue (CoDel, RFC 8289): a bulk TCP message that waited longer than "
+            "this, for a whole interval, is dropped, so that "
             "the transfer slows rather than keep a standing queue in front of other traffic; "
             "0 = off", _queue_target
         ),
