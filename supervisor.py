@@ -758,8 +758,9 @@ class Supervisor:
             self.pool.supervise()
             # What setup built lives as long as the supervisor: out of the cyclic collector's
             # way. At 1024 streams a full collection walked it every few rotations for 54-95
-            # ms of processor time; with it frozen, 24-56 (results/scale.md). (Only what later
-            # becomes garbage inside a reference cycle would stay; the state has no cycles.)
+            # ms of processor time; with it frozen, 24-56 (results/HISTORY.md). A frozen object
+            # that later becomes garbage inside a reference cycle is never collected: the cost
+            # of a stream removed by a reload, if its state held a cycle.
             gc.freeze()
             self.loop()
             return 0
