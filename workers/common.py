@@ -123,14 +123,16 @@ class Worker:
         self.started = time.time()
         self.keep_warm_ms: int = args.keep_warm_ms
         self.receive_buffer: int = args.receive_buffer_kb * 1024
-        # Queue management of the route sockets (mt6d_mp.core.aqm), seconds; target 0: none.
+        # Queue management (mt6d_mp.core.aqm), seconds; target 0: none.
         self.queue_target: float = args.queue_target_ms / 1000
         self.queue_interval: float = args.queue_interval_ms / 1000
-        # The same for the netfilter queue in front of the worker: one queue, one controller.
-        self.queue_codel: aqm.CoDel | None = None
-        if self.queue_target > 0:
-            self.queue_codel = aqm.CoDel(self.queue_target, self.queue_interval)
+        # The netfilter queue in front of the worker: one queue, one controller.
+        self.queue_codel = self.new_codel()
         self.clock_offset: float = args.clock_offset
+
+    def new_codel(self) -> aqm.CoDel | None:
+        """A queue management controller with the worker's settings; None when it is off."""
+        return aqm.CoDel(self.queue_target, self.queue_interval) if self.queue_target > 0 else None
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler`` from the loop whenever ``fd`` is readable."""

@@ -71,9 +71,7 @@ class Tunnel(Outbound, Inbound):
         self.keyx_refilled = 0.0
         # Queue management of the stream's route sockets (mt6d_mp.core.aqm): drops a bulk
         # message that waited too long, so that a transfer does not keep a standing queue.
-        self.codel: CoDel | None = None
-        if worker.queue_target > 0:
-            self.codel = CoDel(worker.queue_target, worker.queue_interval)
+        self.codel: CoDel | None = worker.new_codel()
         self.sockets: dict[tuple[bytes, int], RouteSocket] = {}  # (local hashed, port) -> socket
         self.socket_order: list[RouteSocket] = []  # oldest route first
         # The active route, precomputed for the hot path; recomputed at each epoch boundary.

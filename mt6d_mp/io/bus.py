@@ -141,7 +141,7 @@ class BusServer:
         :meth:`batch`): the chain is ours to make, so the state takes them without the
         replica's checks, and each wire is written out here (Update.to_wire gives the same)."""
         st = self.state
-        streams, topic_seq, held = st.streams, st.topic_seq, self._held
+        streams, topic_seq = st.streams, st.topic_seq
         for item in items:
             known = streams.get(item.stream)
             if known is None:
@@ -150,11 +150,7 @@ class BusServer:
             seq, prev = st.seq + 1, topic_seq.get(topic, 0)
             st.seq = topic_seq[topic] = seq
             st.take_route(item)
-            wire = [VERSION, seq, "route", item.to_wire(), topic, prev]
-            if held is not None:
-                held.setdefault(topic, []).append(wire)
-            else:
-                self.pub.send_multipart([topic_frame(topic), pack([wire])])
+            self._emit(topic, [VERSION, seq, "route", item.to_wire(), topic, prev])
 
     def _send(self, item: StreamState | RouteUpdate | KeyxSend | str, topic: int) -> None:
         st = self.state
@@ -162,7 +158,10 @@ class BusServer:
         st.apply(update)  # the same rules every worker's replica applies
         if st.outbox:
             st.outbox.clear()  # a message to send is not state
-        wire = update.to_wire()
+        self._emit(topic, update.to_wire())
+
+    def _emit(self, topic: int, wire: list[Any]) -> None:
+        """One update's wire onto its topic: held inside :meth:`batch`, else sent alone."""
         if self._held is not None:
             self._held.setdefault(topic, []).append(wire)
         else:

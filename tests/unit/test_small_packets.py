@@ -57,7 +57,7 @@ def udp_packet(size: int, hop_limit: int = 61, tclass: int = 0xB9) -> bytes:
 
 def tunnel(tmp_path: Path, send_phase: int = 1) -> Any:
     worker = SimpleNamespace(queue_num=0, runtime_dir=tmp_path, clock_offset=0.0, keep_warm_ms=0,
-                             queue_target=0.0, queue_interval=0.1, queue_codel=None,
+                             queue_codel=None, new_codel=lambda: None,
                              bus=None, tx=Tx(), host=WarmSocket(), seg_queue=1, counters=Counter(),
                              rx_buffers=[bytearray(RECV_BUFFER)], reader=None,
                              interface_mtu=lambda ifindex: 1500)
